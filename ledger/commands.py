@@ -1,0 +1,94 @@
+"""Commands: what a caller asks of a task. Imperative names; they carry ids and timestamps so the
+decider never reads a clock or makes a uuid.
+
+``owner`` on a command is the scope of the caller: a ``user`` key passes its owner name and sees
+only its own tasks; workers and admins pass ``None`` and may act on any task.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Union
+
+import msgspec
+
+from ledger.events import BlobRef
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    at: datetime
+
+
+class CreateTask(Command):
+    owner: str
+    configuration: dict[str, Any]
+    file: BlobRef
+    file_name: str | None = None
+    expires_in: int | None = None
+
+
+class UpdateTask(Command):
+    #: Configuration fields to merge onto the current configuration.
+    configuration: dict[str, Any]
+    owner: str | None = None
+
+
+class CancelTask(Command):
+    owner: str | None = None
+    reason: str | None = None
+
+
+class DeleteTask(Command):
+    owner: str | None = None
+
+
+class ClaimTask(Command):
+    worker_id: str
+    lease_until: datetime
+
+
+class ExtendLease(Command):
+    worker_id: str
+    lease_until: datetime
+
+
+class ReleaseTask(Command):
+    """A worker gives the task back unfinished (it is shutting down): re-queued at once."""
+
+    worker_id: str
+
+
+class CompleteTask(Command):
+    worker_id: str
+    output: BlobRef
+
+
+class FailTask(Command):
+    worker_id: str
+    error: str
+
+
+class ExpireLease(Command):
+    """Sweeper: the lease has run out. Re-queue, or time out once attempts are used up."""
+
+    max_attempts: int = 3
+
+
+class ExpireTask(Command):
+    """Sweeper: a terminal task is past its ``expires_at``."""
+
+
+AnyCommand = Union[
+    CreateTask,
+    UpdateTask,
+    CancelTask,
+    DeleteTask,
+    ClaimTask,
+    ExtendLease,
+    ReleaseTask,
+    CompleteTask,
+    FailTask,
+    ExpireLease,
+    ExpireTask,
+]

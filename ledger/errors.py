@@ -1,0 +1,39 @@
+"""The LedgerError tree. Each error carries the message a person (and the API) will see."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TaskNotFound(LedgerError):
+    """No such task, or it was deleted or expired, or it belongs to another owner."""
+
+    def __init__(self, message: str = "Task not found") -> None:
+        super().__init__(message)
+
+
+class TaskAlreadyExists(LedgerError):
+    def __init__(self, message: str = "Task already exists") -> None:
+        super().__init__(message)
+
+
+class InvalidTransition(LedgerError):
+    """The command is not allowed in the task's current status."""
+
+
+class LeaseLost(LedgerError):
+    """The worker does not hold the task's current lease (it expired and the task moved on)."""
+
+
+class ConcurrencyConflict(LedgerError):
+    """An append was made against a stale stream version."""
+
+
+class StorageUnavailable(LedgerError):
+    """The database cannot be written (disk full, read-only file, locked for too long)."""

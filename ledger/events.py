@@ -1,0 +1,119 @@
+"""The task lifecycle as one msgspec tagged union.
+
+This module is a storage format: every event is written to the log as JSON with its tag in the
+``type`` field. Tags are written out and never change; new fields get defaults; a field's type is
+never changed. Renaming a class is safe, renaming a tag is not.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Union
+
+import msgspec
+
+#: The task statuses, spelled exactly as Chunkr spells them on the wire.
+STARTING = "Starting"
+PROCESSING = "Processing"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+CANCELLED = "Cancelled"
+STATUSES = (STARTING, PROCESSING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class BlobRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A reference to a content-addressed payload (input file, output) in the blob table."""
+
+    sha256: str
+    size: int
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event: which task, and when it happened (the command's timestamp)."""
+
+    task_id: str
+    at: datetime
+
+
+class TaskCreated(Event, tag="task_created"):
+    owner: str
+    configuration: dict[str, Any]
+    file: BlobRef
+    file_name: str | None = None
+    expires_in: int | None = None
+
+
+class UpdateRequested(Event, tag="update_requested"):
+    configuration: dict[str, Any]
+    expires_in: int | None = None
+
+
+class Claimed(Event, tag="claimed"):
+    worker_id: str
+    lease_until: datetime
+    attempt: int
+
+
+class LeaseExtended(Event, tag="lease_extended"):
+    worker_id: str
+    lease_until: datetime
+
+
+class LeaseExpired(Event, tag="lease_expired"):
+    worker_id: str
+    attempt: int
+    #: "expired" when the sweeper found the lease past its end, "released" when the worker gave
+    #: the task back (for example on SIGTERM).
+    reason: str = "expired"
+
+
+class Succeeded(Event, tag="succeeded"):
+    worker_id: str
+    output: BlobRef
+
+
+class Failed(Event, tag="failed"):
+    worker_id: str
+    error: str
+
+
+class Cancelled(Event, tag="cancelled"):
+    reason: str | None = None
+
+
+class TimedOut(Event, tag="timed_out"):
+    attempt: int
+
+
+class Expired(Event, tag="expired"):
+    pass
+
+
+class Deleted(Event, tag="deleted"):
+    pass
+
+
+AnyEvent = Union[
+    TaskCreated,
+    UpdateRequested,
+    Claimed,
+    LeaseExtended,
+    LeaseExpired,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Expired,
+    Deleted,
+]
+
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+
+def tag_of(event_type: type[Event]) -> str:
+    """The stored tag of an event class (``tag_of(Cancelled) == "cancelled"``)."""
+    return event_type.__struct_config__.tag  # type: ignore[return-value]
+
+
+EVENT_TAGS: tuple[str, ...] = tuple(tag_of(t) for t in EVENT_TYPES)

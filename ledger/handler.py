@@ -1,0 +1,139 @@
+"""The command handler: read state -> decide -> append -> project -> commit, atomically.
+
+Everything a command writes (blobs, events, inline projections, the caller's own bookkeeping
+such as an idempotency record) happens inside one ``BEGIN IMMEDIATE`` transaction. A batch runs
+several commands in one transaction (group commit: one fsync for all of them); each command sits
+in its own SAVEPOINT, so one refused by the decider does not spoil the rest of its batch, and each
+is decided against the state left by the commands before it.
+
+The handler knows projections only through the two small protocols below, so ``ledger`` imports
+nothing from ``projections``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from ledger import decider
+from ledger.commands import AnyCommand
+from ledger.errors import LedgerError
+from ledger.log import Envelope, EventLog, RecordedEvent, stream_id_for
+from ledger.state import TaskState
+
+
+class StateStore(Protocol):
+    """Where the current state of a task is read from inside the write transaction."""
+
+    def load(self, tx: Any, task_id: str) -> TaskState: ...
+
+
+class InlineProjection(Protocol):
+    """A read model updated in the same transaction as the append."""
+
+    def apply(
+        self, tx: Any, before: TaskState, after: TaskState, recorded: Sequence[RecordedEvent]
+    ) -> None: ...
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    before: TaskState
+    after: TaskState
+    recorded: list[RecordedEvent]
+    extra: Any = None
+
+
+#: A command, or a function that picks one inside the transaction (for example "claim the task at
+#: the head of the queue"); it returns None when there is nothing to do.
+CommandSource = AnyCommand | Callable[[Any], AnyCommand | None]
+#: Called inside the transaction after the append; its return value lands in Outcome.extra.
+AfterAppend = Callable[[Any, Outcome], Any]
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    command: Any  # CommandSource
+    envelope: Envelope
+    blobs: tuple[bytes, ...] = ()
+    after_append: Any = None  # AfterAppend | None
+
+
+class NothingToDo(LedgerError):
+    """A command source found nothing to act on (an empty queue)."""
+
+    def __init__(self, message: str = "Nothing to do") -> None:
+        super().__init__(message)
+
+
+class CommandHandler:
+    def __init__(
+        self,
+        log: EventLog,
+        states: StateStore,
+        projections: Sequence[InlineProjection],
+    ) -> None:
+        self.log = log
+        self.states = states
+        self.projections = tuple(projections)
+
+    def execute(
+        self,
+        command: CommandSource,
+        envelope: Envelope,
+        *,
+        blobs: Sequence[bytes] = (),
+        after_append: AfterAppend | None = None,
+    ) -> Outcome:
+        """Run one command in its own transaction; raise its LedgerError if it is refused."""
+        request = Request(
+            command=command, envelope=envelope, blobs=tuple(blobs), after_append=after_append
+        )
+        (result,) = self.execute_batch([request])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def execute_batch(self, requests: Sequence[Request]) -> list[Outcome | BaseException]:
+        """Run every request in one transaction. Each result is an Outcome or the exception that
+        refused that request; if the commit itself fails, every request gets that error."""
+        results: list[Outcome | BaseException] = []
+        try:
+            with self.log.transaction() as tx:
+                for index, request in enumerate(requests):
+                    try:
+                        with self.log.savepoint(tx, f"cmd{index}"):
+                            results.append(self._run(tx, request))
+                    except Exception as exc:  # noqa: BLE001 - handed back to its caller
+                        results.append(exc)
+        except Exception as exc:  # the transaction could not begin or commit
+            return [exc for _ in requests]
+        return results
+
+    def _run(self, tx: Any, request: Request) -> Outcome:
+        command = request.command
+        if callable(command):
+            command = command(tx)
+            if command is None:
+                raise NothingToDo()
+        before = self.states.load(tx, command.task_id)
+        events = decider.decide(command, before)
+        if not events:
+            outcome = Outcome(before=before, after=before, recorded=[])
+        else:
+            for data in request.blobs:
+                self.log.put_blob(command.task_id, data, tx=tx)
+            recorded = self.log.append(
+                stream_id_for(command.task_id), before.version, events, request.envelope, tx=tx
+            )
+            after = decider.fold(events, before)
+            if after.gone is not None and before.gone is None:
+                self.log.purge_blobs(command.task_id, tx=tx)
+            for projection in self.projections:
+                projection.apply(tx, before, after, recorded)
+            outcome = Outcome(before=before, after=after, recorded=recorded)
+        if request.after_append is not None:
+            outcome = msgspec.structs.replace(
+                outcome, extra=request.after_append(tx, outcome)
+            )
+        return outcome

@@ -1,0 +1,343 @@
+"""The SQLite EventLog: WAL, ``synchronous=FULL`` by default, append-only by trigger.
+
+* ``events.position`` is ``INTEGER PRIMARY KEY AUTOINCREMENT``: a position is never reused, even
+  after the newest event's row is gone (it never is: triggers forbid UPDATE and DELETE).
+* ``UNIQUE(stream_id, version)`` gives optimistic concurrency; the driver's IntegrityError becomes
+  ConcurrencyConflict here and nowhere else.
+* Writes go through one connection per process, serialised by a lock, inside ``BEGIN IMMEDIATE``;
+  several processes on one file are serialised by SQLite's own lock (with a busy timeout).
+* Reads use a connection per thread and never wait for the writer (WAL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from ledger import codec
+from ledger.errors import ConcurrencyConflict, StorageUnavailable
+from ledger.events import AnyEvent, BlobRef, tag_of
+from ledger.log import Actor, Envelope, RecordedEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL CHECK (version >= 1),
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    actor_key_id TEXT,
+    actor_role TEXT NOT NULL,
+    request_id TEXT,
+    idempotency_key TEXT,
+    UNIQUE (stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_type ON events (type, position);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only: UPDATE is not allowed');
+END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only: DELETE is not allowed');
+END;
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_refs (
+    task_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (task_id, sha256)
+);
+CREATE INDEX IF NOT EXISTS blob_refs_sha ON blob_refs (sha256);
+"""
+
+_EVENT_COLUMNS = (
+    "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
+    "request_id, idempotency_key"
+)
+
+#: Text of the SQLite errors that mean "cannot write now", not "bad request".
+_STORAGE_ERRORS = (
+    "database or disk is full",
+    "readonly database",
+    "read-only",
+    "database is locked",
+    "disk i/o error",
+    "unable to open database",
+)
+
+
+def storage_error(exc: sqlite3.Error) -> Exception:
+    """Map a driver error to StorageUnavailable when it is about the disk, else return it."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError) and any(s in text for s in _STORAGE_ERRORS):
+        return StorageUnavailable(f"The database cannot be written right now ({exc})")
+    return exc
+
+
+def connect(
+    path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    return conn
+
+
+def _row_to_recorded(row: tuple) -> RecordedEvent:
+    position, stream_id, version, data, recorded_at, key_id, role, request_id, idem = row
+    return RecordedEvent(
+        position=position,
+        stream_id=stream_id,
+        version=version,
+        recorded_at=codec.parse_timestamp(recorded_at),
+        actor=Actor(key_id=key_id, role=role),
+        request_id=request_id,
+        idempotency_key=idem,
+        event=codec.decode_event(data),
+    )
+
+
+class SqliteLog:
+    """The EventLog on one SQLite file. ``schemas`` are the projections' CREATE ... IF NOT EXISTS
+    scripts, run in the same transaction as the log's own schema."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        schemas: Sequence[str] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        script = "BEGIN IMMEDIATE;" + SCHEMA + "".join(schemas) + "COMMIT;"
+        with self._write_lock:
+            try:
+                self._writer.executescript(script)
+            except sqlite3.Error as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise storage_error(exc) from exc
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the write connection; ROLLBACK on any error."""
+        with self._write_lock:
+            conn = self._writer
+            if conn.in_transaction:  # nested: the outer transaction commits
+                yield conn
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise storage_error(exc) from exc
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise storage_error(exc) from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise storage_error(exc) from exc
+
+    @contextmanager
+    def savepoint(self, tx: sqlite3.Connection, name: str) -> Iterator[None]:
+        """A nested unit inside ``tx``: on error only its own writes are undone, and driver
+        errors about the disk come out as StorageUnavailable."""
+        tx.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except sqlite3.Error as exc:
+            tx.execute(f"ROLLBACK TO {name}")
+            tx.execute(f"RELEASE {name}")
+            raise storage_error(exc) from exc
+        except BaseException:
+            tx.execute(f"ROLLBACK TO {name}")
+            tx.execute(f"RELEASE {name}")
+            raise
+        tx.execute(f"RELEASE {name}")
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """A sqlite-utils view of the database, for tooling (not the hot path)."""
+        return sqlite_utils.Database(self.reader())
+
+    # -- events -----------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[AnyEvent],
+        envelope: Envelope,
+        *,
+        tx: sqlite3.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        if tx is None:
+            with self.transaction() as own:
+                return self.append(stream_id, expected_version, events, envelope, tx=own)
+        (current,) = tx.execute(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        if current != expected_version:
+            raise ConcurrencyConflict(
+                f"Stream {stream_id} is at version {current}, not {expected_version}"
+            )
+        recorded_at = codec.timestamp(envelope.recorded_at)
+        recorded: list[RecordedEvent] = []
+        for offset, event in enumerate(events, start=1):
+            version = expected_version + offset
+            try:
+                cursor = tx.execute(
+                    "INSERT INTO events (stream_id, version, type, data, recorded_at, actor_key_id,"
+                    " actor_role, request_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        stream_id,
+                        version,
+                        tag_of(type(event)),
+                        codec.encode_str(event),
+                        recorded_at,
+                        envelope.actor.key_id,
+                        envelope.actor.role,
+                        envelope.request_id,
+                        envelope.idempotency_key,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConcurrencyConflict(
+                    f"Stream {stream_id} already has version {version}"
+                ) from exc
+            except sqlite3.Error as exc:
+                raise storage_error(exc) from exc
+            recorded.append(
+                RecordedEvent(
+                    position=cursor.lastrowid,  # type: ignore[arg-type]
+                    stream_id=stream_id,
+                    version=version,
+                    recorded_at=codec.parse_timestamp(recorded_at),
+                    actor=envelope.actor,
+                    request_id=envelope.request_id,
+                    idempotency_key=envelope.idempotency_key,
+                    event=event,
+                )
+            )
+        return recorded
+
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        until_version: int | None = None,
+        conn: sqlite3.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        conn = conn or self.reader()
+        rows = conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version <= ?"
+            " ORDER BY version",
+            (stream_id, until_version if until_version is not None else 2**62),
+        ).fetchall()
+        return [_row_to_recorded(row) for row in rows]
+
+    def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        rows = self.reader().execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [_row_to_recorded(row) for row in rows]
+
+    def iter_all(self, after: int = 0, batch: int = 10_000) -> Iterator[RecordedEvent]:
+        while True:
+            page = self.read_all(after, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].position
+
+    def last_position(self) -> int:
+        (value,) = self.reader().execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
+        return value
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def put_blob(self, task_id: str, data: bytes, *, tx: sqlite3.Connection) -> BlobRef:
+        """Store ``data`` once by its sha256 and note that ``task_id`` refers to it."""
+        ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        tx.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
+            (ref.sha256, ref.size, data),
+        )
+        tx.execute(
+            "INSERT OR IGNORE INTO blob_refs (task_id, sha256) VALUES (?, ?)", (task_id, ref.sha256)
+        )
+        return ref
+
+    def get_blob(self, ref: BlobRef) -> bytes | None:
+        row = self.reader().execute("SELECT data FROM blobs WHERE sha256 = ?", (ref.sha256,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def purge_blobs(self, task_id: str, *, tx: sqlite3.Connection) -> int:
+        """Drop the task's references and every blob no other task refers to. Events stay."""
+        shas = [r[0] for r in tx.execute("SELECT sha256 FROM blob_refs WHERE task_id = ?", (task_id,))]
+        tx.execute("DELETE FROM blob_refs WHERE task_id = ?", (task_id,))
+        purged = 0
+        for sha in shas:
+            purged += tx.execute(
+                "DELETE FROM blobs WHERE sha256 = ? AND NOT EXISTS"
+                " (SELECT 1 FROM blob_refs WHERE sha256 = ?)",
+                (sha, sha),
+            ).rowcount
+        return purged
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+        self._local = threading.local()

@@ -1,0 +1,1 @@
+"""Read models derived from events. Inline ones are updated in the append transaction."""

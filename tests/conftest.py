@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ledger.events import BlobRef
+from ledger.log import Actor, Envelope
+from projections.store import Store
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    """A fixed point in time, ``seconds`` after T0 (the domain never reads a clock)."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def blob(data: bytes) -> BlobRef:
+    return BlobRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def envelope(when: datetime = T0, role: str = "user", key_id: str | None = "k1") -> Envelope:
+    return Envelope(recorded_at=when, actor=Actor(key_id=key_id, role=role), request_id="req-1")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "ledger.db")
+    yield s
+    s.close()
