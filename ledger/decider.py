@@ -223,6 +223,8 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
                 message=MSG_QUEUED_FOR_UPDATE,
                 configuration=event.configuration,
                 expires_in=event.expires_in,
+                # An update is a new run: it gets its own max_attempts, whatever earlier runs used.
+                attempt=0,
             )
         case Claimed():
             return replace(

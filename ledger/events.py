@@ -7,6 +7,7 @@ never changed. Renaming a class is safe, renaming a tag is not.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Union
 
@@ -117,3 +118,8 @@ def tag_of(event_type: type[Event]) -> str:
 
 
 EVENT_TAGS: tuple[str, ...] = tuple(tag_of(t) for t in EVENT_TYPES)
+
+
+def blob_ref(data: bytes) -> BlobRef:
+    """The content address of ``data``."""
+    return BlobRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,7 @@ import sqlite_utils
 
 from ledger import codec
 from ledger.errors import ConcurrencyConflict, StorageUnavailable
-from ledger.events import AnyEvent, BlobRef, tag_of
+from ledger.events import AnyEvent, BlobRef, blob_ref, tag_of
 from ledger.log import Actor, Envelope, RecordedEvent
 
 SCHEMA = """
@@ -304,7 +303,7 @@ class SqliteLog:
 
     def put_blob(self, task_id: str, data: bytes, *, tx: sqlite3.Connection) -> BlobRef:
         """Store ``data`` once by its sha256 and note that ``task_id`` refers to it."""
-        ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        ref = blob_ref(data)
         tx.execute(
             "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
             (ref.sha256, ref.size, data),

@@ -3,10 +3,13 @@ and the command handler that writes to all of them in one transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ledger.decider import fold
-from ledger.handler import CommandHandler
+from ledger.commands import AnyCommand
+from ledger.handler import CommandHandler, CommandSource
 from ledger.log import stream_id_for
 from ledger.sqlite_log import SqliteLog
 from ledger.state import TaskState
@@ -16,7 +19,12 @@ from projections.tasks import TasksProjection
 
 class Store:
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        schemas: tuple[str, ...] = (),
     ) -> None:
         self.tasks = TasksProjection()
         self.queue = QueueProjection()
@@ -24,7 +32,7 @@ class Store:
             path,
             synchronous=synchronous,
             busy_timeout_ms=busy_timeout_ms,
-            schemas=(self.tasks.schema, self.queue.schema),
+            schemas=(self.tasks.schema, self.queue.schema, *schemas),
         )
         self.handler = CommandHandler(self.log, self.tasks, [self.tasks, self.queue])
 
@@ -41,10 +49,10 @@ class Store:
         events = self.log.read_stream(stream_id_for(task_id), until_version=until_version)
         return fold(e.event for e in events) if events else None
 
-    def claim_source(self, make_command):
+    def claim_source(self, make_command: Callable[[str], AnyCommand]) -> CommandSource:
         """A command source that picks the head of the queue inside the write transaction."""
 
-        def pick(tx):
+        def pick(tx: Any) -> AnyCommand | None:
             task_id = self.queue.head(tx)
             return make_command(task_id) if task_id is not None else None
 

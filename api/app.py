@@ -1,0 +1,64 @@
+"""``create_app(settings)``: the Litestar application over one ledger database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api.errors import EXCEPTION_HANDLERS
+from api.health import HealthController
+from api.keys import Caller
+from api.requestlog import request_log_middleware
+from api.runtime import Runtime
+from api.settings import Settings
+from api.tasks import TaskController, TasksController
+from ledger import __version__
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    def provide_runtime(state: State) -> Runtime:
+        return state.runtime
+
+    def provide_caller(request: Request[Any, Any, Any], state: State) -> Caller:
+        return state.runtime.authenticate(request.headers.get("authorization"))
+
+    return Litestar(
+        route_handlers=[HealthController, TaskController, TasksController],
+        dependencies={
+            "runtime": Provide(provide_runtime, sync_to_thread=False),
+            "caller": Provide(provide_caller, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_log_middleware],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="taskledger",
+            version=__version__,
+            description="An event-sourced task ledger with a Chunkr-compatible task API.",
+            path="/docs",
+            components=Components(
+                security_schemes={
+                    "ApiKey": SecurityScheme(type="apiKey", name="Authorization", security_scheme_in="header")
+                }
+            ),
+            security=[{"ApiKey": []}],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,211 @@
+"""What the API holds while it runs: the store, the group-commit writer, key lookups, and the one
+path every mutating request takes (idempotency, envelope, group commit, response)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+
+from api import idempotency, keys
+from api.schemas import BadRequest
+from api.settings import Settings
+from ledger.commands import AnyCommand
+from ledger.handler import CommandSource, Outcome
+from ledger.handler import Request as CommandRequest
+from ledger.log import Actor, Envelope
+from ledger.state import TaskState
+from ledger.writer import Writer
+from projections.queue import claimable
+from projections.store import Store
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response as bytes, so it can be stored for an idempotent retry and sent as is."""
+
+    status_code: int
+    media_type: str
+    body: bytes
+
+    def to_response(self, headers: dict[str, str] | None = None) -> Response[Any]:
+        return Response(
+            content=self.body,
+            status_code=self.status_code,
+            media_type=self.media_type,
+            headers=headers,
+        )
+
+
+def json_reply(value: Any, status_code: int = 200) -> Reply:
+    return Reply(status_code, "application/json", msgspec.json.encode(value))
+
+
+def text_reply(text: str, status_code: int = 200) -> Reply:
+    return Reply(status_code, "text/plain", text.encode())
+
+
+class Forbidden(Exception):
+    """The key is valid but its role may not do this (403)."""
+
+
+class KeyCache:
+    """Authenticated callers for a short while, so a burst of requests does one lookup per key.
+    Revocation takes effect within ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, keys.Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> keys.Caller | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry and entry[0] > time.monotonic():
+            return entry[1]
+        return None
+
+    def put(self, key: str, caller: keys.Caller) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic() + self.ttl, caller)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(
+            settings.db_path, synchronous=settings.synchronous, schemas=(idempotency.SCHEMA,)
+        )
+        with self.store.log.transaction() as tx:
+            keys.ensure_table(tx)
+        self.writer = Writer(self.store.handler)
+        self.writer.start()
+        self.key_cache = KeyCache()
+        #: Set whenever this process makes a task claimable, to wake long-polling claims.
+        self.queue_changed = asyncio.Event()
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.store.close()
+
+    # -- auth --------------------------------------------------------------------------------
+
+    def authenticate(self, header: str | None) -> keys.Caller:
+        key = keys.parse_authorization(header)
+        caller = self.key_cache.get(key)
+        if caller is None:
+            caller = keys.authenticate(self.store.log.reader(), key)
+            self.key_cache.put(key, caller)
+        return caller
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def base_url(self, request: Request[Any, Any, Any]) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        return str(request.base_url).rstrip("/")
+
+    def output_of(self, state: TaskState, conn: Any = None) -> dict[str, Any] | None:
+        """The decoded output blob of a task, or None (no output yet, or purged)."""
+        if state.output is None:
+            return None
+        if conn is not None:
+            row = conn.execute(
+                "SELECT data FROM blobs WHERE sha256 = ?", (state.output.sha256,)
+            ).fetchone()
+            data = bytes(row[0]) if row else None
+        else:
+            data = self.store.log.get_blob(state.output)
+        return msgspec.json.decode(data) if data else None
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        request: Request[Any, Any, Any],
+        caller: keys.Caller,
+        command: CommandSource,
+        respond: Callable[[Outcome, Any], Reply],
+        *,
+        blobs: Sequence[bytes] = (),
+        body: bytes = b"",
+    ) -> Reply:
+        """Run a command through group commit and answer it, honouring Idempotency-Key.
+
+        ``respond`` builds the reply inside the transaction (it gets the transaction handle for
+        reads that must see the command's own writes), so an idempotent retry gets the very same
+        bytes."""
+        idem_key = request.headers.get("idempotency-key")
+        stored_fp = None
+        if idem_key is not None:
+            idem_key = idem_key.strip()
+            if not idem_key or len(idem_key) > idempotency.MAX_KEY_LENGTH:
+                raise BadRequest(
+                    f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters"
+                )
+            stored_fp = idempotency.fingerprint(request.method, request.url.path, body)
+            replay = self._replay(caller, idem_key, stored_fp)
+            if replay is not None:
+                return replay
+
+        def after_append(tx: Any, outcome: Outcome) -> Reply:
+            reply = respond(outcome, tx)
+            if idem_key is not None and stored_fp is not None:
+                idempotency.record(
+                    tx,
+                    caller.key_id,
+                    idem_key,
+                    idempotency.StoredResponse(
+                        fingerprint=stored_fp,
+                        status_code=reply.status_code,
+                        media_type=reply.media_type,
+                        body=reply.body,
+                    ),
+                )
+            return reply
+
+        envelope = Envelope(
+            recorded_at=now(),
+            actor=Actor(key_id=caller.key_id, role=caller.role),
+            request_id=request.state.get("request_id"),
+            idempotency_key=idem_key,
+        )
+        job = CommandRequest(
+            command=command, envelope=envelope, blobs=tuple(blobs), after_append=after_append
+        )
+        try:
+            outcome = await asyncio.wrap_future(self.writer.submit(job))
+        except idempotency.AlreadyRecorded:
+            assert idem_key is not None and stored_fp is not None
+            replay = self._replay(caller, idem_key, stored_fp)
+            assert replay is not None
+            return replay
+        if outcome.recorded and claimable(outcome.after):
+            self.queue_changed.set()
+        return outcome.extra
+
+    def _replay(self, caller: keys.Caller, idem_key: str, fp: str) -> Reply | None:
+        stored = idempotency.lookup(self.store.log.reader(), caller.key_id, idem_key)
+        if stored is None:
+            return None
+        if stored.fingerprint != fp:
+            raise idempotency.IdempotencyMismatch()
+        return Reply(stored.status_code, stored.media_type, stored.body)
+
+    async def run_system(self, command: AnyCommand) -> Outcome:
+        """A command the server itself issues (the sweepers)."""
+        job = CommandRequest(command=command, envelope=Envelope(recorded_at=now()))
+        return await asyncio.wrap_future(self.writer.submit(job))

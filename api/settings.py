@@ -1,0 +1,39 @@
+"""Service settings. Tests build them explicitly; ``taskledger serve`` builds them from flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_DB = "taskledger.db"
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("TASKLEDGER_DB") or DEFAULT_DB)
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    db_path: Path
+    #: Base of absolute URLs (task_url, input_file_url). None: taken from each request's Host.
+    public_url: str | None = None
+    #: Request bodies over this many bytes get 413.
+    max_body_bytes: int = 32 * 1024 * 1024
+    #: SQLite durability: FULL (default) fsyncs every commit; NORMAL may lose the last commits on
+    #: power loss (never on a process crash).
+    synchronous: str = "FULL"
+    #: Default ``expires_in`` (seconds) for tasks created without one; None means never.
+    default_expires_in: int | None = None
+    #: Lease a claim gets when the worker does not ask for one, and the longest it may ask for.
+    lease_seconds: int = 300
+    max_lease_seconds: int = 3600
+    #: Claims a task gets before a lease expiry times it out.
+    max_attempts: int = 3
+    #: How often the sweepers look for expired leases and expired tasks (seconds); 0 disables.
+    sweep_interval: float = 1.0
+    #: Longest long poll a worker may ask for on claim.
+    max_wait_seconds: int = 60
+    #: Per-key rate limit in requests per second (token bucket); None disables it.
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int = 20

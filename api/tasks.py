@@ -1,0 +1,221 @@
+"""Chunkr's task routes: create, get (with time travel), update, cancel, delete, list.
+
+Each handler is parse -> command -> run -> respond. Writes go through ``Runtime.execute`` (group
+commit, idempotency); reads are sync handlers run off the event loop, one indexed row each.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import Parameter
+
+from api.keys import Caller
+from api.runtime import Forbidden, Reply, Runtime, json_reply, now, text_reply
+from api.schemas import (
+    DEFAULT_CONFIGURATION,
+    BadRequest,
+    CreateBody,
+    TaskResponse,
+    UpdateBody,
+    check_file_name,
+    decode_body,
+    decode_file,
+    normalise_fields,
+    render_task,
+)
+from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
+from ledger.decider import merge_configuration
+from ledger.errors import TaskNotFound
+from ledger.events import blob_ref
+from ledger.state import TaskState
+
+MAX_LIST_LIMIT = 1000
+TEXT = "text/plain"
+
+
+def require_role(caller: Caller, *roles: str, action: str) -> None:
+    if caller.role not in roles:
+        raise Forbidden(f"A {caller.role} key cannot {action}")
+
+
+def visible(state: TaskState | None, caller: Caller) -> TaskState:
+    """The task if this caller may see it; TaskNotFound otherwise (missing, gone, another owner's,
+    or expired but not yet swept)."""
+    if state is None or not state.live:
+        raise TaskNotFound()
+    if caller.scope is not None and state.owner != caller.scope:
+        raise TaskNotFound()
+    if state.expires_at is not None and state.expires_at <= now():
+        raise TaskNotFound()
+    return state
+
+
+class TaskController(Controller):
+    path = "/api/v1/task"
+    tags = ["tasks"]
+
+    def _task_reply(
+        self, runtime: Runtime, request: Request[Any, Any, Any], state: TaskState, conn: Any = None
+    ) -> Reply:
+        output = runtime.output_of(state, conn)
+        return json_reply(
+            render_task(state, base_url=runtime.base_url(request), output=output, include_chunks=True)
+        )
+
+    @post("/parse", status_code=200, summary="Create a task")
+    async def create_task(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime
+    ) -> Response[TaskResponse]:
+        require_role(caller, "user", "admin", action="create tasks")
+        raw = await request.body()
+        body: CreateBody = decode_body(raw, CreateBody)
+        data = decode_file(body.file)
+        file_name = check_file_name(body.file_name)
+        fields = normalise_fields(body.as_dict())
+        del fields["file"]
+        fields.pop("file_name", None)
+        defaults = {**DEFAULT_CONFIGURATION, "expires_in": runtime.settings.default_expires_in}
+        configuration = merge_configuration(defaults, fields)
+        command = CreateTask(
+            task_id=str(uuid.uuid4()),
+            at=now(),
+            owner=caller.owner,
+            configuration=configuration,
+            file=blob_ref(data),
+            file_name=file_name,
+            expires_in=configuration.get("expires_in"),
+        )
+        reply = await runtime.execute(
+            request,
+            caller,
+            command,
+            lambda outcome, tx: self._task_reply(runtime, request, outcome.after, tx),
+            blobs=[data],
+            body=raw,
+        )
+        return reply.to_response()
+
+    @get("/{task_id:str}", summary="Get a task", sync_to_thread=True)
+    def get_task(
+        self,
+        request: Request[Any, Any, Any],
+        caller: Caller,
+        runtime: Runtime,
+        task_id: str,
+        include_chunks: bool = True,
+        base64_urls: bool = False,
+        as_of_version: Annotated[int | None, Parameter(ge=1)] = None,
+    ) -> Response[TaskResponse]:
+        state = visible(runtime.store.state(task_id), caller)
+        if as_of_version is not None:
+            if as_of_version > state.version:
+                raise BadRequest(
+                    f"as_of_version must be between 1 and {state.version} for this task"
+                )
+            state = runtime.store.replay(task_id, until_version=as_of_version) or state
+        output = runtime.output_of(state) if state.output is not None else None
+        response = render_task(
+            state, base_url=runtime.base_url(request), output=output, include_chunks=include_chunks
+        )
+        return json_reply(response).to_response()
+
+    @patch("/{task_id:str}/parse", status_code=200, summary="Update a task's configuration")
+    async def update_task(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[TaskResponse]:
+        require_role(caller, "user", "admin", action="update tasks")
+        raw = await request.body()
+        body: UpdateBody = decode_body(raw or b"{}", UpdateBody)
+        command = UpdateTask(
+            task_id=task_id,
+            at=now(),
+            owner=caller.scope,
+            configuration=normalise_fields(body.as_dict()),
+        )
+        reply = await runtime.execute(
+            request,
+            caller,
+            command,
+            lambda outcome, tx: self._task_reply(runtime, request, outcome.after, tx),
+            body=raw,
+        )
+        return reply.to_response()
+
+    @get("/{task_id:str}/cancel", summary="Cancel a task that has not started", media_type=TEXT)
+    async def cancel_task(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[str]:
+        require_role(caller, "user", "admin", action="cancel tasks")
+        visible(runtime.store.state(task_id), caller)
+        command = CancelTask(task_id=task_id, at=now(), owner=caller.scope)
+        reply = await runtime.execute(
+            request, caller, command, lambda outcome, tx: text_reply("Task cancelled")
+        )
+        return reply.to_response()
+
+    @delete("/{task_id:str}", status_code=200, summary="Delete a finished task", media_type=TEXT)
+    async def delete_task(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[str]:
+        require_role(caller, "user", "admin", action="delete tasks")
+        visible(runtime.store.state(task_id), caller)
+        command = DeleteTask(task_id=task_id, at=now(), owner=caller.scope)
+        reply = await runtime.execute(
+            request, caller, command, lambda outcome, tx: text_reply("Task deleted")
+        )
+        return reply.to_response()
+
+
+class TasksController(Controller):
+    path = "/api/v1/tasks"
+    tags = ["tasks"]
+
+    @get("/", summary="List tasks, newest first", sync_to_thread=True)
+    def list_tasks(
+        self,
+        request: Request[Any, Any, Any],
+        caller: Caller,
+        runtime: Runtime,
+        page: int | None = None,
+        limit: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        include_chunks: bool = False,
+        base64_urls: bool = False,
+    ) -> Response[list[TaskResponse]]:
+        require_role(caller, "user", "admin", action="list tasks")
+        if page is not None and limit is None:
+            raise BadRequest("Limit is required when page is provided")
+        if page is not None and page < 1:
+            raise BadRequest("page must be 1 or more")
+        if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        for name, value in (("start", start), ("end", end)):
+            if value is not None and value.tzinfo is None:
+                raise BadRequest(f"{name} must be an RFC 3339 time with a time zone")
+        offset = (page - 1) * limit if page is not None and limit is not None else 0
+        states = runtime.store.tasks.list(
+            runtime.store.log.reader(),
+            owner=caller.scope,
+            now=now(),
+            limit=limit,
+            offset=offset,
+            start=start,
+            end=end,
+        )
+        base_url = runtime.base_url(request)
+        tasks = [
+            render_task(
+                s,
+                base_url=base_url,
+                output=runtime.output_of(s) if include_chunks else None,
+                include_chunks=include_chunks,
+            )
+            for s in states
+        ]
+        return json_reply(tasks).to_response()
+

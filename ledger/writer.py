@@ -1,0 +1,78 @@
+"""Group commit: one writer thread per process turns many concurrent commands into few
+transactions.
+
+Callers ``submit`` a Request and get a Future. The writer takes every request waiting at that
+moment (up to ``max_batch``), runs them through ``CommandHandler.execute_batch`` in one
+transaction with one fsync, then resolves all their futures. A command the decider refuses gets
+its error; the rest of its batch commits.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+
+from ledger.handler import CommandHandler, Outcome, Request
+
+
+class Writer:
+    def __init__(self, handler: CommandHandler, *, max_batch: int = 256) -> None:
+        self.handler = handler
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Request, Future] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="taskledger-writer", daemon=True)
+        self._started = False
+        self._lock = threading.Lock()
+        #: Batches committed and commands in them, for the benchmark and tests.
+        self.batches = 0
+        self.commands = 0
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def submit(self, request: Request) -> Future[Outcome]:
+        if not self._started:
+            self.start()
+        future: Future[Outcome] = Future()
+        self._queue.put((request, future))
+        return future
+
+    def stop(self, timeout: float | None = 10) -> None:
+        """Finish what was submitted, then stop the thread."""
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stopping = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                results = self.handler.execute_batch([request for request, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - every caller must hear of it
+                results = [exc] * len(batch)
+            self.batches += 1
+            self.commands += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+            if stopping:
+                return

@@ -1,0 +1,194 @@
+"""The ``taskledger`` command line (click): serve, keys, and the operator tools."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import click
+
+from api import keys as key_store
+from api.settings import Settings, default_db_path
+from projections.store import Store
+
+DB_HELP = "SQLite database file (default ./taskledger.db, or $TASKLEDGER_DB)."
+
+
+def db_option(func):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=DB_HELP,
+    )(func)
+
+
+def resolve_db(db_path: Path | None) -> Path:
+    return db_path if db_path is not None else default_db_path()
+
+
+def open_keys_connection(db_path: Path) -> sqlite3.Connection:
+    """Open the database (creating the ledger schema if new) for key management."""
+    Store(db_path).close()
+    conn = sqlite3.connect(str(db_path), isolation_level=None, timeout=10)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taskledger")
+def cli() -> None:
+    """taskledger: an event-sourced task ledger with a Chunkr-compatible task API."""
+
+
+@cli.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--public-url", default=None, help="Base of the absolute task_url (default: from each request's Host).")
+@click.option("--max-body-mb", default=32, show_default=True, type=int, help="Largest request body, in MiB (bigger gets 413).")
+@click.option("--synchronous", default="FULL", show_default=True, type=click.Choice(["FULL", "NORMAL"], case_sensitive=False), help="SQLite durability: FULL fsyncs every commit.")
+@click.option("--expires-in", "default_expires_in", default=None, type=int, help="Default expires_in (seconds) for tasks created without one.")
+@click.option("--lease-seconds", default=300, show_default=True, type=int, help="Lease a claim gets by default.")
+@click.option("--max-attempts", default=3, show_default=True, type=int, help="Claims before a task whose lease keeps expiring is timed out.")
+@click.option("--sweep-interval", default=1.0, show_default=True, type=float, help="Seconds between sweeps for expired leases and tasks (0 turns them off).")
+@click.option("--rate-limit", default=None, type=float, help="Requests per second allowed per key (off by default).")
+@click.option("--log-json/--log-console", default=None, help="Log format (default: console on a terminal, JSON otherwise).")
+def serve(
+    db_path: Path | None,
+    host: str,
+    port: int,
+    public_url: str | None,
+    max_body_mb: int,
+    synchronous: str,
+    default_expires_in: int | None,
+    lease_seconds: int,
+    max_attempts: int,
+    sweep_interval: float,
+    rate_limit: float | None,
+    log_json: bool | None,
+) -> None:
+    """Run the HTTP API.
+
+    On a database with no keys yet it creates an admin key and prints it once.
+
+    Example:
+
+        taskledger serve --db ./taskledger.db --port 8000
+    """
+    import uvicorn
+
+    from api import create_app
+    from api.requestlog import configure_logging
+
+    db = resolve_db(db_path)
+    conn = open_keys_connection(db)
+    try:
+        if key_store.count_keys(conn) == 0:
+            record, key = key_store.create_key(conn, "admin", "admin")
+            click.echo(
+                f"No API keys yet: created an admin key (id {record.key_id}). It is shown only once:",
+                err=True,
+            )
+            click.echo(key)
+    finally:
+        conn.close()
+    configure_logging(json=log_json)
+    settings = Settings(
+        db_path=db,
+        public_url=public_url,
+        max_body_bytes=max_body_mb * 1024 * 1024,
+        synchronous=synchronous.upper(),
+        default_expires_in=default_expires_in,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        sweep_interval=sweep_interval,
+        rate_limit_per_second=rate_limit,
+    )
+    click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+
+
+@cli.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@db_option
+@click.option("--owner", required=True, help="Whose tasks the key acts on.")
+@click.option("--role", type=click.Choice(key_store.ROLES), default="user", show_default=True, help="user: own tasks; worker: claim and finish any task; admin: everything.")
+def keys_create(db_path: Path | None, owner: str, role: str) -> None:
+    """Create a key. The key is printed alone on the last line and never shown again.
+
+    Example:
+
+        taskledger keys create --db ./taskledger.db --owner alice --role user
+    """
+    conn = open_keys_connection(resolve_db(db_path))
+    try:
+        record, key = key_store.create_key(conn, owner, role)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    finally:
+        conn.close()
+    click.echo(f"Created {record.role} key {record.key_id} for {record.owner}.", err=True)
+    click.echo(key)
+
+
+@keys.command("list")
+@db_option
+def keys_list(db_path: Path | None) -> None:
+    """List keys (ids, owners, roles; never the keys themselves).
+
+    Example:
+
+        taskledger keys list --db ./taskledger.db
+    """
+    conn = open_keys_connection(resolve_db(db_path))
+    try:
+        records = key_store.list_keys(conn)
+    finally:
+        conn.close()
+    if not sys.stdout.isatty():
+        for r in records:
+            click.echo(json.dumps({"key_id": r.key_id, "owner": r.owner, "role": r.role, "created_at": r.created_at, "revoked_at": r.revoked_at}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key id", "owner", "role", "created", "revoked")
+    for r in records:
+        table.add_row(r.key_id, r.owner, r.role, r.created_at, r.revoked_at or "")
+    Console().print(table)
+
+
+@keys.command("revoke")
+@db_option
+@click.argument("key_id")
+def keys_revoke(db_path: Path | None, key_id: str) -> None:
+    """Revoke a key by its id; requests with it get 401 from then on.
+
+    Example:
+
+        taskledger keys revoke --db ./taskledger.db 3f9a1c2b7d4e
+    """
+    conn = open_keys_connection(resolve_db(db_path))
+    try:
+        revoked = key_store.revoke_key(conn, key_id)
+    finally:
+        conn.close()
+    if not revoked:
+        raise click.ClickException(f"No active key with id {key_id}")
+    click.echo(f"Revoked key {key_id}.")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

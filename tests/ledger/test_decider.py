@@ -1,0 +1,490 @@
+"""The decider as a table of stories: given a task in each status, when each command, then these
+events (folded afterwards to check the command's effect) or this exact error."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.commands import (
+    CancelTask,
+    ClaimTask,
+    CompleteTask,
+    CreateTask,
+    DeleteTask,
+    ExpireLease,
+    ExpireTask,
+    ExtendLease,
+    FailTask,
+    ReleaseTask,
+    UpdateTask,
+)
+from ledger.decider import decide, fold, initial_state, merge_configuration
+from ledger.errors import InvalidTransition, LeaseLost, TaskAlreadyExists, TaskNotFound
+from ledger.events import (
+    Cancelled,
+    Claimed,
+    Deleted,
+    Expired,
+    Failed,
+    LeaseExpired,
+    LeaseExtended,
+    Succeeded,
+    TaskCreated,
+    TimedOut,
+    UpdateRequested,
+)
+from stories import (
+    CONFIG,
+    EXPIRES_IN,
+    FILE,
+    ID,
+    OWNER,
+    WORKER,
+    at,
+    blob,
+    cancelled,
+    claimed,
+    created,
+    deleted,
+    expired,
+    failed,
+    lease_expired,
+    succeeded,
+    update_requested,
+)
+
+NOW = at(100)  # every "when" happens here: after the given leases and expiries have run out
+OUTPUT2 = blob(b"second output")
+PATCH = {"chunk_processing": {"target_length": 7}}
+MERGED = {
+    "chunk_processing": {"target_length": 7, "ignore_headers_and_footers": True},
+    "ocr_strategy": "All",
+}
+
+# -- given: one history per status --------------------------------------------------------------
+
+GIVEN = {
+    "never-created": [],
+    "Starting (new)": [created()],
+    "Starting (pending update)": [created(), claimed(), succeeded(), update_requested()],
+    "Processing": [created(), claimed()],
+    "Succeeded": [created(), claimed(), succeeded()],
+    "Failed": [created(), claimed(), failed()],
+    "Cancelled": [created(), cancelled()],
+    "deleted": [created(), cancelled(), deleted()],
+    "expired": [created(), claimed(), succeeded(), expired()],
+}
+STATUSES = list(GIVEN)
+
+
+def state_of(given):
+    return fold(given, initial_state(ID))
+
+
+# -- when: one command of each kind -------------------------------------------------------------
+
+WHEN = {
+    "CreateTask": CreateTask(task_id=ID, at=NOW, owner=OWNER, configuration=CONFIG, file=FILE,
+                             file_name="doc.pdf", expires_in=EXPIRES_IN),
+    "UpdateTask": UpdateTask(task_id=ID, at=NOW, configuration=PATCH),
+    "CancelTask": CancelTask(task_id=ID, at=NOW, reason="no longer needed"),
+    "DeleteTask": DeleteTask(task_id=ID, at=NOW),
+    "ClaimTask": ClaimTask(task_id=ID, at=NOW, worker_id="w2", lease_until=at(130)),
+    "ExtendLease": ExtendLease(task_id=ID, at=NOW, worker_id=WORKER, lease_until=at(130)),
+    "ReleaseTask": ReleaseTask(task_id=ID, at=NOW, worker_id=WORKER),
+    "CompleteTask": CompleteTask(task_id=ID, at=NOW, worker_id=WORKER, output=OUTPUT2),
+    "FailTask": FailTask(task_id=ID, at=NOW, worker_id=WORKER, error="kaput"),
+    "ExpireLease": ExpireLease(task_id=ID, at=NOW),
+    "ExpireTask": ExpireTask(task_id=ID, at=NOW),
+}
+
+
+class Refused:
+    def __init__(self, error: type[Exception], message: str) -> None:
+        self.error, self.message = error, message
+
+    def __repr__(self) -> str:
+        return f"{self.error.__name__}({self.message!r})"
+
+
+NOT_FOUND = Refused(TaskNotFound, "Task not found")
+EXISTS = Refused(TaskAlreadyExists, "Task already exists")
+
+
+def cannot(verb: str, status: str) -> Refused:
+    return Refused(InvalidTransition, f"Task cannot be {verb}: status is {status}")
+
+
+def lease_lost(status: str, worker: str = WORKER) -> Refused:
+    return Refused(
+        LeaseLost, f"Worker {worker} does not hold the lease on this task: status is {status}"
+    )
+
+
+# -- then: the table. Columns in the order of STATUSES. ----------------------------------------
+
+E_CREATED = [TaskCreated(task_id=ID, at=NOW, owner=OWNER, configuration=CONFIG, file=FILE,
+                         file_name="doc.pdf", expires_in=EXPIRES_IN)]
+E_UPDATE = [UpdateRequested(task_id=ID, at=NOW, configuration=MERGED, expires_in=EXPIRES_IN)]
+E_CANCEL = [Cancelled(task_id=ID, at=NOW, reason="no longer needed")]
+E_DELETE = [Deleted(task_id=ID, at=NOW)]
+E_CLAIM_1 = [Claimed(task_id=ID, at=NOW, worker_id="w2", lease_until=at(130), attempt=1)]
+E_EXTEND = [LeaseExtended(task_id=ID, at=NOW, worker_id=WORKER, lease_until=at(130))]
+E_RELEASE = [LeaseExpired(task_id=ID, at=NOW, worker_id=WORKER, attempt=1, reason="released")]
+E_COMPLETE = [Succeeded(task_id=ID, at=NOW, worker_id=WORKER, output=OUTPUT2)]
+E_FAIL = [Failed(task_id=ID, at=NOW, worker_id=WORKER, error="kaput")]
+E_LEASE_EXPIRED = [LeaseExpired(task_id=ID, at=NOW, worker_id=WORKER, attempt=1)]
+E_EXPIRED = [Expired(task_id=ID, at=NOW)]
+
+#            never      new                          pending update               Processing                    Succeeded                    Failed                       Cancelled                    deleted    expired
+THEN = {
+    "CreateTask": [E_CREATED, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS],
+    "UpdateTask": [NOT_FOUND, cannot("updated", "Starting"), cannot("updated", "Starting"),
+                   cannot("updated", "Processing"), E_UPDATE, E_UPDATE,
+                   cannot("updated", "Cancelled"), NOT_FOUND, NOT_FOUND],
+    "CancelTask": [NOT_FOUND, E_CANCEL, E_CANCEL, cannot("cancelled", "Processing"),
+                   cannot("cancelled", "Succeeded"), cannot("cancelled", "Failed"),
+                   cannot("cancelled", "Cancelled"), NOT_FOUND, NOT_FOUND],
+    "DeleteTask": [NOT_FOUND, cannot("deleted", "Starting"), cannot("deleted", "Starting"),
+                   cannot("deleted", "Processing"), E_DELETE, E_DELETE, E_DELETE,
+                   NOT_FOUND, NOT_FOUND],
+    # A pending update is a new run: its first claim is attempt 1 again.
+    "ClaimTask": [NOT_FOUND, E_CLAIM_1, E_CLAIM_1, cannot("claimed", "Processing"),
+                  cannot("claimed", "Succeeded"), cannot("claimed", "Failed"),
+                  cannot("claimed", "Cancelled"), NOT_FOUND, NOT_FOUND],
+    "ExtendLease": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_EXTEND,
+                    lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
+                    NOT_FOUND, NOT_FOUND],
+    "ReleaseTask": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_RELEASE,
+                    lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
+                    NOT_FOUND, NOT_FOUND],
+    "CompleteTask": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_COMPLETE,
+                     lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
+                     NOT_FOUND, NOT_FOUND],
+    "FailTask": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_FAIL,
+                 lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
+                 NOT_FOUND, NOT_FOUND],
+    # The sweepers never raise: nothing to do is [].
+    "ExpireLease": [[], [], [], E_LEASE_EXPIRED, [], [], [], [], []],
+    "ExpireTask": [[], [], [], [], E_EXPIRED, E_EXPIRED, E_EXPIRED, [], []],
+}
+
+# For every cell that appends events: the folded status, message and tombstone, and what the
+# very same command does when repeated against the folded state (never applied twice).
+PRIOR_SUCCEEDED_MESSAGE = "Task succeeded"
+AFTER = {
+    ("never-created", "CreateTask"): ("Starting", "Task queued", None, EXISTS),
+    ("Succeeded", "UpdateTask"): ("Starting", "Task queued for update", None,
+                                  cannot("updated", "Starting")),
+    ("Failed", "UpdateTask"): ("Starting", "Task queued for update", None,
+                               cannot("updated", "Starting")),
+    ("Starting (new)", "CancelTask"): ("Cancelled", "Task cancelled", None,
+                                       cannot("cancelled", "Cancelled")),
+    # Cancelling a pending update puts the task back as it was: Succeeded.
+    ("Starting (pending update)", "CancelTask"): ("Succeeded", PRIOR_SUCCEEDED_MESSAGE, None,
+                                                  cannot("cancelled", "Succeeded")),
+    ("Succeeded", "DeleteTask"): ("Succeeded", "Task succeeded", "deleted", NOT_FOUND),
+    ("Failed", "DeleteTask"): ("Failed", "boom", "deleted", NOT_FOUND),
+    ("Cancelled", "DeleteTask"): ("Cancelled", "Task cancelled", "deleted", NOT_FOUND),
+    ("Starting (new)", "ClaimTask"): ("Processing", "Task started", None,
+                                      cannot("claimed", "Processing")),
+    ("Starting (pending update)", "ClaimTask"): ("Processing", "Task started", None,
+                                                 cannot("claimed", "Processing")),
+    # A heartbeat may repeat: the lease is simply extended again.
+    ("Processing", "ExtendLease"): ("Processing", "Task started", None, E_EXTEND),
+    ("Processing", "ReleaseTask"): ("Starting", "Task re-queued: the worker released it", None,
+                                    lease_lost("Starting")),
+    ("Processing", "CompleteTask"): ("Succeeded", "Task succeeded", None,
+                                     lease_lost("Succeeded")),
+    ("Processing", "FailTask"): ("Failed", "kaput", None, lease_lost("Failed")),
+    ("Processing", "ExpireLease"): ("Starting", "Task re-queued: the worker's lease expired",
+                                    None, []),
+    ("Succeeded", "ExpireTask"): ("Succeeded", "Task succeeded", "expired", []),
+    ("Failed", "ExpireTask"): ("Failed", "boom", "expired", []),
+    ("Cancelled", "ExpireTask"): ("Cancelled", "Task cancelled", "expired", []),
+}
+
+CASES = [
+    pytest.param(status, name, THEN[name][column], id=f"{name}-when-{status}")
+    for name in WHEN
+    for column, status in enumerate(STATUSES)
+]
+
+
+def outcome(command, state):
+    try:
+        return decide(command, state)
+    except Exception as exc:  # noqa: BLE001 - compared with the table below
+        return exc
+
+
+def assert_outcome(actual, expected) -> None:
+    if isinstance(expected, Refused):
+        assert isinstance(actual, Exception), f"expected {expected!r}, got events {actual!r}"
+        assert type(actual) is expected.error
+        assert actual.message == expected.message
+        assert str(actual) == expected.message
+    else:
+        assert not isinstance(actual, Exception), f"expected {expected!r}, got {actual!r}"
+        assert actual == expected
+
+
+def test_the_table_covers_every_status_and_command():
+    assert set(THEN) == set(WHEN)
+    assert all(len(row) == len(STATUSES) for row in THEN.values())
+    appending = {(s, c) for c in THEN for s, t in zip(STATUSES, THEN[c]) if isinstance(t, list) and t}
+    assert appending == set(AFTER)
+
+
+@pytest.mark.parametrize(("given", "command", "then"), CASES)
+def test_decide(given, command, then):
+    before = state_of(GIVEN[given])
+    assert_outcome(outcome(WHEN[command], before), then)
+    if isinstance(then, Refused) or not then:
+        return
+    after = fold(then, before)
+    status, message, gone, again = AFTER[(given, command)]
+    assert (after.status, after.message, after.gone) == (status, message, gone)
+    assert after.version == before.version + len(then)
+    assert_outcome(outcome(WHEN[command], after), again)
+
+
+def test_decide_is_pure_and_leaves_the_state_alone():
+    before = state_of(GIVEN["Starting (new)"])
+    copy = state_of(GIVEN["Starting (new)"])
+    first = decide(WHEN["CancelTask"], before)
+    assert decide(WHEN["CancelTask"], before) == first
+    assert before == copy
+
+
+# -- owner scoping ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "command"),
+    [
+        ("Succeeded", UpdateTask(task_id=ID, at=NOW, configuration=PATCH, owner="mallory")),
+        ("Starting (new)", CancelTask(task_id=ID, at=NOW, owner="mallory")),
+        ("Starting (pending update)", CancelTask(task_id=ID, at=NOW, owner="mallory")),
+        ("Cancelled", DeleteTask(task_id=ID, at=NOW, owner="mallory")),
+        # Another owner learns nothing about the status either: not found, not "cannot".
+        ("Processing", CancelTask(task_id=ID, at=NOW, owner="mallory")),
+        ("Processing", DeleteTask(task_id=ID, at=NOW, owner="mallory")),
+    ],
+)
+def test_another_owners_task_is_not_found(given, command):
+    assert_outcome(outcome(command, state_of(GIVEN[given])), NOT_FOUND)
+
+
+@pytest.mark.parametrize(
+    ("given", "command", "then"),
+    [
+        ("Succeeded", UpdateTask(task_id=ID, at=NOW, configuration=PATCH, owner=OWNER), E_UPDATE),
+        ("Starting (new)", CancelTask(task_id=ID, at=NOW, owner=OWNER, reason="no longer needed"),
+         E_CANCEL),
+        ("Cancelled", DeleteTask(task_id=ID, at=NOW, owner=OWNER), E_DELETE),
+        ("Processing", CancelTask(task_id=ID, at=NOW, owner=OWNER),
+         cannot("cancelled", "Processing")),
+    ],
+)
+def test_the_owner_sees_its_own_task(given, command, then):
+    assert_outcome(outcome(command, state_of(GIVEN[given])), then)
+
+
+# -- leases -------------------------------------------------------------------------------------
+
+HELD_BY_ANOTHER = "Worker w2 does not hold the lease on this task: it is held by another worker"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ExtendLease(task_id=ID, at=NOW, worker_id="w2", lease_until=at(130)),
+        ReleaseTask(task_id=ID, at=NOW, worker_id="w2"),
+        CompleteTask(task_id=ID, at=NOW, worker_id="w2", output=OUTPUT2),
+        FailTask(task_id=ID, at=NOW, worker_id="w2", error="kaput"),
+    ],
+    ids=lambda c: type(c).__name__,
+)
+def test_a_worker_without_the_lease_is_refused(command):
+    state = state_of(GIVEN["Processing"])
+    assert_outcome(outcome(command, state), Refused(LeaseLost, HELD_BY_ANOTHER))
+
+
+def test_a_worker_whose_lease_expired_cannot_complete_after_another_claimed():
+    given = [created(), claimed(worker="w2"), lease_expired(worker="w2"),
+             claimed(t=40, worker="w1", attempt=2)]
+    late = CompleteTask(task_id=ID, at=at(41), worker_id="w2", output=OUTPUT2)
+    assert_outcome(outcome(late, state_of(given)), Refused(LeaseLost, HELD_BY_ANOTHER))
+    # ... and the current holder still can.
+    events = decide(CompleteTask(task_id=ID, at=at(42), worker_id="w1", output=OUTPUT2),
+                    state_of(given))
+    assert events == [Succeeded(task_id=ID, at=at(42), worker_id="w1", output=OUTPUT2)]
+
+
+def test_expire_lease_before_lease_until_does_nothing():
+    state = state_of([created(), claimed(t=1, lease=30)])  # lease_until = at(31)
+    assert decide(ExpireLease(task_id=ID, at=at(30.999)), state) == []
+    assert decide(ExpireLease(task_id=ID, at=at(31)), state) == [
+        LeaseExpired(task_id=ID, at=at(31), worker_id=WORKER, attempt=1)
+    ]
+
+
+def test_a_heartbeat_moves_the_lease_end():
+    state = state_of([created(), claimed(t=1, lease=30)])
+    extended = fold(decide(ExtendLease(task_id=ID, at=at(20), worker_id=WORKER,
+                                       lease_until=at(80)), state), state)
+    assert extended.lease_until == at(80)
+    assert decide(ExpireLease(task_id=ID, at=at(31)), extended) == []
+    assert decide(ExpireLease(task_id=ID, at=at(80)), extended) == [
+        LeaseExpired(task_id=ID, at=at(80), worker_id=WORKER, attempt=1)
+    ]
+
+
+def test_lease_expiry_requeues_until_attempts_are_exhausted():
+    history = [created()]
+    for attempt in (1, 2):
+        t = attempt * 100
+        history.append(claimed(t=t, attempt=attempt))
+        events = decide(ExpireLease(task_id=ID, at=at(t + 30)), fold(history))
+        assert events == [LeaseExpired(task_id=ID, at=at(t + 30), worker_id=WORKER,
+                                       attempt=attempt)]
+        history += events
+        assert fold(history).status == "Starting"
+    history.append(claimed(t=300, attempt=3))
+    assert decide(ClaimTask(task_id=ID, at=at(1), worker_id="x", lease_until=at(2)),
+                  fold(history[:-1])) == [
+        Claimed(task_id=ID, at=at(1), worker_id="x", lease_until=at(2), attempt=3)
+    ]
+    events = decide(ExpireLease(task_id=ID, at=at(330)), fold(history))
+    assert events == [
+        LeaseExpired(task_id=ID, at=at(330), worker_id=WORKER, attempt=3),
+        TimedOut(task_id=ID, at=at(330), attempt=3),
+    ]
+    after = fold(events, fold(history))
+    assert (after.status, after.message) == ("Failed", "Task timed out")
+    assert (after.worker_id, after.lease_until) == (None, None)
+    assert after.finished_at == at(330)
+    assert after.expires_at == at(330 + EXPIRES_IN)
+    assert decide(ExpireLease(task_id=ID, at=at(400)), after) == []
+    assert_outcome(outcome(ClaimTask(task_id=ID, at=at(400), worker_id="x", lease_until=at(401)),
+                           after), cannot("claimed", "Failed"))
+
+
+def test_max_attempts_comes_from_the_command():
+    state = state_of([created(), claimed(attempt=1)])
+    assert decide(ExpireLease(task_id=ID, at=at(31), max_attempts=1), state) == [
+        LeaseExpired(task_id=ID, at=at(31), worker_id=WORKER, attempt=1),
+        TimedOut(task_id=ID, at=at(31), attempt=1),
+    ]
+
+
+def test_an_update_gets_all_its_attempts_again():
+    """Attempts count claims of one run; earlier runs must not eat into an update's retries."""
+    history = [created(), claimed(t=1), lease_expired(t=31), claimed(t=40, attempt=2),
+               succeeded(t=41), update_requested(t=50)]
+    for n in (1, 2):
+        t = 100 * n
+        claim = decide(ClaimTask(task_id=ID, at=at(t), worker_id=WORKER, lease_until=at(t + 30)),
+                       fold(history))
+        assert claim == [Claimed(task_id=ID, at=at(t), worker_id=WORKER, lease_until=at(t + 30),
+                                 attempt=n)]
+        history += claim
+        requeue = decide(ExpireLease(task_id=ID, at=at(t + 30)), fold(history))
+        assert requeue == [LeaseExpired(task_id=ID, at=at(t + 30), worker_id=WORKER, attempt=n)]
+        history += requeue
+    assert fold(history).status == "Starting"
+
+
+def test_release_requeues_without_timing_out_and_counts_the_attempt():
+    state = state_of([created(), claimed(attempt=1)])
+    after = fold(decide(ReleaseTask(task_id=ID, at=at(5), worker_id=WORKER), state), state)
+    assert (after.status, after.message, after.worker_id) == (
+        "Starting", "Task re-queued: the worker released it", None)
+    assert decide(ClaimTask(task_id=ID, at=at(6), worker_id="w2", lease_until=at(36)), after) == [
+        Claimed(task_id=ID, at=at(6), worker_id="w2", lease_until=at(36), attempt=2)
+    ]
+
+
+# -- expiry -------------------------------------------------------------------------------------
+
+
+def test_expire_task_waits_for_expires_at():
+    state = state_of([created(), claimed(), succeeded(t=2)])
+    assert state.expires_at == at(2 + EXPIRES_IN)
+    assert decide(ExpireTask(task_id=ID, at=at(61.5)), state) == []
+    assert decide(ExpireTask(task_id=ID, at=at(62)), state) == [Expired(task_id=ID, at=at(62))]
+
+
+def test_a_task_without_expires_in_never_expires():
+    state = state_of([created(expires_in=None), claimed(), succeeded()])
+    assert state.expires_at is None
+    assert decide(ExpireTask(task_id=ID, at=at(10**8)), state) == []
+
+
+def test_a_pending_update_does_not_expire_on_the_old_expiry():
+    state = state_of(GIVEN["Starting (pending update)"])
+    assert state.expires_at == at(62)  # still the finished run's, but the task is Starting again
+    assert decide(ExpireTask(task_id=ID, at=at(1000)), state) == []
+
+
+# -- configuration merge ------------------------------------------------------------------------
+
+
+def test_update_merges_configuration_recursively():
+    current = {
+        "chunk_processing": {"target_length": 512, "ignore_headers_and_footers": True,
+                             "tokenizer": {"name": "Word", "lowercase": False}},
+        "ocr_strategy": "All",
+        "segmentation_strategy": "LayoutAnalysis",
+    }
+    state = state_of([created(configuration=current), claimed(), succeeded()])
+    patch = {
+        "chunk_processing": {"target_length": 7, "tokenizer": {"lowercase": True}},
+        "ocr_strategy": "Auto",
+        "high_resolution": True,
+    }
+    (event,) = decide(UpdateTask(task_id=ID, at=NOW, configuration=patch), state)
+    assert event.configuration == {
+        "chunk_processing": {"target_length": 7, "ignore_headers_and_footers": True,
+                             "tokenizer": {"name": "Word", "lowercase": True}},
+        "ocr_strategy": "Auto",
+        "segmentation_strategy": "LayoutAnalysis",
+        "high_resolution": True,
+    }
+    # The task's configuration before the update is untouched (no aliasing of nested dicts).
+    assert state.configuration == current
+    assert current["chunk_processing"]["tokenizer"] == {"name": "Word", "lowercase": False}
+    assert fold([event], state).configuration == event.configuration
+
+
+def test_merge_replaces_a_nested_object_with_a_scalar_and_back():
+    assert merge_configuration({"a": {"b": 1}}, {"a": None}) == {"a": None}
+    assert merge_configuration({"a": 3}, {"a": {"b": 1}}) == {"a": {"b": 1}}
+    assert merge_configuration({"a": {"b": 1, "c": 2}}, {}) == {"a": {"b": 1, "c": 2}}
+
+
+def test_update_can_change_expires_in_through_the_configuration():
+    state = state_of([created(), claimed(), succeeded()])
+    (event,) = decide(UpdateTask(task_id=ID, at=NOW, configuration={"expires_in": 5}), state)
+    assert event.expires_in == 5
+    after = fold([event, claimed(t=101, attempt=1), succeeded(t=102)], state)
+    assert after.expires_at == at(102 + 5)
+
+
+def test_cancelling_a_pending_update_restores_the_prior_state():
+    before = [created(), claimed(), succeeded()]
+    given = [*before, update_requested(configuration=MERGED)]
+    events = decide(CancelTask(task_id=ID, at=NOW), fold(given))
+    assert events == [Cancelled(task_id=ID, at=NOW)]
+    after, prior = fold([*given, *events]), fold(before)
+    assert (after.status, after.message, after.configuration, after.output) == (
+        prior.status, prior.message, prior.configuration, prior.output)
+    assert after.prior is None
+    assert_outcome(outcome(CancelTask(task_id=ID, at=NOW), after), cannot("cancelled", "Succeeded"))
+
+
+def test_folding_nothing_needs_an_initial_state():
+    with pytest.raises(ValueError):
+        fold([])
+    assert fold([], initial_state(ID)) == initial_state(ID)
