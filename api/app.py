@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +20,9 @@ from api.keys import Caller
 from api.requestlog import request_log_middleware
 from api.runtime import Runtime
 from api.settings import Settings
+from api.sweeper import run_sweepers
 from api.tasks import TaskController, TasksController
+from api.worker import WorkerController
 from ledger import __version__
 
 
@@ -27,9 +31,14 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
+        sweeper = asyncio.create_task(run_sweepers(runtime)) if settings.sweep_interval > 0 else None
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             runtime.close()
 
     def provide_runtime(state: State) -> Runtime:
@@ -39,7 +48,7 @@ def create_app(settings: Settings) -> Litestar:
         return state.runtime.authenticate(request.headers.get("authorization"))
 
     return Litestar(
-        route_handlers=[HealthController, TaskController, TasksController],
+        route_handlers=[HealthController, TaskController, TasksController, WorkerController],
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),

@@ -193,8 +193,7 @@ class Runtime:
             replay = self._replay(caller, idem_key, stored_fp)
             assert replay is not None
             return replay
-        if outcome.recorded and claimable(outcome.after):
-            self.queue_changed.set()
+        self._notify(outcome)
         return outcome.extra
 
     def _replay(self, caller: keys.Caller, idem_key: str, fp: str) -> Reply | None:
@@ -208,4 +207,12 @@ class Runtime:
     async def run_system(self, command: AnyCommand) -> Outcome:
         """A command the server itself issues (the sweepers)."""
         job = CommandRequest(command=command, envelope=Envelope(recorded_at=now()))
-        return await asyncio.wrap_future(self.writer.submit(job))
+        outcome = await asyncio.wrap_future(self.writer.submit(job))
+        self._notify(outcome)
+        return outcome
+
+    def _notify(self, outcome: Outcome) -> None:
+        """Wake the claims waiting in this process when a task has become claimable."""
+        if outcome.recorded and claimable(outcome.after):
+            changed, self.queue_changed = self.queue_changed, asyncio.Event()
+            changed.set()

@@ -220,3 +220,91 @@ def render_task(
         output=rendered_output,
         task_url=task_url,
     )
+
+
+# -- worker bodies -------------------------------------------------------------------------------
+
+WorkerId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class ClaimBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    lease_seconds: PositiveInt | None = None
+    wait_seconds: Annotated[int, Meta(ge=0, le=3600)] = 0
+
+
+class HeartbeatBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    lease_seconds: PositiveInt | None = None
+
+
+class ReleaseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+
+
+class BoundingBox(msgspec.Struct, kw_only=True):
+    left: float
+    top: float
+    width: float
+    height: float
+
+
+class Segment(msgspec.Struct, kw_only=True):
+    """The fields of a segment the chunkr-ai SDK requires; others pass through untouched."""
+
+    bbox: BoundingBox
+    page_height: float
+    page_width: float
+    page_number: int
+    segment_id: str
+    segment_type: Literal[
+        "Caption", "Footnote", "Formula", "ListItem", "Page", "PageFooter", "PageHeader",
+        "Picture", "SectionHeader", "Table", "Text", "Title",
+    ]
+    confidence: float | None
+
+
+class Chunk(msgspec.Struct, kw_only=True):
+    chunk_id: str
+    chunk_length: int
+    segments: list[Segment]
+
+
+class Output(msgspec.Struct, kw_only=True):
+    chunks: list[Chunk]
+    file_name: str | None = None
+    page_count: NonNegativeInt | None = None
+    pdf_url: str | None = None
+
+
+class CompleteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    #: Chunkr-shaped output: ``chunks[].segments[]`` with every field the SDK needs.
+    output: dict[str, Any]
+
+
+class FailBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    error: Annotated[str, Meta(min_length=1, max_length=10_000)]
+
+
+class LeaseResponse(msgspec.Struct, kw_only=True):
+    task_id: str
+    worker_id: str
+    lease_until: datetime
+    attempt: int
+
+
+def check_output(output: dict[str, Any], file_name: str | None) -> dict[str, Any]:
+    """Validate a worker's output against what the SDK parses; fill Chunkr's optional keys."""
+    try:
+        msgspec.convert(output, Output)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid output: {exc}") from None
+    return {
+        "file_name": file_name,
+        "page_count": None,
+        "pdf_url": None,
+        "extracted_json": None,
+        **output,
+    }

@@ -186,6 +186,46 @@ def keys_revoke(db_path: Path | None, key_id: str) -> None:
     click.echo(f"Revoked key {key_id}.")
 
 
+@cli.command()
+@click.option("--url", required=True, envvar="TASKLEDGER_URL", help="The server, e.g. http://127.0.0.1:8000")
+@click.option("--key", required=True, envvar="TASKLEDGER_KEY", help="A worker key (taskledger keys create --role worker).")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Tasks worked on at once.")
+@click.option("--worker-id", default=None, help="Name in the ledger's history (default: host name + random suffix).")
+@click.option("--lease-seconds", default=60, show_default=True, type=int, help="Lease asked for on claim; heartbeats renew it every third of it.")
+@click.option("--processor", "processor_spec", default="scripts.processors:text_chunks", show_default=True, help="module:function that turns (bytes, file_name, configuration) into output.")
+@click.option("--log-json/--log-console", default=None, help="Log format (default: console on a terminal, JSON otherwise).")
+def worker(
+    url: str,
+    key: str,
+    concurrency: int,
+    worker_id: str | None,
+    lease_seconds: int,
+    processor_spec: str,
+    log_json: bool | None,
+) -> None:
+    """Run the reference worker: claim, heartbeat, process, complete or fail.
+
+    SIGTERM stops it cleanly: no new claims, the task in hand finished, exit 0.
+
+    Example:
+
+        taskledger worker --url http://127.0.0.1:8000 --key tlk_... --concurrency 2
+    """
+    from api.requestlog import configure_logging
+    from scripts.processors import load_processor
+    from scripts.worker import Worker
+
+    configure_logging(json=log_json)
+    try:
+        processor = load_processor(processor_spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--processor") from None
+    runner = Worker(
+        url, key, processor, worker_id=worker_id, concurrency=concurrency, lease_seconds=lease_seconds
+    )
+    sys.exit(runner.run())
+
+
 def main() -> None:
     cli()
 

@@ -1,0 +1,225 @@
+"""Worker routes: claim (with long poll), heartbeat, complete, fail, release, and the input file.
+
+Only the worker holding a task's current lease may heartbeat, complete, fail or release it; any
+other gets 409 and nothing is appended. Claims hand out the oldest claimable task first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+
+from api.keys import Caller
+from api.runtime import Reply, Runtime, json_reply, now
+from api.schemas import (
+    BadRequest,
+    ClaimBody,
+    ClaimedTaskResponse,
+    CompleteBody,
+    FailBody,
+    HeartbeatBody,
+    LeaseResponse,
+    ReleaseBody,
+    TaskResponse,
+    check_output,
+    decode_body,
+    render_task,
+)
+from api.tasks import require_role, visible
+from ledger.commands import ClaimTask, CompleteTask, ExtendLease, FailTask, ReleaseTask
+from ledger.errors import TaskNotFound
+from ledger.events import PROCESSING, blob_ref
+from ledger.handler import NothingToDo, Outcome
+from ledger.state import TaskState
+
+import msgspec
+
+
+def lease_seconds(runtime: Runtime, asked: int | None) -> int:
+    limit = runtime.settings.max_lease_seconds
+    if asked is not None and asked > limit:
+        raise BadRequest(f"lease_seconds must be at most {limit}")
+    return asked or runtime.settings.lease_seconds
+
+
+def lease_reply(state: TaskState) -> Reply:
+    assert state.worker_id is not None and state.lease_until is not None
+    return json_reply(
+        LeaseResponse(
+            task_id=state.task_id,
+            worker_id=state.worker_id,
+            lease_until=state.lease_until,
+            attempt=state.attempt,
+        )
+    )
+
+
+class WorkerController(Controller):
+    path = "/api/v1"
+    tags = ["workers"]
+
+    def _task_reply(
+        self, runtime: Runtime, request: Request[Any, Any, Any], outcome: Outcome, tx: Any
+    ) -> Reply:
+        state = outcome.after
+        rendered = render_task(
+            state,
+            base_url=runtime.base_url(request),
+            output=runtime.output_of(state, tx),
+            include_chunks=True,
+        )
+        return json_reply(rendered)
+
+    @post("/worker/claim", status_code=200, summary="Claim the oldest claimable task")
+    async def claim(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime
+    ) -> Response[ClaimedTaskResponse]:
+        require_role(caller, "worker", "admin", action="claim tasks")
+        body: ClaimBody = decode_body(await request.body(), ClaimBody)
+        seconds = lease_seconds(runtime, body.lease_seconds)
+        wait = min(body.wait_seconds, runtime.settings.max_wait_seconds)
+        deadline = time.monotonic() + wait
+
+        def make_claim(task_id: str) -> ClaimTask:
+            at = now()
+            return ClaimTask(
+                task_id=task_id,
+                at=at,
+                worker_id=body.worker_id,
+                lease_until=at + timedelta(seconds=seconds),
+            )
+
+        def respond(outcome: Outcome, tx: Any) -> Reply:
+            state = outcome.after
+            task = render_task(
+                state, base_url=runtime.base_url(request), output=None, include_chunks=False
+            )
+            claimed = ClaimedTaskResponse(
+                **msgspec.structs.asdict(task),
+                lease_until=state.lease_until,
+                attempt=state.attempt,
+                worker_id=state.worker_id,
+            )
+            return json_reply(claimed)
+
+        while True:
+            changed = runtime.queue_changed
+            try:
+                reply = await runtime.execute(
+                    request, caller, runtime.store.claim_source(make_claim), respond
+                )
+                return reply.to_response()
+            except NothingToDo:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Response(content=b"", status_code=204)
+                # Woken at once by a task queued in this process; other processes' tasks are
+                # seen by polling.
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, 0.25))
+                except TimeoutError:
+                    pass
+
+    @post("/task/{task_id:str}/heartbeat", status_code=200, summary="Extend a lease")
+    async def heartbeat(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[LeaseResponse]:
+        require_role(caller, "worker", "admin", action="heartbeat tasks")
+        body: HeartbeatBody = decode_body(await request.body(), HeartbeatBody)
+        at = now()
+        command = ExtendLease(
+            task_id=task_id,
+            at=at,
+            worker_id=body.worker_id,
+            lease_until=at + timedelta(seconds=lease_seconds(runtime, body.lease_seconds)),
+        )
+        reply = await runtime.execute(
+            request, caller, command, lambda outcome, tx: lease_reply(outcome.after)
+        )
+        return reply.to_response()
+
+    @post("/task/{task_id:str}/complete", status_code=200, summary="Finish a task: Succeeded")
+    async def complete(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[TaskResponse]:
+        require_role(caller, "worker", "admin", action="complete tasks")
+        raw = await request.body()
+        body: CompleteBody = decode_body(raw, CompleteBody)
+        state = runtime.store.state(task_id)
+        if state is None or not state.live:
+            raise TaskNotFound()
+        output = check_output(body.output, state.file_name)
+        data = msgspec.json.encode(output)
+        command = CompleteTask(
+            task_id=task_id, at=now(), worker_id=body.worker_id, output=blob_ref(data)
+        )
+        reply = await runtime.execute(
+            request,
+            caller,
+            command,
+            lambda outcome, tx: self._task_reply(runtime, request, outcome, tx),
+            blobs=[data],
+            body=raw,
+        )
+        return reply.to_response()
+
+    @post("/task/{task_id:str}/fail", status_code=200, summary="Finish a task: Failed")
+    async def fail(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[TaskResponse]:
+        require_role(caller, "worker", "admin", action="fail tasks")
+        raw = await request.body()
+        body: FailBody = decode_body(raw, FailBody)
+        command = FailTask(task_id=task_id, at=now(), worker_id=body.worker_id, error=body.error)
+        reply = await runtime.execute(
+            request,
+            caller,
+            command,
+            lambda outcome, tx: self._task_reply(runtime, request, outcome, tx),
+            body=raw,
+        )
+        return reply.to_response()
+
+    @post("/task/{task_id:str}/release", status_code=200, summary="Give a task back unfinished")
+    async def release(
+        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[TaskResponse]:
+        require_role(caller, "worker", "admin", action="release tasks")
+        raw = await request.body()
+        body: ReleaseBody = decode_body(raw, ReleaseBody)
+        command = ReleaseTask(task_id=task_id, at=now(), worker_id=body.worker_id)
+        reply = await runtime.execute(
+            request,
+            caller,
+            command,
+            lambda outcome, tx: self._task_reply(runtime, request, outcome, tx),
+            body=raw,
+        )
+        return reply.to_response()
+
+    @get(
+        "/task/{task_id:str}/input",
+        summary="The task's input file",
+        media_type="application/octet-stream",
+        sync_to_thread=True,
+    )
+    def input_file(
+        self, caller: Caller, runtime: Runtime, task_id: str
+    ) -> Response[bytes]:
+        state = visible(runtime.store.state(task_id), caller)
+        if caller.role == "worker" and state.status != PROCESSING:
+            # A worker reads the input of a task it has claimed, not of queued or finished ones.
+            raise TaskNotFound()
+        data = runtime.store.log.get_blob(state.file) if state.file else None
+        if data is None:
+            raise TaskNotFound()
+        name = (state.file_name or "input").replace('"', "")
+        return Response(
+            content=data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )

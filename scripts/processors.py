@@ -1,0 +1,131 @@
+"""Processors: what a worker does with a task's input.
+
+A processor is any function ``(data: bytes, file_name: str | None, configuration: dict) -> dict``
+returning Chunkr-shaped output (``{"chunks": [...], "file_name": ..., "page_count": ...,
+"pdf_url": ...}``). Raise ``ProcessingError("message")`` to fail the task with that message. Run
+your own with ``taskledger worker --processor mypackage.module:function``.
+
+The reference processor, ``text_chunks``, handles text-like files (plain text, Markdown, HTML,
+JSON): it splits the words into chunks of ``chunk_processing.target_length`` words (default 512),
+each chunk one ``Text`` segment with every field the chunkr-ai SDK requires.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+Processor = Callable[[bytes, "str | None", dict[str, Any]], dict[str, Any]]
+
+TEXT_EXTENSIONS = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".json", ".csv", ".rst"}
+PAGE_WIDTH, PAGE_HEIGHT = 612.0, 792.0  # a US Letter page in points, for the segment boxes
+
+
+class ProcessingError(Exception):
+    """The input cannot be processed; the message becomes the task's Failed message."""
+
+
+class _TextOfHtml(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def extension(file_name: str | None) -> str:
+    if not file_name or "." not in file_name:
+        return ""
+    return "." + file_name.rsplit(".", 1)[1].lower()
+
+
+def to_text(data: bytes, file_name: str | None) -> str:
+    """The text of a text-like input; ProcessingError("Unsupported file type") otherwise."""
+    ext = extension(file_name)
+    if ext and ext not in TEXT_EXTENSIONS:
+        raise ProcessingError("Unsupported file type")
+    if b"\x00" in data:
+        raise ProcessingError("Unsupported file type")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ProcessingError("Unsupported file type") from None
+    if ext in (".html", ".htm") or (not ext and text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))):
+        parser = _TextOfHtml()
+        parser.feed(text)
+        return " ".join(parser.parts)
+    if ext == ".json":
+        try:
+            json.loads(text)
+        except ValueError:
+            raise ProcessingError("Invalid JSON file") from None
+    return text
+
+
+def target_length(configuration: dict[str, Any]) -> int:
+    chunking = configuration.get("chunk_processing") or {}
+    value = chunking.get("target_length") or configuration.get("target_chunk_length") or 512
+    return max(1, int(value))
+
+
+def text_chunks(data: bytes, file_name: str | None, configuration: dict[str, Any]) -> dict[str, Any]:
+    """The reference processor: chunks of ``target_length`` words, one Text segment each."""
+    words = to_text(data, file_name).split()
+    size = target_length(configuration)
+    chunks = []
+    for start in range(0, len(words), size):
+        piece = words[start : start + size]
+        content = " ".join(piece)
+        segment = {
+            "bbox": {"left": 0.0, "top": 0.0, "width": PAGE_WIDTH, "height": PAGE_HEIGHT},
+            "content": content,
+            "text": content,
+            "markdown": content,
+            "html": None,
+            "page_height": PAGE_HEIGHT,
+            "page_width": PAGE_WIDTH,
+            "page_number": 1,
+            "segment_id": str(uuid.uuid4()),
+            "segment_type": "Text",
+            "segment_length": len(piece),
+            "confidence": None,
+            "ocr": [],
+            "embed": content,
+        }
+        chunks.append(
+            {
+                "chunk_id": str(uuid.uuid4()),
+                "chunk_length": len(piece),
+                "segments": [segment],
+                "embed": content,
+                "content": content,
+            }
+        )
+    return {"chunks": chunks, "file_name": file_name, "page_count": 1, "pdf_url": None}
+
+
+def load_processor(spec: str) -> Processor:
+    """``module:function`` -> the function."""
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        raise ValueError(f"processor must be module:function, not {spec!r}")
+    func = getattr(importlib.import_module(module_name), attr)
+    if not callable(func):
+        raise ValueError(f"{spec} is not callable")
+    return func

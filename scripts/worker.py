@@ -1,0 +1,174 @@
+"""The reference worker: claims tasks over HTTP, heartbeats while it works, and completes or
+fails them. SIGTERM (or Ctrl-C) stops claiming; a task in hand is finished, or released back to
+the queue if it was claimed after the signal; then the process exits 0."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import structlog
+
+from scripts.processors import ProcessingError, Processor
+
+log = structlog.get_logger("taskledger.worker")
+
+
+def api_base(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/api/v1") else f"{url}/api/v1"
+
+
+class Worker:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        processor: Processor,
+        *,
+        worker_id: str | None = None,
+        concurrency: int = 1,
+        lease_seconds: int = 60,
+        wait_seconds: int = 5,
+    ) -> None:
+        self.base = api_base(url)
+        self.key = key
+        self.processor = processor
+        self.worker_id = worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.concurrency = max(1, concurrency)
+        self.lease_seconds = lease_seconds
+        self.wait_seconds = wait_seconds
+        self.stopping = threading.Event()
+        self.processed = 0
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base,
+            headers={"Authorization": self.key},
+            timeout=httpx.Timeout(30, read=self.wait_seconds + 30),
+        )
+
+    def stop(self, *_: Any) -> None:
+        if not self.stopping.is_set():
+            log.info("worker_stopping", worker_id=self.worker_id)
+        self.stopping.set()
+
+    def run(self, *, install_signals: bool = True) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        log.info("worker_started", worker_id=self.worker_id, url=self.base, concurrency=self.concurrency)
+        threads = [
+            threading.Thread(target=self.loop, args=(f"{self.worker_id}/{n}",), daemon=True)
+            for n in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            for thread in threads:
+                thread.join(0.2)
+        log.info("worker_stopped", worker_id=self.worker_id, processed=self.processed)
+        return 0
+
+    def loop(self, slot_id: str) -> None:
+        backoff = 0.5
+        with self.client() as client:
+            while not self.stopping.is_set():
+                try:
+                    response = client.post(
+                        "/worker/claim",
+                        json={
+                            "worker_id": slot_id,
+                            "lease_seconds": self.lease_seconds,
+                            "wait_seconds": self.wait_seconds,
+                        },
+                    )
+                except httpx.HTTPError as exc:
+                    log.warning("claim_failed", error=str(exc))
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, 10)
+                    continue
+                backoff = 0.5
+                if response.status_code == 204:
+                    continue
+                if response.status_code != 200:
+                    log.warning("claim_refused", status=response.status_code, body=response.text[:200])
+                    self.stopping.wait(2)
+                    continue
+                task = response.json()
+                if self.stopping.is_set():
+                    self.release(client, task["task_id"], slot_id)
+                    return
+                self.work(client, task, slot_id)
+
+    def release(self, client: httpx.Client, task_id: str, slot_id: str) -> None:
+        response = client.post(f"/task/{task_id}/release", json={"worker_id": slot_id})
+        log.info("task_released", task_id=task_id, status=response.status_code)
+
+    def work(self, client: httpx.Client, task: dict[str, Any], slot_id: str) -> None:
+        task_id = task["task_id"]
+        lost = threading.Event()
+        done = threading.Event()
+        beat = threading.Thread(
+            target=self.heartbeat, args=(task_id, slot_id, done, lost), daemon=True
+        )
+        beat.start()
+        try:
+            try:
+                response = client.get(f"/task/{task_id}/input")
+                response.raise_for_status()
+                file_name = (task.get("output") or {}).get("file_name")
+                output = self.processor(response.content, file_name, task.get("configuration") or {})
+                path, body = "complete", {"worker_id": slot_id, "output": output}
+            except ProcessingError as exc:
+                path, body = "fail", {"worker_id": slot_id, "error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - a broken processor fails the task, not the worker
+                log.exception("processor_error", task_id=task_id)
+                path, body = "fail", {"worker_id": slot_id, "error": f"Processing error: {exc}"}
+        finally:
+            done.set()
+            beat.join()
+        if lost.is_set():
+            log.warning("lease_lost", task_id=task_id)
+            return
+        response = client.post(f"/task/{task_id}/{path}", json=body)
+        if response.status_code == 200:
+            self.processed += 1
+            log.info("task_finished", task_id=task_id, outcome=path)
+        else:
+            log.warning("finish_refused", task_id=task_id, status=response.status_code, body=response.text[:200])
+
+    def heartbeat(
+        self, task_id: str, slot_id: str, done: threading.Event, lost: threading.Event
+    ) -> None:
+        interval = max(0.2, self.lease_seconds / 3)
+        with self.client() as client:
+            while not done.wait(interval):
+                try:
+                    response = client.post(
+                        f"/task/{task_id}/heartbeat",
+                        json={"worker_id": slot_id, "lease_seconds": self.lease_seconds},
+                    )
+                except httpx.HTTPError as exc:
+                    log.warning("heartbeat_failed", task_id=task_id, error=str(exc))
+                    continue
+                if response.status_code == 409:
+                    lost.set()
+                    return
+
+
+def wait_for_server(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    base = api_base(url).removesuffix("/api/v1")
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise TimeoutError(f"no taskledger server answered at {base}")
