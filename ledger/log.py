@@ -52,6 +52,8 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str | None
     idempotency_key: str | None
     event: AnyEvent
+    #: The hash chain link: sha256 over the previous hash, this envelope and the event's data.
+    hash: str = ""
 
 
 class EventLog(Protocol):

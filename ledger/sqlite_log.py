@@ -20,6 +20,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ledger import codec
+from ledger.chain import GENESIS, chain_hash
 from ledger.errors import ConcurrencyConflict, StorageUnavailable
 from ledger.events import AnyEvent, BlobRef, blob_ref, tag_of
 from ledger.log import Actor, Envelope, RecordedEvent
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS events (
     actor_role TEXT NOT NULL,
     request_id TEXT,
     idempotency_key TEXT,
+    hash TEXT NOT NULL,
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS events_type ON events (type, position);
@@ -62,7 +64,7 @@ CREATE INDEX IF NOT EXISTS blob_refs_sha ON blob_refs (sha256);
 
 _EVENT_COLUMNS = (
     "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
-    "request_id, idempotency_key"
+    "request_id, idempotency_key, hash"
 )
 
 #: Text of the SQLite errors that mean "cannot write now", not "bad request".
@@ -99,7 +101,7 @@ def connect(
 
 
 def _row_to_recorded(row: tuple) -> RecordedEvent:
-    position, stream_id, version, data, recorded_at, key_id, role, request_id, idem = row
+    position, stream_id, version, data, recorded_at, key_id, role, request_id, idem, hash_ = row
     return RecordedEvent(
         position=position,
         stream_id=stream_id,
@@ -109,6 +111,7 @@ def _row_to_recorded(row: tuple) -> RecordedEvent:
         request_id=request_id,
         idempotency_key=idem,
         event=codec.decode_event(data),
+        hash=hash_,
     )
 
 
@@ -226,34 +229,28 @@ class SqliteLog:
                 f"Stream {stream_id} is at version {current}, not {expected_version}"
             )
         recorded_at = codec.timestamp(envelope.recorded_at)
+        position, previous = self._chain_head(tx)
         recorded: list[RecordedEvent] = []
         for offset, event in enumerate(events, start=1):
             version = expected_version + offset
-            try:
-                cursor = tx.execute(
-                    "INSERT INTO events (stream_id, version, type, data, recorded_at, actor_key_id,"
-                    " actor_role, request_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        stream_id,
-                        version,
-                        tag_of(type(event)),
-                        codec.encode_str(event),
-                        recorded_at,
-                        envelope.actor.key_id,
-                        envelope.actor.role,
-                        envelope.request_id,
-                        envelope.idempotency_key,
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise ConcurrencyConflict(
-                    f"Stream {stream_id} already has version {version}"
-                ) from exc
-            except sqlite3.Error as exc:
-                raise storage_error(exc) from exc
+            position += 1
+            row = {
+                "position": position,
+                "stream_id": stream_id,
+                "version": version,
+                "type": tag_of(type(event)),
+                "data": codec.encode_str(event),
+                "recorded_at": recorded_at,
+                "actor_key_id": envelope.actor.key_id,
+                "actor_role": envelope.actor.role,
+                "request_id": envelope.request_id,
+                "idempotency_key": envelope.idempotency_key,
+            }
+            previous = chain_hash(previous, **row)
+            self.insert_row(tx, {**row, "hash": previous})
             recorded.append(
                 RecordedEvent(
-                    position=cursor.lastrowid,  # type: ignore[arg-type]
+                    position=position,
                     stream_id=stream_id,
                     version=version,
                     recorded_at=codec.parse_timestamp(recorded_at),
@@ -261,9 +258,54 @@ class SqliteLog:
                     request_id=envelope.request_id,
                     idempotency_key=envelope.idempotency_key,
                     event=event,
+                    hash=previous,
                 )
             )
         return recorded
+
+    def _chain_head(self, tx: sqlite3.Connection) -> tuple[int, str]:
+        """The last position ever handed out (AUTOINCREMENT's counter, so positions are never
+        reused) and the hash of the newest event."""
+        seq = tx.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        last = tx.execute("SELECT hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
+        return (seq[0] if seq else 0), (last[0] if last else GENESIS)
+
+    def insert_row(self, tx: sqlite3.Connection, row: dict[str, object]) -> None:
+        """Insert one stored event row as is (append computes it; import copies it)."""
+        try:
+            tx.execute(
+                "INSERT INTO events (position, stream_id, version, type, data, recorded_at,"
+                " actor_key_id, actor_role, request_id, idempotency_key, hash)"
+                " VALUES (:position, :stream_id, :version, :type, :data, :recorded_at,"
+                " :actor_key_id, :actor_role, :request_id, :idempotency_key, :hash)",
+                row,
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ConcurrencyConflict(
+                f"Stream {row['stream_id']} already has version {row['version']}"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from exc
+
+    def iter_rows(self, after: int = 0, batch: int = 10_000) -> Iterator[dict[str, object]]:
+        """Stored event rows in position order, as they are on disk (for verify and export)."""
+        conn = self.reader()
+        while True:
+            rows = conn.execute(
+                "SELECT position, stream_id, version, type, data, recorded_at, actor_key_id,"
+                " actor_role, request_id, idempotency_key, hash FROM events WHERE position > ?"
+                " ORDER BY position LIMIT ?",
+                (after, batch),
+            ).fetchall()
+            for r in rows:
+                yield {
+                    "position": r[0], "stream_id": r[1], "version": r[2], "type": r[3],
+                    "data": r[4], "recorded_at": r[5], "actor_key_id": r[6], "actor_role": r[7],
+                    "request_id": r[8], "idempotency_key": r[9], "hash": r[10],
+                }
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
 
     def read_stream(
         self,

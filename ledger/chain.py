@@ -1,0 +1,45 @@
+"""The hash chain over the log: each event's hash covers the previous event's hash, its envelope
+and its data (and so the sha256 of every blob the data refers to). Editing, inserting or removing
+any stored event breaks every hash after it, which ``taskledger verify`` reports."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+GENESIS = "0" * 64
+
+_encoder = msgspec.json.Encoder()
+
+
+def chain_hash(
+    previous: str,
+    *,
+    position: int,
+    stream_id: str,
+    version: int,
+    type: str,
+    data: str,
+    recorded_at: str,
+    actor_key_id: str | None,
+    actor_role: str,
+    request_id: str | None,
+    idempotency_key: str | None,
+) -> str:
+    payload = _encoder.encode(
+        [
+            previous,
+            position,
+            stream_id,
+            version,
+            type,
+            recorded_at,
+            actor_key_id,
+            actor_role,
+            request_id,
+            idempotency_key,
+            data,
+        ]
+    )
+    return hashlib.sha256(payload).hexdigest()
