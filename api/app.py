@@ -14,6 +14,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from api.audit import AuditController
 from api.errors import EXCEPTION_HANDLERS
 from api.health import HealthController
 from api.keys import Caller
@@ -48,7 +49,7 @@ def create_app(settings: Settings) -> Litestar:
         return state.runtime.authenticate(request.headers.get("authorization"))
 
     return Litestar(
-        route_handlers=[HealthController, TaskController, TasksController, WorkerController],
+        route_handlers=[HealthController, TaskController, TasksController, WorkerController, AuditController],
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),

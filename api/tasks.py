@@ -28,7 +28,7 @@ from api.schemas import (
     render_task,
 )
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
-from ledger.decider import merge_configuration
+from ledger.decider import fold, merge_configuration
 from ledger.errors import TaskNotFound
 from ledger.events import blob_ref
 from ledger.state import TaskState
@@ -52,6 +52,32 @@ def visible(state: TaskState | None, caller: Caller) -> TaskState:
     if state.expires_at is not None and state.expires_at <= now():
         raise TaskNotFound()
     return state
+
+
+def auditable(state: TaskState | None, caller: Caller) -> TaskState:
+    """Admins may audit any task that ever existed (deleted and expired ones included); others
+    only the tasks they can see."""
+    if caller.role == "admin" and state is not None and state.exists:
+        return state
+    return visible(state, caller)
+
+
+def state_as_of(runtime: Runtime, task_id: str, version: int | None, when: datetime | None) -> TaskState:
+    """The task as it was after its ``version``-th event, or as it was at ``when``."""
+    if version is not None and when is not None:
+        raise BadRequest("Give as_of_version or as_of, not both")
+    if when is not None and when.tzinfo is None:
+        raise BadRequest("as_of must be an RFC 3339 time with a time zone")
+    events = runtime.store.history(task_id)
+    if version is not None:
+        if version > len(events):
+            raise BadRequest(f"as_of_version must be between 1 and {len(events)} for this task")
+        events = events[:version]
+    if when is not None:
+        events = [e for e in events if e.recorded_at <= when]
+        if not events:
+            raise TaskNotFound("Task not found: it did not exist yet at that time")
+    return fold(e.event for e in events)
 
 
 class TaskController(Controller):
@@ -109,14 +135,13 @@ class TaskController(Controller):
         include_chunks: bool = True,
         base64_urls: bool = False,
         as_of_version: Annotated[int | None, Parameter(ge=1)] = None,
+        as_of: datetime | None = None,
     ) -> Response[TaskResponse]:
-        state = visible(runtime.store.state(task_id), caller)
-        if as_of_version is not None:
-            if as_of_version > state.version:
-                raise BadRequest(
-                    f"as_of_version must be between 1 and {state.version} for this task"
-                )
-            state = runtime.store.replay(task_id, until_version=as_of_version) or state
+        if as_of_version is None and as_of is None:
+            state = visible(runtime.store.state(task_id), caller)
+        else:
+            auditable(runtime.store.state(task_id), caller)
+            state = state_as_of(runtime, task_id, as_of_version, as_of)
         output = runtime.output_of(state) if state.output is not None else None
         response = render_task(
             state, base_url=runtime.base_url(request), output=output, include_chunks=include_chunks

@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import sqlite_utils
 
 from ledger import codec
 from ledger.chain import GENESIS, chain_hash
-from ledger.errors import ConcurrencyConflict, StorageUnavailable
+from ledger.errors import ConcurrencyConflict, LedgerError, StorageUnavailable
 from ledger.events import AnyEvent, BlobRef, blob_ref, tag_of
 from ledger.log import Actor, Envelope, RecordedEvent
 
@@ -62,7 +63,14 @@ CREATE TABLE IF NOT EXISTS blob_refs (
 CREATE INDEX IF NOT EXISTS blob_refs_sha ON blob_refs (sha256);
 """
 
-_EVENT_COLUMNS = (
+EXPORT_FORMAT = "taskledger-export"
+
+
+class ImportRefused(LedgerError):
+    """An export file that cannot be imported as it is (broken chain, bad record, non-empty db)."""
+
+
+EVENT_COLUMNS = (
     "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
     "request_id, idempotency_key, hash"
 )
@@ -100,7 +108,7 @@ def connect(
     return conn
 
 
-def _row_to_recorded(row: tuple) -> RecordedEvent:
+def row_to_recorded(row: tuple) -> RecordedEvent:
     position, stream_id, version, data, recorded_at, key_id, role, request_id, idem, hash_ = row
     return RecordedEvent(
         position=position,
@@ -316,18 +324,18 @@ class SqliteLog:
     ) -> list[RecordedEvent]:
         conn = conn or self.reader()
         rows = conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version <= ?"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version <= ?"
             " ORDER BY version",
             (stream_id, until_version if until_version is not None else 2**62),
         ).fetchall()
-        return [_row_to_recorded(row) for row in rows]
+        return [row_to_recorded(row) for row in rows]
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         rows = self.reader().execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
             (after, limit),
         ).fetchall()
-        return [_row_to_recorded(row) for row in rows]
+        return [row_to_recorded(row) for row in rows]
 
     def iter_all(self, after: int = 0, batch: int = 10_000) -> Iterator[RecordedEvent]:
         while True:
@@ -371,6 +379,98 @@ class SqliteLog:
                 (sha, sha),
             ).rowcount
         return purged
+
+    # -- export, import, backup ---------------------------------------------------------------
+
+    def export_records(self) -> Iterator[dict[str, object]]:
+        """The whole log as records: a header, every event row as stored (hash included), then
+        every blob and blob reference. ``import_records`` takes them back."""
+        yield {"kind": "header", "format": EXPORT_FORMAT, "version": 1}
+        for row in self.iter_rows():
+            yield {"kind": "event", **row}
+        conn = self.reader()
+        for sha, size, data in conn.execute("SELECT sha256, size, data FROM blobs ORDER BY sha256"):
+            yield {
+                "kind": "blob",
+                "sha256": sha,
+                "size": size,
+                "data": base64.b64encode(bytes(data)).decode(),
+            }
+        for task_id, sha in conn.execute(
+            "SELECT task_id, sha256 FROM blob_refs ORDER BY task_id, sha256"
+        ):
+            yield {"kind": "blob_ref", "task_id": task_id, "sha256": sha}
+
+    def import_records(
+        self,
+        records: Iterable[dict[str, object]],
+        *,
+        tx: sqlite3.Connection,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Load exported records into this (empty) log inside ``tx``, checking the hash chain
+        and every blob's sha256 as it goes. ImportRefused on the first fault: the caller's
+        transaction then rolls back and nothing is written."""
+        if tx.execute("SELECT 1 FROM events LIMIT 1").fetchone():
+            raise ImportRefused("The target database already holds events; import into a new one")
+        previous, last_position, count = GENESIS, 0, 0
+        for number, record in enumerate(records, start=1):
+            kind = record.get("kind")
+            if number == 1:
+                if kind != "header" or record.get("format") != EXPORT_FORMAT:
+                    raise ImportRefused("Not a taskledger export (no header line)")
+                continue
+            if kind == "event":
+                row = {k: v for k, v in record.items() if k != "kind"}
+                stored = row.pop("hash", None)
+                position = row.get("position")
+                if not isinstance(position, int) or position <= last_position:
+                    raise ImportRefused(f"Line {number}: positions must strictly increase")
+                try:
+                    expected = chain_hash(previous, **row)  # type: ignore[arg-type]
+                except TypeError:
+                    raise ImportRefused(f"Line {number}: not an event record") from None
+                if stored != expected:
+                    raise ImportRefused(
+                        f"Hash chain broken at position {position}: the export was altered"
+                    )
+                self.insert_row(tx, {**row, "hash": stored})
+                previous, last_position, count = stored, position, count + 1
+                if progress:
+                    progress(1)
+            elif kind == "blob":
+                data = base64.b64decode(str(record["data"]))
+                ref = blob_ref(data)
+                if ref.sha256 != record.get("sha256"):
+                    raise ImportRefused(f"Line {number}: blob content does not match its sha256")
+                tx.execute(
+                    "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
+                    (ref.sha256, ref.size, data),
+                )
+            elif kind == "blob_ref":
+                tx.execute(
+                    "INSERT OR IGNORE INTO blob_refs (task_id, sha256) VALUES (?, ?)",
+                    (record["task_id"], record["sha256"]),
+                )
+            else:
+                raise ImportRefused(f"Line {number}: unknown record kind {kind!r}")
+        return count
+
+    def backup(self, destination: str | Path) -> None:
+        """An online, consistent copy of the whole database (SQLite's backup API): writers keep
+        going while it runs, and the copy is the database as of one moment."""
+        destination = Path(destination)
+        if destination.exists():
+            raise FileExistsError(f"{destination} already exists")
+        target = sqlite3.connect(str(destination))
+        try:
+            source = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+        finally:
+            target.close()
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -27,6 +27,17 @@ def claimable(state: TaskState) -> bool:
     return state.live and state.status == STARTING
 
 
+def queue_position(
+    before: TaskState, after: TaskState, position: int, current: int | None
+) -> int | None:
+    """Where the task stands in the queue after an event at ``position``: it joins at the
+    position of the event that made it claimable, keeps its place while it stays claimable, and
+    leaves when it stops being claimable."""
+    if not claimable(after):
+        return None
+    return current if claimable(before) and current is not None else position
+
+
 class QueueProjection:
     schema = SCHEMA
 
@@ -37,21 +48,30 @@ class QueueProjection:
         after: TaskState,
         recorded: Sequence[RecordedEvent],
     ) -> None:
-        if claimable(after):
-            if not claimable(before):
-                tx.execute(
-                    "INSERT OR REPLACE INTO queue (task_id, position) VALUES (?, ?)",
-                    (after.task_id, recorded[-1].position),
-                )
-        else:
-            tx.execute("DELETE FROM queue WHERE task_id = ?", (after.task_id,))
+        row = tx.execute("SELECT position FROM queue WHERE task_id = ?", (after.task_id,)).fetchone()
+        current = row[0] if row else None
+        position = queue_position(before, after, recorded[-1].position, current)
+        if position is None:
+            if current is not None:
+                tx.execute("DELETE FROM queue WHERE task_id = ?", (after.task_id,))
+        elif position != current:
+            tx.execute(
+                "INSERT OR REPLACE INTO queue (task_id, position) VALUES (?, ?)",
+                (after.task_id, position),
+            )
 
     def head(self, conn: sqlite3.Connection) -> str | None:
         row = conn.execute("SELECT task_id FROM queue ORDER BY position LIMIT 1").fetchone()
         return row[0] if row else None
 
     def entries(self, conn: sqlite3.Connection) -> list[tuple[str, int]]:
-        return [tuple(r) for r in conn.execute("SELECT task_id, position FROM queue ORDER BY position")]
+        rows = conn.execute("SELECT task_id, position FROM queue ORDER BY position")
+        return [(r[0], r[1]) for r in rows]
+
+    def put(self, tx: sqlite3.Connection, task_id: str, position: int) -> None:
+        tx.execute(
+            "INSERT OR REPLACE INTO queue (task_id, position) VALUES (?, ?)", (task_id, position)
+        )
 
     def clear(self, tx: sqlite3.Connection) -> None:
         tx.execute("DELETE FROM queue")

@@ -10,7 +10,7 @@ from typing import Any
 from ledger.decider import fold
 from ledger.commands import AnyCommand
 from ledger.handler import CommandHandler, CommandSource
-from ledger.log import stream_id_for
+from ledger.log import RecordedEvent, stream_id_for
 from ledger.sqlite_log import SqliteLog
 from ledger.state import TaskState
 from projections.queue import QueueProjection
@@ -48,6 +48,9 @@ class Store:
         """The task's state folded afresh from its events (up to ``until_version``)."""
         events = self.log.read_stream(stream_id_for(task_id), until_version=until_version)
         return fold(e.event for e in events) if events else None
+
+    def history(self, task_id: str) -> list[RecordedEvent]:
+        return self.log.read_stream(stream_id_for(task_id))
 
     def claim_source(self, make_command: Callable[[str], AnyCommand]) -> CommandSource:
         """A command source that picks the head of the queue inside the write transaction."""

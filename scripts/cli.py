@@ -227,6 +227,8 @@ def worker(
 
 
 def main() -> None:
+    import scripts.ops  # noqa: F401 - registers the operator commands on the group
+
     cli()
 
 

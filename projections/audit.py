@@ -1,0 +1,161 @@
+"""Checking the read models against the log, and rebuilding them from it.
+
+* ``verify`` walks the log twice: in position order to check the hash chain, and stream by stream
+  to fold every task afresh and compare it with its stored ``tasks`` row and ``queue`` entry.
+  Memory stays flat: one stream's events at a time.
+* ``rebuild`` drops both projections and writes them again from the same stream-by-stream fold,
+  in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ledger import codec
+from ledger.chain import GENESIS, chain_hash
+from ledger.decider import evolve, initial_state
+from ledger.log import task_id_of
+from ledger.state import TaskState
+from projections.queue import queue_position
+from projections.store import Store
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One thing ``verify`` found wrong. ``kind`` is chain, task or queue."""
+
+    kind: str
+    detail: str
+    task_id: str | None = None
+    position: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "task_id": self.task_id,
+            "position": self.position,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Folded:
+    state: TaskState
+    queue_position: int | None
+
+
+def fold_streams(conn: sqlite3.Connection, progress: Progress | None = None) -> Iterator[Folded]:
+    """Every task folded from its events, one stream at a time, with its queue position."""
+    rows = conn.execute(
+        "SELECT stream_id, position, data FROM events ORDER BY stream_id, version"
+    )
+    current_stream: str | None = None
+    state: TaskState | None = None
+    position_in_queue: int | None = None
+    for stream_id, position, data in rows:
+        if stream_id != current_stream:
+            if state is not None:
+                yield Folded(state, position_in_queue)
+            current_stream = stream_id
+            state = initial_state(task_id_of(stream_id))
+            position_in_queue = None
+        assert state is not None
+        after = evolve(state, codec.decode_event(data))
+        position_in_queue = queue_position(state, after, position, position_in_queue)
+        state = after
+        if progress:
+            progress(1)
+    if state is not None:
+        yield Folded(state, position_in_queue)
+
+
+def check_chain(store: Store, progress: Progress | None = None) -> list[Difference]:
+    """Recompute every event's hash. Each event is checked against the stored hash of the one
+    before it, so an edit is reported at exactly the events it touched."""
+    differences = []
+    previous = GENESIS
+    for row in store.log.iter_rows():
+        stored = row.pop("hash")
+        expected = chain_hash(previous, **row)  # type: ignore[arg-type]
+        if expected != stored:
+            differences.append(
+                Difference(
+                    kind="chain",
+                    position=row["position"],  # type: ignore[arg-type]
+                    task_id=task_id_of(str(row["stream_id"])),
+                    detail=f"event at position {row['position']} does not match its hash "
+                    "(its data or envelope was altered, or an event before it was removed)",
+                )
+            )
+        previous = stored  # type: ignore[assignment]
+        if progress:
+            progress(1)
+    return differences
+
+
+def verify(store: Store, progress: Progress | None = None) -> list[Difference]:
+    """Every difference between the log and the projections, and every broken chain link."""
+    differences = check_chain(store, progress)
+    conn = store.log.reader()
+    projected = {
+        row[0]: row[1] for row in conn.execute("SELECT task_id, state FROM tasks")
+    }
+    queued = dict(store.queue.entries(conn))
+    seen: set[str] = set()
+    for folded in fold_streams(conn, progress):
+        task_id = folded.state.task_id
+        seen.add(task_id)
+        stored = projected.get(task_id)
+        if stored is None:
+            differences.append(Difference("task", "no row in the tasks projection", task_id))
+        elif codec.decode_state(stored) != folded.state:
+            differences.append(
+                Difference(
+                    "task",
+                    "tasks projection row differs from the fold of its events: "
+                    + _diff(codec.decode_state(stored), folded.state),
+                    task_id,
+                )
+            )
+        if queued.get(task_id) != folded.queue_position:
+            differences.append(
+                Difference(
+                    "queue",
+                    f"queue position is {queued.get(task_id)}, the log says "
+                    f"{folded.queue_position}",
+                    task_id,
+                )
+            )
+    for task_id in sorted(set(projected) - seen):
+        differences.append(Difference("task", "tasks projection row without events", task_id))
+    for task_id in sorted(set(queued) - seen):
+        differences.append(Difference("queue", "queue entry without events", task_id))
+    return differences
+
+
+def _diff(stored: TaskState, folded: TaskState) -> str:
+    fields = [
+        f"{name}: stored {getattr(stored, name)!r}, log {getattr(folded, name)!r}"
+        for name in stored.__struct_fields__
+        if getattr(stored, name) != getattr(folded, name)
+    ]
+    return "; ".join(fields)
+
+
+def rebuild(store: Store, progress: Progress | None = None) -> int:
+    """Drop and rebuild the tasks and queue projections from the log in one transaction (or
+    inside the caller's, if one is open); returns how many tasks were written."""
+    count = 0
+    with store.log.transaction() as tx:
+        store.tasks.clear(tx)
+        store.queue.clear(tx)
+        for folded in fold_streams(tx, progress):
+            store.tasks.upsert(tx, folded.state)
+            if folded.queue_position is not None:
+                store.queue.put(tx, folded.state.task_id, folded.queue_position)
+            count += 1
+    return count

@@ -1,0 +1,312 @@
+"""Operator commands: replay, history, tail, verify, rebuild, export, import, backup.
+
+Each prints a table on a terminal and JSON lines otherwise, and shows a progress bar (on a
+terminal) for work that walks the whole log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ledger import codec
+from ledger.decider import evolve, initial_state
+from ledger.log import RecordedEvent
+from ledger.sqlite_log import ImportRefused
+from projections import audit, feed
+from projections.store import Store
+from scripts.cli import cli, db_option, resolve_db
+
+err = Console(stderr=True)
+
+
+def as_json_lines() -> bool:
+    return not sys.stdout.isatty()
+
+
+def emit(record: dict[str, Any]) -> None:
+    click.echo(json.dumps(record, default=str))
+
+
+def event_record(recorded: RecordedEvent) -> dict[str, Any]:
+    data = msgspec.to_builtins(recorded.event)
+    return {
+        "position": recorded.position,
+        "task_id": data.pop("task_id"),
+        "version": recorded.version,
+        "type": data.pop("type"),
+        "recorded_at": codec.timestamp(recorded.recorded_at),
+        "actor": {"key_id": recorded.actor.key_id, "role": recorded.actor.role},
+        "request_id": recorded.request_id,
+        "data": data,
+    }
+
+
+def open_store(db_path: Path | None, *, must_exist: bool = True) -> Store:
+    path = resolve_db(db_path)
+    if must_exist and not path.exists():
+        raise click.ClickException(f"No database at {path}")
+    return Store(path)
+
+
+@contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Any]:
+    """A rich progress bar on stderr when it is a terminal; a no-op otherwise."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def event_count(store: Store) -> int:
+    return store.log.reader().execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def parse_until(value: str | None) -> tuple[int | None, datetime | None]:
+    if value is None:
+        return None, None
+    if value.isdigit():
+        return int(value), None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("give a version number or an RFC 3339 time", param_hint="--until") from None
+    if when.tzinfo is None:
+        raise click.BadParameter("the time needs a time zone (e.g. Z)", param_hint="--until")
+    return None, when
+
+
+@cli.command()
+@db_option
+@click.argument("task_id")
+@click.option("--until", "until", default=None, help="Stop after this version, or at this RFC 3339 time.")
+def replay(db_path: Path | None, task_id: str, until: str | None) -> None:
+    """Step through a task's events, showing the state after each one.
+
+    Example:
+
+        taskledger replay --db ./taskledger.db 3f0c9d2e-6a51-4a57-9a3b-1f2b7f0c1e11 --until 3
+    """
+    until_version, until_time = parse_until(until)
+    store = open_store(db_path)
+    events = store.history(task_id)
+    if not events:
+        raise click.ClickException(f"No events for task {task_id}")
+    state = initial_state(task_id)
+    table = Table("pos", "ver", "event", "recorded at", "status", "message", "configuration")
+    for recorded in events:
+        if until_version is not None and recorded.version > until_version:
+            break
+        if until_time is not None and recorded.recorded_at > until_time:
+            break
+        state = evolve(state, recorded.event)
+        record = event_record(recorded)
+        snapshot = msgspec.to_builtins(state)
+        if as_json_lines():
+            emit({**record, "state": snapshot})
+        else:
+            table.add_row(
+                str(recorded.position),
+                str(recorded.version),
+                record["type"],
+                record["recorded_at"],
+                str(state.status) + (f" ({state.gone})" if state.gone else ""),
+                state.message,
+                json.dumps(state.configuration.get("chunk_processing", state.configuration))[:60],
+            )
+    if not as_json_lines():
+        Console().print(table)
+
+
+@cli.command()
+@db_option
+@click.argument("task_id")
+def history(db_path: Path | None, task_id: str) -> None:
+    """Print a task's events, oldest first, with who caused each.
+
+    Example:
+
+        taskledger history --db ./taskledger.db 3f0c9d2e-6a51-4a57-9a3b-1f2b7f0c1e11
+    """
+    store = open_store(db_path)
+    events = store.history(task_id)
+    if not events:
+        raise click.ClickException(f"No events for task {task_id}")
+    print_events(events)
+
+
+def print_events(events: list[RecordedEvent]) -> None:
+    if as_json_lines():
+        for recorded in events:
+            emit(event_record(recorded))
+        return
+    table = Table("pos", "task", "ver", "event", "recorded at", "actor", "request")
+    for recorded in events:
+        record = event_record(recorded)
+        actor = f"{record['actor']['role']}:{record['actor']['key_id'] or '-'}"
+        table.add_row(
+            str(recorded.position), record["task_id"][:8], str(recorded.version), record["type"],
+            record["recorded_at"], actor, recorded.request_id or "",
+        )
+    Console().print(table)
+
+
+@cli.command()
+@db_option
+@click.option("--after", default=None, type=int, help="Start after this position (default: the last 20 events).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
+def tail(db_path: Path | None, after: int | None, follow: bool) -> None:
+    """Print the newest events of the whole log; --follow keeps going.
+
+    Example:
+
+        taskledger tail --db ./taskledger.db --follow
+    """
+    store = open_store(db_path)
+    conn = store.log.reader()
+    cursor = after if after is not None else max(0, store.log.last_position() - 20)
+    while True:
+        found = feed.page(conn, after=cursor, limit=500)
+        if found:
+            print_events(found)
+            cursor = found[-1].position
+            sys.stdout.flush()
+            continue
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+@cli.command()
+@db_option
+def verify(db_path: Path | None) -> None:
+    """Fold every stream again, compare with the stored projections, and check the hash chain.
+
+    Prints each difference; exits 1 if there is any, 0 if the database is sound.
+
+    Example:
+
+        taskledger verify --db ./taskledger.db
+    """
+    store = open_store(db_path)
+    total = event_count(store)
+    with progress_bar("verifying", 2 * total) as advance:
+        differences = audit.verify(store, advance)
+    for difference in differences:
+        if as_json_lines():
+            emit(difference.as_dict())
+        else:
+            where = difference.task_id or ""
+            if difference.position is not None:
+                where += f" @ position {difference.position}"
+            err.print(f"[red]{difference.kind}[/red] {where}: {difference.detail}")
+    if differences:
+        err.print(f"{len(differences)} difference(s) in {total} events")
+        sys.exit(1)
+    err.print(f"OK: {total} events, hash chain intact, projections match the log")
+
+
+@cli.command()
+@db_option
+def rebuild(db_path: Path | None) -> None:
+    """Drop every projection and rebuild it from the log, in one transaction.
+
+    Example:
+
+        taskledger rebuild --db ./taskledger.db
+    """
+    store = open_store(db_path)
+    with progress_bar("rebuilding", event_count(store)) as advance:
+        tasks = audit.rebuild(store, advance)
+    err.print(f"Rebuilt {tasks} tasks from {event_count(store)} events")
+
+
+@cli.command()
+@db_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here instead of stdout.")
+def export(db_path: Path | None, output: Path | None) -> None:
+    """Write the whole log (events with envelopes and hashes, blobs) as JSON lines.
+
+    Example:
+
+        taskledger export --db ./taskledger.db > events.jsonl
+    """
+    store = open_store(db_path)
+    out = open(output, "w") if output else sys.stdout  # noqa: SIM115
+    try:
+        with progress_bar("exporting", event_count(store)) as advance:
+            for record in store.log.export_records():
+                out.write(json.dumps(record, separators=(",", ":")) + "\n")
+                if record["kind"] == "event":
+                    advance(1)
+    finally:
+        if output:
+            out.close()
+
+
+@cli.command("import")
+@db_option
+@click.argument("source", type=click.File("r"))
+def import_(db_path: Path | None, source: Any) -> None:
+    """Load an export into a new database, checking the hash chain; then build the projections.
+
+    Refuses (and writes nothing) if the chain is broken or the database already has events.
+
+    Example:
+
+        taskledger import events.jsonl --db ./restored.db
+    """
+    store = open_store(db_path, must_exist=False)
+
+    def records() -> Iterator[dict[str, Any]]:
+        for number, line in enumerate(source, start=1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise ImportRefused(f"Line {number} is not JSON") from None
+
+    try:
+        with progress_bar("importing", 0) as advance, store.log.transaction() as tx:
+            count = store.log.import_records(records(), tx=tx, progress=advance)
+            tasks = audit.rebuild(store)
+    except ImportRefused as exc:
+        raise click.ClickException(f"Import refused: {exc.message}") from None
+    err.print(f"Imported {count} events ({tasks} tasks) into {store.path}")
+
+
+@cli.command()
+@db_option
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+def backup(db_path: Path | None, destination: Path) -> None:
+    """Copy the database while the server keeps running: a consistent snapshot.
+
+    Example:
+
+        taskledger backup --db ./taskledger.db ./backups/taskledger-2026-11-28.db
+    """
+    store = open_store(db_path)
+    try:
+        store.log.backup(destination)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(f"Backed up {store.path} to {destination}")
