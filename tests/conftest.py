@@ -35,3 +35,28 @@ def store(tmp_path):
     s = Store(tmp_path / "ledger.db")
     yield s
     s.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real ``taskledger serve`` on a free 127.0.0.1 port, over a fresh database; one per
+    test module. ``server.admin_key`` is the key it printed on first start."""
+    from tests.server import Server
+
+    db = tmp_path_factory.mktemp("server") / "ledger.db"
+    srv = Server(db).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def user_keys(server):
+    """Two user keys (alice, bob) and a worker key, made with ``taskledger keys create``."""
+    from tests.server import create_key
+
+    return {
+        "alice": create_key(server.db, "alice"),
+        "bob": create_key(server.db, "bob"),
+        "worker": create_key(server.db, "pool", "worker"),
+        "admin": server.admin_key,
+    }

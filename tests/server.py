@@ -1,0 +1,100 @@
+"""Start a real ``taskledger serve`` on a free 127.0.0.1 port for HTTP tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str, db: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.cli", *args, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+
+def create_key(db: Path, owner: str, role: str = "user") -> str:
+    """A new key via ``taskledger keys create``: the key is the last line of stdout."""
+    out = cli("keys", "create", "--owner", owner, "--role", role, db=db).stdout
+    return out.strip().splitlines()[-1]
+
+
+class Server:
+    def __init__(self, db: Path, *extra: str, port: int | None = None) -> None:
+        self.db = db
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = f"{self.url}/api/v1"
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.admin_key: str | None = None
+        self.log_path = db.with_suffix(f".{self.port}.log")
+
+    def start(self, timeout: float = 30) -> Server:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "scripts.cli", "serve",
+                "--db", str(self.db), "--port", str(self.port), *self.extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"taskledger serve exited with {self.proc.returncode}: "
+                    + self.log_path.read_text(errors="replace")
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError("taskledger serve did not answer /health in time")
+        # The admin key is printed on stdout only when the database had no keys.
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        printed = (self.proc.stdout.read() or b"").decode().strip()
+        if printed:
+            self.admin_key = printed.splitlines()[-1]
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def client(self, key: str | None) -> httpx.Client:
+        headers = {"Authorization": key} if key else {}
+        return httpx.Client(base_url=self.api, headers=headers, timeout=30)
