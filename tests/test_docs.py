@@ -1,0 +1,57 @@
+"""The README and the command line agree (sqlite-utils' test_docs habit)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import scripts.ops  # noqa: F401 - registers the operator commands
+from scripts.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in sorted(group.commands.items()):
+        full = f"{prefix}{name}"
+        if isinstance(command, click.Group):
+            found += all_commands(command, f"{full} ")
+        else:
+            found.append((full, command))
+    return found
+
+
+COMMANDS = all_commands(cli)
+
+
+def test_the_command_line_has_the_commands_the_issues_ask_for():
+    names = {name for name, _ in COMMANDS}
+    assert {
+        "serve", "keys create", "keys list", "keys revoke", "worker", "replay", "history", "tail",
+        "verify", "rebuild", "export", "import", "backup",
+    } <= names
+
+
+@pytest.mark.parametrize("name,command", COMMANDS, ids=[n for n, _ in COMMANDS])
+def test_every_command_has_help_with_an_example(name, command):
+    result = CliRunner().invoke(cli, [*name.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output
+
+
+@pytest.mark.parametrize("name", [n for n, _ in COMMANDS])
+def test_every_command_is_in_the_readme(name):
+    assert f"taskledger {name}" in README
+
+
+def test_the_readme_has_exactly_the_two_setup_commands_and_ci_runs_the_test_one():
+    blocks = re.findall(r"```\n(.*?)\n```", README.split("## Set up", 1)[1].split("\n## ", 1)[0], re.S)
+    assert blocks == ["pip install . && taskledger serve", "pip install -e '.[test]' && python -m pytest"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert blocks[1] in ci.splitlines()
