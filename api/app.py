@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from api.health import HealthController
 from api.keys import Caller
 from api.requestlog import request_log_middleware
 from api.runtime import Runtime
-from api.settings import Settings
+from api.settings import Settings, settings_from_env
 from api.sweeper import run_sweepers
 from api.tasks import TaskController, TasksController
 from api.worker import WorkerController
@@ -72,3 +73,12 @@ def create_app(settings: Settings) -> Litestar:
         ),
         debug=False,
     )
+
+
+def create_app_from_env() -> Litestar:
+    """The app factory uvicorn calls in each worker process of ``taskledger serve --workers N``."""
+    from api.requestlog import configure_logging
+
+    flag = os.environ.get("TASKLEDGER_LOG_JSON")
+    configure_logging(json=None if flag is None else flag == "1")
+    return create_app(settings_from_env())

@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from api.idempotency import IdempotencyMismatch
 from api.keys import InvalidKey
-from api.runtime import Forbidden
+from api.runtime import Forbidden, RateLimited
 from api.schemas import BadRequest
 from ledger.errors import (
     ConcurrencyConflict,
@@ -38,6 +38,7 @@ STATUS: dict[type[Exception], int] = {
     InvalidKey: 401,
     Forbidden: 403,
     IdempotencyMismatch: 422,
+    RateLimited: 429,
 }
 
 
@@ -61,6 +62,8 @@ def handle_known(request: Request[Any, Any, Any], exc: Exception) -> Response[st
     if status_code == 503:
         headers = {"Retry-After": "5"}
         log.warning("storage_unavailable", error=message)
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
     if status_code == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="taskledger"'}
     if status_code == 204:

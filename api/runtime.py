@@ -60,6 +60,35 @@ class Forbidden(Exception):
     """The key is valid but its role may not do this (403)."""
 
 
+class RateLimited(Exception):
+    """Too many requests for this key; ``retry_after`` is how many seconds to wait."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Rate limit exceeded; retry later")
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests a second on average, bursts up to ``burst``.
+    Counted per server process."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key_id: str) -> None:
+        now_ = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (float(self.burst), now_))
+            tokens = min(float(self.burst), tokens + (now_ - last) * self.rate)
+            if tokens < 1:
+                self._buckets[key_id] = (tokens, now_)
+                raise RateLimited(max(1, int((1 - tokens) / self.rate + 0.999)))
+            self._buckets[key_id] = (tokens - 1, now_)
+
+
 class KeyCache:
     """Authenticated callers for a short while, so a burst of requests does one lookup per key.
     Revocation takes effect within ``ttl`` seconds."""
@@ -94,6 +123,11 @@ class Runtime:
         self.writer = Writer(self.store.handler)
         self.writer.start()
         self.key_cache = KeyCache()
+        self.rate_limiter = (
+            RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+            if settings.rate_limit_per_second
+            else None
+        )
         #: Set whenever this process makes a task claimable, to wake long-polling claims.
         self.queue_changed = asyncio.Event()
 
@@ -109,6 +143,8 @@ class Runtime:
         if caller is None:
             caller = keys.authenticate(self.store.log.reader(), key)
             self.key_cache.put(key, caller)
+        if self.rate_limiter is not None:
+            self.rate_limiter.check(caller.key_id)
         return caller
 
     # -- reads -------------------------------------------------------------------------------

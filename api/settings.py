@@ -37,3 +37,20 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Per-key rate limit in requests per second (token bucket); None disables it.
     rate_limit_per_second: float | None = None
     rate_limit_burst: int = 20
+
+
+SETTINGS_ENV = "TASKLEDGER_SETTINGS"
+
+
+def settings_to_env(settings: Settings) -> str:
+    return msgspec.json.encode(settings, enc_hook=str).decode()
+
+
+def settings_from_env() -> Settings:
+    """The settings ``taskledger serve --workers N`` hands to each worker process."""
+    raw = os.environ.get(SETTINGS_ENV)
+    if not raw:
+        raise RuntimeError(f"{SETTINGS_ENV} is not set")
+    return msgspec.json.decode(
+        raw, type=Settings, dec_hook=lambda type_, value: Path(value) if type_ is Path else value
+    )

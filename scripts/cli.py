@@ -56,6 +56,7 @@ def cli() -> None:
 @click.option("--max-attempts", default=3, show_default=True, type=int, help="Claims before a task whose lease keeps expiring is timed out.")
 @click.option("--sweep-interval", default=1.0, show_default=True, type=float, help="Seconds between sweeps for expired leases and tasks (0 turns them off).")
 @click.option("--rate-limit", default=None, type=float, help="Requests per second allowed per key (off by default).")
+@click.option("--workers", default=1, show_default=True, type=int, help="Server processes sharing the database (each with its own group-commit writer).")
 @click.option("--log-json/--log-console", default=None, help="Log format (default: console on a terminal, JSON otherwise).")
 def serve(
     db_path: Path | None,
@@ -69,6 +70,7 @@ def serve(
     max_attempts: int,
     sweep_interval: float,
     rate_limit: float | None,
+    workers: int,
     log_json: bool | None,
 ) -> None:
     """Run the HTTP API.
@@ -109,6 +111,24 @@ def serve(
         rate_limit_per_second=rate_limit,
     )
     click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
+    if workers > 1:
+        import os
+
+        from api.settings import SETTINGS_ENV, settings_to_env
+
+        os.environ[SETTINGS_ENV] = settings_to_env(settings)
+        if log_json is not None:
+            os.environ["TASKLEDGER_LOG_JSON"] = "1" if log_json else "0"
+        uvicorn.run(
+            "api.app:create_app_from_env",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+        return
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
