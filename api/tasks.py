@@ -30,7 +30,7 @@ from api.schemas import (
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
 from ledger.decider import fold, merge_configuration
 from ledger.errors import TaskNotFound
-from ledger.events import blob_ref
+from ledger.events import TERMINAL, blob_ref
 from ledger.state import TaskState
 
 MAX_LIST_LIMIT = 1000
@@ -49,7 +49,7 @@ def visible(state: TaskState | None, caller: Caller) -> TaskState:
         raise TaskNotFound()
     if caller.scope is not None and state.owner != caller.scope:
         raise TaskNotFound()
-    if state.expires_at is not None and state.expires_at <= now():
+    if state.status in TERMINAL and state.expires_at is not None and state.expires_at <= now():
         raise TaskNotFound()
     return state
 

@@ -99,7 +99,12 @@ class TasksProjection:
         end: datetime | None = None,
     ) -> list[TaskState]:
         """Live, unexpired tasks, newest first; ``owner=None`` lists every owner's."""
-        where = ["gone IS NULL", "(expires_at IS NULL OR expires_at > ?)"]
+        # A pending update keeps the old expires_at (as in Chunkr) but is not expired: only
+        # terminal tasks expire.
+        where = [
+            "gone IS NULL",
+            "(expires_at IS NULL OR expires_at > ? OR status IN ('Starting', 'Processing'))",
+        ]
         params: list[object] = [codec.timestamp(now)]
         if owner is not None:
             where.append("owner = ?")
