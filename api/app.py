@@ -46,8 +46,10 @@ def create_app(settings: Settings) -> Litestar:
     def provide_runtime(state: State) -> Runtime:
         return state.runtime
 
-    def provide_caller(request: Request[Any, Any, Any], state: State) -> Caller:
-        return state.runtime.authenticate(request.headers.get("authorization"))
+    # ``caller`` depends on ``runtime`` so Litestar resolves them one after the other; two
+    # independent dependencies would cost a task group per request.
+    def provide_caller(request: Request[Any, Any, Any], runtime: Runtime) -> Caller:
+        return runtime.authenticate(request.headers.get("authorization"))
 
     return Litestar(
         route_handlers=[HealthController, TaskController, TasksController, WorkerController, AuditController],

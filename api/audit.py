@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.keys import Caller
+from api.openapi import AUTH, READ, responses
 from api.runtime import Forbidden, Runtime, json_reply
 from api.schemas import BadRequest
 from api.tasks import auditable
@@ -81,13 +82,23 @@ class AuditController(Controller):
     path = "/api/v1"
     tags = ["audit"]
 
-    @get("/task/{task_id:str}/events", summary="A task's history, oldest first", sync_to_thread=True)
+    @get(
+        "/task/{task_id:str}/events",
+        summary="A task's history, oldest first",
+        sync_to_thread=True,
+        responses=responses(*READ),
+    )
     def task_events(self, caller: Caller, runtime: Runtime, task_id: str) -> Response[list[EventJSON]]:
         auditable(runtime.store.state(task_id), caller)
         events = runtime.store.history(task_id)
         return json_reply([event_json(e) for e in events]).to_response()
 
-    @get("/events", summary="The global event feed, in position order", sync_to_thread=True)
+    @get(
+        "/events",
+        summary="The global event feed, in position order",
+        sync_to_thread=True,
+        responses=responses(400, *AUTH, 403),
+    )
     def events(
         self,
         caller: Caller,
@@ -110,7 +121,12 @@ class AuditController(Controller):
         next_after = found[-1].position if found else after
         return json_reply(FeedPage(events=[event_json(e) for e in found], next_after=next_after)).to_response()
 
-    @get("/events/stream", summary="The event feed, live, as Server-Sent Events")
+    @get(
+        "/events/stream",
+        summary="The event feed, live, as Server-Sent Events",
+        media_type="text/event-stream",
+        responses=responses(400, *AUTH, 403),
+    )
     async def stream(
         self,
         request: Request[Any, Any, Any],

@@ -12,10 +12,18 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("taskledger.api")
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json_line(event: dict[str, Any], **_: Any) -> str:
+    return _encoder.encode(event).decode()
+
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -23,7 +31,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_json_line)
+        if json
+        else structlog.dev.ConsoleRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -178,12 +178,14 @@ class Runtime:
         *,
         blobs: Sequence[bytes] = (),
         body: bytes = b"",
+        precheck: Callable[[], object] | None = None,
     ) -> Reply:
         """Run a command through group commit and answer it, honouring Idempotency-Key.
 
         ``respond`` builds the reply inside the transaction (it gets the transaction handle for
         reads that must see the command's own writes), so an idempotent retry gets the very same
-        bytes."""
+        bytes. ``precheck`` runs before the command (and after an idempotent replay), for
+        checks that need the clock, which the decider never reads."""
         idem_key = request.headers.get("idempotency-key")
         stored_fp = None
         if idem_key is not None:
@@ -196,6 +198,10 @@ class Runtime:
             replay = self._replay(caller, idem_key, stored_fp)
             if replay is not None:
                 return replay
+        if precheck is not None:
+            # After the replay lookup: a retry of a delete must get its original answer even
+            # though the task is gone now.
+            precheck()
 
         def after_append(tx: Any, outcome: Outcome) -> Reply:
             reply = respond(outcome, tx)

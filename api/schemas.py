@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import unicodedata
 import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -79,6 +80,8 @@ def decode_body(raw: bytes, type_: type[msgspec.Struct]) -> Any:
         raise BadRequest("Request body is empty; expected a JSON object")
     try:
         return msgspec.json.decode(raw, type=type_)
+    except RecursionError:
+        raise BadRequest("Invalid request body: it is nested too deeply") from None
     except msgspec.DecodeError as exc:
         text = str(exc)
         if text.startswith("Expected `object`"):
@@ -148,7 +151,7 @@ def check_file_name(name: str | None) -> str | None:
         return None
     if len(name) > MAX_FILE_NAME:
         raise BadRequest(f"file_name is longer than {MAX_FILE_NAME} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
         raise BadRequest("file_name must not contain control characters")
     if "/" in name or "\\" in name:
         raise BadRequest("file_name must be a plain file name, without directories")

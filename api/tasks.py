@@ -14,6 +14,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 
 from api.keys import Caller
+from api.openapi import AUTH, READ, WRITE, json_body, responses
 from api.runtime import Forbidden, Reply, Runtime, json_reply, now, text_reply
 from api.schemas import (
     DEFAULT_CONFIGURATION,
@@ -92,7 +93,13 @@ class TaskController(Controller):
             render_task(state, base_url=runtime.base_url(request), output=output, include_chunks=True)
         )
 
-    @post("/parse", status_code=200, summary="Create a task")
+    @post(
+        "/parse",
+        status_code=200,
+        summary="Create a task",
+        operation_class=json_body(CreateBody),
+        responses=responses(400, *AUTH, 403, 413, 422, 503),
+    )
     async def create_task(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime
     ) -> Response[TaskResponse]:
@@ -125,7 +132,7 @@ class TaskController(Controller):
         )
         return reply.to_response()
 
-    @get("/{task_id:str}", summary="Get a task", sync_to_thread=True)
+    @get("/{task_id:str}", summary="Get a task", sync_to_thread=True, responses=responses(*READ))
     def get_task(
         self,
         request: Request[Any, Any, Any],
@@ -148,7 +155,13 @@ class TaskController(Controller):
         )
         return json_reply(response).to_response()
 
-    @patch("/{task_id:str}/parse", status_code=200, summary="Update a task's configuration")
+    @patch(
+        "/{task_id:str}/parse",
+        status_code=200,
+        summary="Update a task's configuration",
+        operation_class=json_body(UpdateBody, required=False),
+        responses=responses(*WRITE, 413),
+    )
     async def update_task(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
     ) -> Response[TaskResponse]:
@@ -170,27 +183,44 @@ class TaskController(Controller):
         )
         return reply.to_response()
 
-    @get("/{task_id:str}/cancel", summary="Cancel a task that has not started", media_type=TEXT)
+    @get(
+        "/{task_id:str}/cancel",
+        summary="Cancel a task that has not started",
+        media_type=TEXT,
+        responses=responses(*WRITE),
+    )
     async def cancel_task(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
     ) -> Response[str]:
         require_role(caller, "user", "admin", action="cancel tasks")
-        visible(runtime.store.state(task_id), caller)
         command = CancelTask(task_id=task_id, at=now(), owner=caller.scope)
         reply = await runtime.execute(
-            request, caller, command, lambda outcome, tx: text_reply("Task cancelled")
+            request,
+            caller,
+            command,
+            lambda outcome, tx: text_reply("Task cancelled"),
+            precheck=lambda: visible(runtime.store.state(task_id), caller),
         )
         return reply.to_response()
 
-    @delete("/{task_id:str}", status_code=200, summary="Delete a finished task", media_type=TEXT)
+    @delete(
+        "/{task_id:str}",
+        status_code=200,
+        summary="Delete a finished task",
+        media_type=TEXT,
+        responses=responses(*WRITE),
+    )
     async def delete_task(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
     ) -> Response[str]:
         require_role(caller, "user", "admin", action="delete tasks")
-        visible(runtime.store.state(task_id), caller)
         command = DeleteTask(task_id=task_id, at=now(), owner=caller.scope)
         reply = await runtime.execute(
-            request, caller, command, lambda outcome, tx: text_reply("Task deleted")
+            request,
+            caller,
+            command,
+            lambda outcome, tx: text_reply("Task deleted"),
+            precheck=lambda: visible(runtime.store.state(task_id), caller),
         )
         return reply.to_response()
 
@@ -199,7 +229,12 @@ class TasksController(Controller):
     path = "/api/v1/tasks"
     tags = ["tasks"]
 
-    @get("/", summary="List tasks, newest first", sync_to_thread=True)
+    @get(
+        "/",
+        summary="List tasks, newest first",
+        sync_to_thread=True,
+        responses=responses(400, *AUTH, 403),
+    )
     def list_tasks(
         self,
         request: Request[Any, Any, Any],
@@ -237,7 +272,7 @@ class TasksController(Controller):
             render_task(
                 s,
                 base_url=base_url,
-                output=runtime.output_of(s) if include_chunks else None,
+                output=runtime.output_of(s),
                 include_chunks=include_chunks,
             )
             for s in states

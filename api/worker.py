@@ -7,6 +7,7 @@ other gets 409 and nothing is appended. Claims hand out the oldest claimable tas
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 import time
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from litestar import Controller, Request, Response, get, post
 
 from api.keys import Caller
+from api.openapi import READ, WRITE, json_body, responses
 from api.runtime import Reply, Runtime, json_reply, now
 from api.schemas import (
     BadRequest,
@@ -37,6 +39,13 @@ from ledger.handler import NothingToDo, Outcome
 from ledger.state import TaskState
 
 import msgspec
+
+
+def content_disposition(name: str) -> str:
+    """An attachment header for any file name: an ASCII fallback plus the exact name in
+    RFC 5987 form, so non-Latin names survive and nothing can break out of the header."""
+    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def lease_seconds(runtime: Runtime, asked: int | None) -> int:
@@ -74,7 +83,13 @@ class WorkerController(Controller):
         )
         return json_reply(rendered)
 
-    @post("/worker/claim", status_code=200, summary="Claim the oldest claimable task")
+    @post(
+        "/worker/claim",
+        status_code=200,
+        summary="Claim the oldest claimable task",
+        operation_class=json_body(ClaimBody),
+        responses=responses(204, 400, 401, 403, 413, 422, 429, 503),
+    )
     async def claim(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime
     ) -> Response[ClaimedTaskResponse]:
@@ -124,7 +139,13 @@ class WorkerController(Controller):
                 except TimeoutError:
                     pass
 
-    @post("/task/{task_id:str}/heartbeat", status_code=200, summary="Extend a lease")
+    @post(
+        "/task/{task_id:str}/heartbeat",
+        status_code=200,
+        summary="Extend a lease",
+        operation_class=json_body(HeartbeatBody),
+        responses=responses(*WRITE, 409, 413),
+    )
     async def heartbeat(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
     ) -> Response[LeaseResponse]:
@@ -142,7 +163,13 @@ class WorkerController(Controller):
         )
         return reply.to_response()
 
-    @post("/task/{task_id:str}/complete", status_code=200, summary="Finish a task: Succeeded")
+    @post(
+        "/task/{task_id:str}/complete",
+        status_code=200,
+        summary="Finish a task: Succeeded",
+        operation_class=json_body(CompleteBody),
+        responses=responses(*WRITE, 409, 413),
+    )
     async def complete(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
     ) -> Response[TaskResponse]:
@@ -167,7 +194,13 @@ class WorkerController(Controller):
         )
         return reply.to_response()
 
-    @post("/task/{task_id:str}/fail", status_code=200, summary="Finish a task: Failed")
+    @post(
+        "/task/{task_id:str}/fail",
+        status_code=200,
+        summary="Finish a task: Failed",
+        operation_class=json_body(FailBody),
+        responses=responses(*WRITE, 409, 413),
+    )
     async def fail(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
     ) -> Response[TaskResponse]:
@@ -184,7 +217,13 @@ class WorkerController(Controller):
         )
         return reply.to_response()
 
-    @post("/task/{task_id:str}/release", status_code=200, summary="Give a task back unfinished")
+    @post(
+        "/task/{task_id:str}/release",
+        status_code=200,
+        summary="Give a task back unfinished",
+        operation_class=json_body(ReleaseBody),
+        responses=responses(*WRITE, 409, 413),
+    )
     async def release(
         self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
     ) -> Response[TaskResponse]:
@@ -206,6 +245,7 @@ class WorkerController(Controller):
         summary="The task's input file",
         media_type="application/octet-stream",
         sync_to_thread=True,
+        responses=responses(*READ),
     )
     def input_file(
         self, caller: Caller, runtime: Runtime, task_id: str
@@ -217,9 +257,8 @@ class WorkerController(Controller):
         data = runtime.store.log.get_blob(state.file) if state.file else None
         if data is None:
             raise TaskNotFound()
-        name = (state.file_name or "input").replace('"', "")
         return Response(
             content=data,
             media_type="application/octet-stream",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            headers={"Content-Disposition": content_disposition(state.file_name or "input")},
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -32,7 +32,13 @@ def decode_state(data: bytes | str) -> TaskState:
 
 def timestamp(value: datetime) -> str:
     """A fixed-width UTC RFC 3339 text that sorts as it compares (microseconds always written)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.utcoffset() != _ZERO:
+        value = value.astimezone(UTC)
+    text = value.replace(tzinfo=None).isoformat()
+    return f"{text}Z" if value.microsecond else f"{text}.000000Z"
+
+
+_ZERO = timedelta(0)
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -100,9 +100,9 @@ class CommandHandler:
         results: list[Outcome | BaseException] = []
         try:
             with self.log.transaction() as tx:
-                for index, request in enumerate(requests):
+                for request in requests:
                     try:
-                        with self.log.savepoint(tx, f"cmd{index}"):
+                        with self.log.savepoint(tx, "command"):
                             results.append(self._run(tx, request))
                     except Exception as exc:  # noqa: BLE001 - handed back to its caller
                         results.append(exc)

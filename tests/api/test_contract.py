@@ -351,11 +351,6 @@ def test_list_leaves_chunks_out_by_default(server, fresh_user, create, ledger):
         assert with_chunks["output"]["chunks"] == output["chunks"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: GET /tasks without include_chunks drops output.page_count and pdf_url "
-    "(render_task gets output=None), so the list disagrees with GET /task/{id}",
-)
 def test_list_without_chunks_keeps_the_rest_of_the_output(server, fresh_user, create, ledger):
     with server.client(fresh_user()) as carol:
         task = create(carol)
@@ -416,11 +411,6 @@ def test_input_file_url_serves_the_input(alice):
     assert (response.status_code, response.content) == (200, data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a file_name outside Latin-1 (e.g. '文件.txt') is accepted on create, but "
-    "GET {task_url}/input then answers 500 (UnicodeEncodeError in the Content-Disposition header)",
-)
 def test_input_of_a_task_with_a_non_latin1_file_name(alice):
     task = alice.post("/task/parse", json={"file": "aGk=", "file_name": "文件.txt"}).json()
     response = alice.get(f"{task['task_url']}/input")

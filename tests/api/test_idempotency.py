@@ -114,11 +114,6 @@ def test_update_retried_with_a_key_updates_once(alice, create, ledger):
     assert ledger.event_types(task["task_id"]).count("update_requested") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: DELETE checks visibility before the idempotency replay, so a retried delete "
-    "with the same Idempotency-Key answers 404 'Task not found' instead of the original 200",
-)
 def test_delete_retried_with_a_key_answers_200_both_times(alice, create, ledger):
     task = create(alice)
     alice.get(f"/task/{task['task_id']}/cancel")
