@@ -253,4 +253,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the imported module, so ``python -m scripts.cli`` sees the same click group
+    # that scripts.ops registers its commands on.
+    from scripts.cli import main as run_main
+
+    run_main()

@@ -310,3 +310,31 @@ def backup(db_path: Path | None, destination: Path) -> None:
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     err.print(f"Backed up {store.path} to {destination}")
+
+
+@cli.command()
+@click.option("--events", default=1_000_000, show_default=True, type=int, help="Size of the log for the in-process figures.")
+@click.option("--seconds", default=5.0, show_default=True, type=float, help="Length of each HTTP scenario.")
+@click.option("--concurrency", multiple=True, type=int, default=(1, 32), show_default=True, help="Concurrent clients (repeat the option for several).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True, help="Where bench.json and bench.md go.")
+@click.option("--quick", is_flag=True, help="Small sizes and short scenarios: a smoke test, not a measurement.")
+def bench(events: int, seconds: float, concurrency: tuple[int, ...], out: Path, quick: bool) -> None:
+    """Measure taskledger side by side with a floor app and the eventsourcing library.
+
+    Needs the bench extra (pip install -e '.[bench]'). Everything runs on 127.0.0.1 and stops by
+    itself; the full run takes several minutes. See BENCHMARKS.md.
+
+    Example:
+
+        taskledger bench --events 1000000 --seconds 5 --out bench-results
+    """
+    from scripts import bench as runner
+
+    if quick:
+        events, seconds = 3000, 0.5
+    report = runner.run(
+        events=events, seconds=seconds, concurrency=list(concurrency), out=out,
+        small_events=min(10_000, events), get_requests=300 if quick else 3000,
+        echo=lambda line: err.print(line),
+    )
+    click.echo(runner.markdown(report))

@@ -1,0 +1,732 @@
+"""``taskledger bench``: one run, on 127.0.0.1, bounded in time, that measures taskledger side by
+side with a floor (one SQLite row per request) and a peer (the ``eventsourcing`` library), and
+writes every figure with its conditions to JSON and Markdown.
+
+1. HTTP: ``taskledger serve`` on a fresh database driven by 1 and 32 concurrent keep-alive
+   clients: create, get, cancel, claim+complete, list.
+2. The same load on the floor app (``scripts.bench_floor``) and the peer app
+   (``scripts.bench_peer``), same Litestar/uvicorn settings.
+3. In-process: append events/s, replay (fold) events/s, verify and rebuild on a log of N events
+   (1,000,000 by default), the peer reading its own notification log, and GET p50/p99 at 10,000
+   vs N events.
+4. The server's peak RSS with N events in the log.
+
+The load generator is a small asyncio HTTP/1.1 client (one keep-alive connection per simulated
+client) running in this process, so every server is driven by the same client code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# -- a minimal keep-alive HTTP/1.1 client --------------------------------------------------------
+
+
+class Connection:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        if self.writer is None:
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}")
+        if body or method in ("POST", "PATCH", "PUT"):
+            lines.append("Content-Type: application/json")
+            lines.append(f"Content-Length: {len(body)}")
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        payload = await self.reader.readexactly(length) if length else b""
+        return status, payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+
+
+@dataclass
+class Stats:
+    route: str
+    target: str
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+
+        def pct(p: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3)
+
+        return {
+            "target": self.target,
+            "route": self.route,
+            "concurrency": self.concurrency,
+            "requests": len(self.latencies),
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "rps": round(len(self.latencies) / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+        }
+
+
+Op = Callable[[Connection], Awaitable[bool]]
+
+
+async def drive(
+    host: str, port: int, op: Op, *, concurrency: int, seconds: float, max_ops: int | None,
+    stats: Stats,
+) -> Stats:
+    """Run ``op`` from ``concurrency`` clients until ``seconds`` pass or ``max_ops`` are done."""
+    deadline = time.perf_counter() + seconds
+    budget = [max_ops if max_ops is not None else 1 << 62]
+
+    async def client() -> None:
+        conn = Connection(host, port)
+        try:
+            while time.perf_counter() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                started = time.perf_counter()
+                ok = await op(conn)
+                if ok:
+                    stats.latencies.append(time.perf_counter() - started)
+                else:
+                    stats.errors += 1
+        finally:
+            await conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> None:
+        self.port = port
+        self.log = open(log or os.devnull, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    time.sleep(0.3)
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def peak_rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def start_taskledger(db: Path, *, synchronous: str = "FULL", log: Path | None = None) -> tuple[Process, str]:
+    port = free_port()
+    proc = Process(
+        [sys.executable, "-m", "scripts.cli", "serve", "--db", str(db), "--port", str(port),
+         "--synchronous", synchronous, "--log-json"],
+        port,
+        log=log,
+    )
+    assert proc.proc.stdout is not None
+    os.set_blocking(proc.proc.stdout.fileno(), False)
+    printed = (proc.proc.stdout.read() or b"").decode().strip()
+    key = printed.splitlines()[-1] if printed else ""
+    return proc, key
+
+
+def start_uvicorn(factory: str, db: Path) -> Process:
+    port = free_port()
+    return Process(
+        [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        port,
+        env={"BENCH_DB": str(db)},
+    )
+
+
+def make_key(db: Path, owner: str, role: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "keys", "create", "--db", str(db), "--owner", owner,
+         "--role", role],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+FILE_B64 = base64.b64encode(b"benchmark input " * 16).decode()
+OUTPUT = {
+    "chunks": [
+        {
+            "chunk_id": "c1",
+            "chunk_length": 2,
+            "segments": [
+                {
+                    "bbox": {"left": 0, "top": 0, "width": 1, "height": 1},
+                    "page_height": 1, "page_width": 1, "page_number": 1, "segment_id": "s1",
+                    "segment_type": "Text", "confidence": None, "content": "benchmark input",
+                }
+            ],
+        }
+    ],
+    "file_name": "bench.txt", "page_count": 1, "pdf_url": None,
+}
+
+
+# -- HTTP scenarios --------------------------------------------------------------------------------
+
+
+def run_async(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def http_taskledger(seconds: float, concurrencies: list[int], work: Path) -> tuple[list[dict], dict]:
+    db = work / "taskledger-http.db"
+    proc, admin = start_taskledger(db)
+    worker_key = make_key(db, "pool", "worker")
+    user = {"Authorization": admin}
+    worker = {"Authorization": worker_key}
+    results: list[dict] = []
+    create_body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
+    port = proc.port
+    ids: list[str] = []
+
+    async def create(conn: Connection) -> bool:
+        status, body = await conn.request("POST", "/api/v1/task/parse", create_body, user)
+        if status == 200:
+            ids.append(json.loads(body)["task_id"])
+        return status == 200
+
+    async def get(conn: Connection) -> bool:
+        status, _ = await conn.request("GET", f"/api/v1/task/{random.choice(ids)}", headers=user)
+        return status == 200
+
+    async def listing(conn: Connection) -> bool:
+        status, _ = await conn.request("GET", "/api/v1/tasks?limit=10", headers=user)
+        return status == 200
+
+    try:
+        for concurrency in concurrencies:
+            results.append(run_async(drive("127.0.0.1", port, create, concurrency=concurrency,
+                                           seconds=seconds, max_ops=None,
+                                           stats=Stats("create", "taskledger", concurrency))).summary())
+            results.append(run_async(drive("127.0.0.1", port, get, concurrency=concurrency,
+                                           seconds=seconds, max_ops=None,
+                                           stats=Stats("get", "taskledger", concurrency))).summary())
+            # Cancel and claim each need fresh Starting tasks: queue them up untimed first.
+            pending = list(reversed(ids))
+            ids_for_cancel = pending[: len(pending) // 2]
+            claimable = len(pending) - len(ids_for_cancel)
+            ids.clear()
+
+            async def cancel(conn: Connection) -> bool:
+                if not ids_for_cancel:
+                    return False
+                task_id = ids_for_cancel.pop()
+                status, _ = await conn.request("GET", f"/api/v1/task/{task_id}/cancel", headers=user)
+                return status == 200
+
+            results.append(run_async(drive("127.0.0.1", port, cancel, concurrency=concurrency,
+                                           seconds=seconds, max_ops=len(ids_for_cancel),
+                                           stats=Stats("cancel", "taskledger", concurrency))).summary())
+
+            complete_body_for = {}
+
+            async def claim_complete(conn: Connection) -> bool:
+                wid = f"w{id(conn)}"
+                status, body = await conn.request(
+                    "POST", "/api/v1/worker/claim", json.dumps({"worker_id": wid}).encode(), worker
+                )
+                if status != 200:
+                    return False
+                task_id = json.loads(body)["task_id"]
+                payload = complete_body_for.setdefault(
+                    wid, json.dumps({"worker_id": wid, "output": OUTPUT}).encode()
+                )
+                status, _ = await conn.request("POST", f"/api/v1/task/{task_id}/complete", payload, worker)
+                return status == 200
+
+            results.append(run_async(drive("127.0.0.1", port, claim_complete, concurrency=concurrency,
+                                           seconds=seconds, max_ops=claimable,
+                                           stats=Stats("claim+complete", "taskledger", concurrency))).summary())
+            results.append(run_async(drive("127.0.0.1", port, listing, concurrency=concurrency,
+                                           seconds=seconds, max_ops=None,
+                                           stats=Stats("list", "taskledger", concurrency))).summary())
+            # Refill ids for the next round's get.
+            run_async(drive("127.0.0.1", port, create, concurrency=8, seconds=seconds, max_ops=200,
+                            stats=Stats("refill", "taskledger", 8)))
+    finally:
+        rss = proc.peak_rss_mb()
+        proc.stop()
+    return results, {"peak_rss_mb": rss}
+
+
+def http_floor(seconds: float, concurrencies: list[int], work: Path) -> list[dict]:
+    proc = start_uvicorn("scripts.bench_floor:create_app", work / "floor.db")
+    body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
+    ids: list[str] = []
+
+    async def insert(conn: Connection) -> bool:
+        status, payload = await conn.request("POST", "/rows", body)
+        if status == 200:
+            ids.append(json.loads(payload)["id"])
+        return status == 200
+
+    async def read(conn: Connection) -> bool:
+        status, _ = await conn.request("GET", f"/rows/{random.choice(ids)}")
+        return status == 200
+
+    results = []
+    try:
+        for concurrency in concurrencies:
+            results.append(run_async(drive("127.0.0.1", proc.port, insert, concurrency=concurrency,
+                                           seconds=seconds, max_ops=None,
+                                           stats=Stats("insert (NORMAL)", "floor", concurrency))).summary())
+            results.append(run_async(drive("127.0.0.1", proc.port, read, concurrency=concurrency,
+                                           seconds=seconds, max_ops=None,
+                                           stats=Stats("read one row", "floor", concurrency))).summary())
+    finally:
+        proc.stop()
+    return results
+
+
+def http_peer(seconds: float, concurrencies: list[int], work: Path) -> list[dict]:
+    proc = start_uvicorn("scripts.bench_peer:create_app", work / "peer.db")
+    body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
+    ids: list[str] = []
+
+    async def create(conn: Connection) -> bool:
+        status, payload = await conn.request("POST", "/tasks", body)
+        if status == 200:
+            ids.append(json.loads(payload)["task_id"])
+        return status == 200
+
+    async def get(conn: Connection) -> bool:
+        status, _ = await conn.request("GET", f"/tasks/{random.choice(ids)}")
+        return status == 200
+
+    results = []
+    try:
+        for concurrency in concurrencies:
+            results.append(run_async(drive("127.0.0.1", proc.port, create, concurrency=concurrency,
+                                           seconds=seconds, max_ops=None,
+                                           stats=Stats("create", "eventsourcing", concurrency))).summary())
+            results.append(run_async(drive("127.0.0.1", proc.port, get, concurrency=concurrency,
+                                           seconds=seconds, max_ops=None,
+                                           stats=Stats("get", "eventsourcing", concurrency))).summary())
+            pending = list(reversed(ids))
+            to_cancel, to_claim = pending[::2], pending[1::2]
+            ids.clear()
+
+            def take(pool: list[str], action: str) -> Op:
+                async def op(conn: Connection) -> bool:
+                    if not pool:
+                        return False
+                    status, _ = await conn.request("POST", f"/tasks/{pool.pop()}/{action}")
+                    return status == 200
+                return op
+
+            results.append(run_async(drive("127.0.0.1", proc.port, take(to_cancel, "cancel"),
+                                           concurrency=concurrency, seconds=seconds,
+                                           max_ops=len(to_cancel),
+                                           stats=Stats("cancel", "eventsourcing", concurrency))).summary())
+            results.append(run_async(drive("127.0.0.1", proc.port, take(to_claim, "claim"),
+                                           concurrency=concurrency, seconds=seconds,
+                                           max_ops=len(to_claim),
+                                           stats=Stats("claim", "eventsourcing", concurrency))).summary())
+            run_async(drive("127.0.0.1", proc.port, create, concurrency=8, seconds=seconds,
+                            max_ops=200, stats=Stats("refill", "eventsourcing", 8)))
+    finally:
+        proc.stop()
+    return results
+
+
+# -- in-process ---------------------------------------------------------------------------------
+
+
+def build_log(db: Path, events: int, *, batch: int = 500) -> dict[str, Any]:
+    """Fill a log with about ``events`` events (tasks created, claimed and succeeded) through the
+    real command handler, ``batch`` commands per transaction; returns the append rate."""
+    from ledger.commands import ClaimTask, CompleteTask, CreateTask
+    from ledger.events import blob_ref
+    from ledger.handler import Request
+    from ledger.log import Actor, Envelope
+    from projections.store import Store
+
+    store = Store(db)
+    data = b"benchmark input " * 16
+    output = json.dumps(OUTPUT).encode()
+    ref, out_ref = blob_ref(data), blob_ref(output)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    env = Envelope(recorded_at=t0, actor=Actor(key_id="bench", role="system"))
+    written = 0
+    started = time.perf_counter()
+    while written < events:
+        ids = [str(uuid.uuid4()) for _ in range(min(batch // 3 + 1, (events - written) // 3 + 1))]
+        at = t0 + timedelta(seconds=written)
+        requests = [
+            Request(command=CreateTask(task_id=i, at=at, owner=f"owner{n % 50}",
+                                       configuration={"chunk_processing": {"target_length": 512}},
+                                       file=ref, file_name="bench.txt"),
+                    envelope=env, blobs=(data,))
+            for n, i in enumerate(ids)
+        ]
+        requests += [
+            Request(command=ClaimTask(task_id=i, at=at, worker_id="w", lease_until=at + timedelta(minutes=5)),
+                    envelope=env)
+            for i in ids
+        ]
+        requests += [
+            Request(command=CompleteTask(task_id=i, at=at, worker_id="w", output=out_ref),
+                    envelope=env, blobs=(output,))
+            for i in ids
+        ]
+        results = store.handler.execute_batch(requests)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise RuntimeError(f"build failed: {failures[0]!r}")
+        written += len(requests)
+    seconds = time.perf_counter() - started
+    store.close()
+    return {"events": written, "seconds": round(seconds, 2), "events_per_s": round(written / seconds)}
+
+
+def append_unbatched(db: Path, count: int) -> dict[str, Any]:
+    """One command per transaction (one fsync each): the cost group commit saves."""
+    from ledger.commands import CreateTask
+    from ledger.events import blob_ref
+    from ledger.log import Envelope
+    from projections.store import Store
+
+    store = Store(db)
+    data = b"x"
+    env = Envelope(recorded_at=datetime.now(UTC))
+    started = time.perf_counter()
+    for _ in range(count):
+        store.handler.execute(
+            CreateTask(task_id=str(uuid.uuid4()), at=datetime.now(UTC), owner="o", configuration={},
+                       file=blob_ref(data)),
+            env, blobs=[data],
+        )
+    seconds = time.perf_counter() - started
+    store.close()
+    return {"events": count, "seconds": round(seconds, 2), "events_per_s": round(count / seconds)}
+
+
+def measure_log(db: Path) -> dict[str, Any]:
+    from projections import audit
+    from projections.store import Store
+
+    store = Store(db)
+    total = store.log.reader().execute("SELECT count(*) FROM events").fetchone()[0]
+    figures: dict[str, Any] = {"events": total}
+    started = time.perf_counter()
+    tasks = sum(1 for _ in audit.fold_streams(store.log.reader()))
+    seconds = time.perf_counter() - started
+    figures["replay"] = {"tasks": tasks, "seconds": round(seconds, 2), "events_per_s": round(total / seconds)}
+    started = time.perf_counter()
+    differences = audit.verify(store)
+    seconds = time.perf_counter() - started
+    figures["verify"] = {"seconds": round(seconds, 2), "events_per_s": round(total / seconds),
+                         "differences": len(differences)}
+    started = time.perf_counter()
+    audit.rebuild(store)
+    seconds = time.perf_counter() - started
+    figures["rebuild"] = {"seconds": round(seconds, 2), "events_per_s": round(total / seconds)}
+    store.close()
+    return figures
+
+
+def peer_notification_read(db: Path, events: int) -> dict[str, Any]:
+    """The eventsourcing library reading its own notification log, mapping each notification to a
+    domain event (as a projection would)."""
+    from scripts.bench_peer import Task, make_application
+
+    app = make_application(str(db))
+    made = 0
+    while made < events:
+        batch = []
+        for _ in range(min(500, (events - made + 1) // 2)):
+            task = Task("o", {"chunk_processing": {"target_length": 512}}, "YmVuY2htYXJr")
+            task.claim("w")
+            batch.append(task)
+        app.save(*batch)
+        made += 2 * len(batch)
+    started = time.perf_counter()
+    read = 0
+    start = 1
+    while True:
+        notifications = app.recorder.select_notifications(start=start, limit=1000)
+        if not notifications:
+            break
+        for notification in notifications:
+            app.mapper.to_domain_event(notification)
+        read += len(notifications)
+        start = notifications[-1].id + 1
+    seconds = time.perf_counter() - started
+    return {"events": read, "seconds": round(seconds, 2), "events_per_s": round(read / seconds)}
+
+
+def get_latency(db: Path, requests: int) -> dict[str, Any]:
+    """GET /task/{id} at concurrency 1 over random tasks of the database."""
+    conn = sqlite3.connect(db)
+    ids = [r[0] for r in conn.execute("SELECT task_id FROM tasks ORDER BY random() LIMIT 5000")]
+    conn.close()
+    proc, _ = start_taskledger(db)
+    try:
+        admin = make_key(db, "bench-admin", "admin")
+        headers = {"Authorization": admin}
+
+        async def get(c: Connection) -> bool:
+            status, _ = await c.request("GET", f"/api/v1/task/{random.choice(ids)}", headers=headers)
+            return status == 200
+
+        # Warm up, then measure.
+        run_async(drive("127.0.0.1", proc.port, get, concurrency=1, seconds=30, max_ops=200,
+                        stats=Stats("warm", "taskledger", 1)))
+        stats = run_async(drive("127.0.0.1", proc.port, get, concurrency=1, seconds=60,
+                                max_ops=requests, stats=Stats("get", "taskledger", 1)))
+        summary = stats.summary()
+        summary["peak_rss_mb"] = proc.peak_rss_mb()
+        return summary
+    finally:
+        proc.stop()
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    found = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+    for name in ("litestar", "uvicorn", "msgspec", "eventsourcing", "taskledger"):
+        try:
+            found[name] = version(name)
+        except Exception:  # noqa: BLE001
+            found[name] = "?"
+    return found
+
+
+def find(rows: list[dict], target: str, route: str, concurrency: int) -> dict | None:
+    for row in rows:
+        if (row["target"], row["route"], row["concurrency"]) == (target, route, concurrency):
+            return row
+    return None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = report["http"]
+    c = max(report["conditions"]["concurrency"])
+    rps = lambda t, r: (find(rows, t, r, c) or {}).get("rps")  # noqa: E731
+    ip = report["in_process"]
+    checks = [
+        ("create vs eventsourcing create", ratio(rps("taskledger", "create"), rps("eventsourcing", "create")), 3.0, ">="),
+        ("create (FULL) vs floor insert (NORMAL)", ratio(rps("taskledger", "create"), rps("floor", "insert (NORMAL)")), 1.0, ">="),
+        ("claim+complete vs eventsourcing claim", ratio(rps("taskledger", "claim+complete"), rps("eventsourcing", "claim")), 3.0, ">="),
+        ("get vs floor read one row", ratio(rps("taskledger", "get"), rps("floor", "read one row")), 0.9, ">="),
+        ("get p99 at N events / p99 at 10k", ratio(ip["get_large"]["p99_ms"], ip["get_small"]["p99_ms"]), 1.2, "<="),
+        ("replay events/s", ip["log"]["replay"]["events_per_s"], 200_000, ">="),
+        ("replay vs eventsourcing notification read", ratio(ip["log"]["replay"]["events_per_s"], ip["peer_read"]["events_per_s"]), 2.0, ">="),
+        ("verify seconds", ip["log"]["verify"]["seconds"], 15.0, "<="),
+        ("server peak RSS MB with N events", ip["get_large"].get("peak_rss_mb"), 250.0, "<="),
+    ]
+    out = []
+    for name, value, goal, op in checks:
+        met = value is not None and (value >= goal if op == ">=" else value <= goal)
+        out.append({"target": name, "value": value, "goal": f"{op} {goal}", "met": met})
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cond = report["conditions"]
+    lines = [
+        f"Run {cond['started_at']} on {cond['cpus']} CPUs ({cond['machine']}); "
+        f"{cond['seconds_per_scenario']} s per HTTP scenario; log of {cond['events']:,} events.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in cond["versions"].items()),
+        "",
+        "taskledger: `synchronous=FULL`, group commit; floor: WAL `synchronous=NORMAL`, one insert per"
+        " request; peer: eventsourcing with its SQLite defaults. All uvicorn, one process,"
+        " log level warning, no access log (taskledger writes its own JSON request line).",
+        "",
+        "| target | route | clients | requests | errors | req/s | p50 ms | p99 ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in report["http"]:
+        lines.append(
+            f"| {row['target']} | {row['route']} | {row['concurrency']} | {row['requests']} | "
+            f"{row['errors']} | {row['rps']} | {row['p50_ms']} | {row['p99_ms']} |"
+        )
+    ip = report["in_process"]
+    lines += [
+        "",
+        "| in-process | figure |",
+        "| --- | --- |",
+        f"| append, batched (group commit, FULL) | {ip['append_batched']['events_per_s']:,} events/s |",
+        f"| append, one command per transaction (FULL) | {ip['append_unbatched']['events_per_s']:,} events/s |",
+        f"| replay (decode + fold, stream by stream) | {ip['log']['replay']['events_per_s']:,} events/s |",
+        f"| eventsourcing reading its notification log | {ip['peer_read']['events_per_s']:,} events/s |",
+        f"| verify ({ip['log']['events']:,} events) | {ip['log']['verify']['seconds']} s ({ip['log']['verify']['events_per_s']:,} events/s) |",
+        f"| rebuild ({ip['log']['events']:,} events) | {ip['log']['rebuild']['seconds']} s ({ip['log']['rebuild']['events_per_s']:,} events/s) |",
+        f"| GET p50 / p99 at {ip['small_events']:,} events | {ip['get_small']['p50_ms']} / {ip['get_small']['p99_ms']} ms |",
+        f"| GET p50 / p99 at {ip['log']['events']:,} events | {ip['get_large']['p50_ms']} / {ip['get_large']['p99_ms']} ms |",
+        f"| server peak RSS, HTTP load run | {report['server']['peak_rss_mb']} MB |",
+        f"| server peak RSS, {ip['log']['events']:,} events | {ip['get_large'].get('peak_rss_mb')} MB |",
+        "",
+        "| target | value | goal | met |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    *, events: int, seconds: float, concurrency: list[int], out: Path, small_events: int = 10_000,
+    get_requests: int = 3000, keep: bool = False, echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="taskledger-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "conditions": {
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(),
+            "machine": f"{platform.system()} {platform.machine()}",
+            "versions": versions(),
+            "concurrency": concurrency,
+            "seconds_per_scenario": seconds,
+            "events": events,
+            "pragmas": {"taskledger": "journal_mode=WAL, synchronous=FULL",
+                        "floor": "journal_mode=WAL, synchronous=NORMAL",
+                        "eventsourcing": "library defaults"},
+        }
+    }
+    try:
+        echo("HTTP: taskledger ...")
+        http, server = http_taskledger(seconds, concurrency, work)
+        echo("HTTP: floor ...")
+        http += http_floor(seconds, concurrency, work)
+        echo("HTTP: eventsourcing peer ...")
+        http += http_peer(seconds, concurrency, work)
+        report["http"], report["server"] = http, server
+        ip: dict[str, Any] = {"small_events": small_events}
+        echo(f"in-process: building a log of {events:,} events ...")
+        ip["append_batched"] = build_log(work / "large.db", events)
+        ip["append_unbatched"] = append_unbatched(work / "unbatched.db", 300)
+        build_log(work / "small.db", small_events)
+        echo("in-process: replay, verify, rebuild ...")
+        ip["log"] = measure_log(work / "large.db")
+        echo("in-process: eventsourcing notification log ...")
+        ip["peer_read"] = peer_notification_read(work / "peer-log.db", min(events, 200_000))
+        echo("GET latency at small and large logs ...")
+        ip["get_small"] = get_latency(work / "small.db", get_requests)
+        ip["get_large"] = get_latency(work / "large.db", get_requests)
+        report["in_process"] = ip
+        report["targets"] = targets(report)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(markdown(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.seconds = 3000, 0.5
+    report = run(events=args.events, seconds=args.seconds, concurrency=args.concurrency,
+                 out=args.out, small_events=min(10_000, args.events),
+                 get_requests=300 if args.quick else 3000)
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The benchmark runs end to end and reports every figure the performance issue asks for.
+
+This is a smoke test of the measuring code on tiny sizes; it asserts that each scenario ran and
+produced numbers, never how fast anything was (the machine is shared and noisy)."""
+
+from __future__ import annotations
+
+import json
+
+from scripts import bench
+
+
+def test_a_small_benchmark_run_reports_every_figure(tmp_path):
+    report = bench.run(
+        events=1500, seconds=0.3, concurrency=[1, 4], out=tmp_path, small_events=600,
+        get_requests=50, echo=lambda line: None,
+    )
+    routes = {(row["target"], row["route"], row["concurrency"]) for row in report["http"]}
+    for concurrency in (1, 4):
+        for target, route in [
+            ("taskledger", "create"), ("taskledger", "get"), ("taskledger", "cancel"),
+            ("taskledger", "claim+complete"), ("taskledger", "list"),
+            ("floor", "insert (NORMAL)"), ("floor", "read one row"),
+            ("eventsourcing", "create"), ("eventsourcing", "get"),
+            ("eventsourcing", "cancel"), ("eventsourcing", "claim"),
+        ]:
+            assert (target, route, concurrency) in routes
+    for row in report["http"]:
+        assert row["requests"] > 0, row
+        assert row["errors"] == 0, row
+    ip = report["in_process"]
+    assert ip["log"]["events"] >= 1500
+    assert ip["log"]["verify"]["differences"] == 0
+    for figure in ("append_batched", "append_unbatched", "peer_read"):
+        assert ip[figure]["events_per_s"] > 0
+    assert ip["get_small"]["requests"] == 50 and ip["get_large"]["requests"] == 50
+    assert report["server"]["peak_rss_mb"] > 0
+    assert len(report["targets"]) == 9
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["targets"] == report["targets"]
+    assert "| target | value | goal | met |" in (tmp_path / "bench.md").read_text()
