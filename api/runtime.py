@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from structlog.contextvars import bind_contextvars
 from litestar import Request, Response
 
 from api import idempotency, keys
@@ -197,6 +198,7 @@ class Runtime:
             stored_fp = idempotency.fingerprint(request.method, request.url.path, body)
             replay = self._replay(caller, idem_key, stored_fp)
             if replay is not None:
+                bind_contextvars(outcome="replayed")
                 return replay
         if precheck is not None:
             # After the replay lookup: a retry of a delete must get its original answer even
@@ -228,13 +230,25 @@ class Runtime:
         job = CommandRequest(
             command=command, envelope=envelope, blobs=tuple(blobs), after_append=after_append
         )
+        name = type(command).__name__ if not callable(command) else "ClaimTask"
         try:
             outcome = await asyncio.wrap_future(self.writer.submit(job))
         except idempotency.AlreadyRecorded:
             assert idem_key is not None and stored_fp is not None
             replay = self._replay(caller, idem_key, stored_fp)
             assert replay is not None
+            bind_contextvars(command=name, outcome="replayed")
             return replay
+        except Exception as exc:
+            bind_contextvars(command=name, outcome=type(exc).__name__)
+            raise
+        # The request's one log line carries these (see api.requestlog).
+        bind_contextvars(
+            command=name,
+            task_id=outcome.after.task_id,
+            outcome="appended" if outcome.recorded else "unchanged",
+            events=len(outcome.recorded),
+        )
         self._notify(outcome)
         return outcome.extra
 
