@@ -41,6 +41,19 @@ from ledger.state import TaskState
 import msgspec
 
 
+def watch_disconnect(request: Request[Any, Any, Any]) -> asyncio.Task[None]:
+    """A task that finishes when the client hangs up (its body has been read already, so the
+    next ASGI message can only be ``http.disconnect``)."""
+
+    async def wait_for_disconnect() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    return asyncio.ensure_future(wait_for_disconnect())
+
+
 def content_disposition(name: str) -> str:
     """An attachment header for any file name: an ASCII fallback plus the exact name in
     RFC 5987 form, so non-Latin names survive and nothing can break out of the header."""
@@ -121,23 +134,32 @@ class WorkerController(Controller):
             )
             return json_reply(claimed)
 
-        while True:
-            changed = runtime.queue_changed
-            try:
-                reply = await runtime.execute(
-                    request, caller, runtime.store.claim_source(make_claim), respond
-                )
-                return reply.to_response()
-            except NothingToDo:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+        gone = watch_disconnect(request) if wait > 0 else None
+        try:
+            while True:
+                changed = runtime.queue_changed
+                if gone is not None and gone.done():
+                    # The worker hung up: never claim for a worker that is no longer listening.
                     return Response(content=b"", status_code=204)
-                # Woken at once by a task queued in this process; other processes' tasks are
-                # seen by polling.
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, 0.25))
-                except TimeoutError:
-                    pass
+                    reply = await runtime.execute(
+                        request, caller, runtime.store.claim_source(make_claim), respond
+                    )
+                    return reply.to_response()
+                except NothingToDo:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return Response(content=b"", status_code=204)
+                    # Woken at once by a task queued in this process (or by the worker hanging
+                    # up); other processes' tasks are seen by polling.
+                    waits = [asyncio.ensure_future(changed.wait())]
+                    if gone is not None:
+                        waits.append(gone)
+                    await asyncio.wait(waits, timeout=min(remaining, 0.25), return_when=asyncio.FIRST_COMPLETED)
+                    waits[0].cancel()
+        finally:
+            if gone is not None:
+                gone.cancel()
 
     @post(
         "/task/{task_id:str}/heartbeat",

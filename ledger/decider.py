@@ -239,8 +239,19 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
         case LeaseExtended():
             return replace(state, lease_until=event.lease_until)
         case LeaseExpired():
-            message = MSG_RELEASED if event.reason == "released" else MSG_LEASE_EXPIRED
-            return replace(state, status=STARTING, message=message, worker_id=None, lease_until=None)
+            if event.reason == "released":
+                # A worker handing a task back (say on SIGTERM) did not use up an attempt.
+                return replace(
+                    state,
+                    status=STARTING,
+                    message=MSG_RELEASED,
+                    worker_id=None,
+                    lease_until=None,
+                    attempt=max(0, state.attempt - 1),
+                )
+            return replace(
+                state, status=STARTING, message=MSG_LEASE_EXPIRED, worker_id=None, lease_until=None
+            )
         case Succeeded():
             return replace(
                 state,

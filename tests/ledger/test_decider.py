@@ -396,13 +396,15 @@ def test_an_update_gets_all_its_attempts_again():
     assert fold(history).status == "Starting"
 
 
-def test_release_requeues_without_timing_out_and_counts_the_attempt():
+def test_release_requeues_without_using_up_an_attempt():
     state = state_of([created(), claimed(attempt=1)])
     after = fold(decide(ReleaseTask(task_id=ID, at=at(5), worker_id=WORKER), state), state)
     assert (after.status, after.message, after.worker_id) == (
         "Starting", "Task re-queued: the worker released it", None)
+    # A worker that hands a task back on shutdown did not try it: the next claim is attempt 1
+    # again, so restarting workers never runs a task out of attempts.
     assert decide(ClaimTask(task_id=ID, at=at(6), worker_id="w2", lease_until=at(36)), after) == [
-        Claimed(task_id=ID, at=at(6), worker_id="w2", lease_until=at(36), attempt=2)
+        Claimed(task_id=ID, at=at(6), worker_id="w2", lease_until=at(36), attempt=1)
     ]
 
 

@@ -105,11 +105,6 @@ def test_long_poll_on_an_empty_queue_returns_204_after_the_wait(ledger):
     assert elapsed >= 2.0 - 0.05  # it waited the whole wait (the server measures the same span)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a long-poll claim keeps polling after its worker has disconnected and claims a "
-    "task for nobody; the task then sits in Processing until the lease runs out",
-)
 def test_a_long_poll_abandoned_by_its_worker_claims_nothing(ledger):
     with httpx.Client(
         base_url=ledger.api,
