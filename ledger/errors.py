@@ -37,3 +37,8 @@ class ConcurrencyConflict(LedgerError):
 
 class StorageUnavailable(LedgerError):
     """The database cannot be written (disk full, read-only file, locked for too long)."""
+
+
+class TransactionRolledBack(StorageUnavailable):
+    """The database abandoned the whole write transaction (SQLite does on a full disk or an I/O
+    error), so every command in it is undone, not only the one that hit the error."""

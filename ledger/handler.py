@@ -19,7 +19,7 @@ import msgspec
 
 from ledger import decider
 from ledger.commands import AnyCommand
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, TransactionRolledBack
 from ledger.log import Envelope, EventLog, RecordedEvent, stream_id_for
 from ledger.state import TaskState
 
@@ -96,7 +96,8 @@ class CommandHandler:
 
     def execute_batch(self, requests: Sequence[Request]) -> list[Outcome | BaseException]:
         """Run every request in one transaction. Each result is an Outcome or the exception that
-        refused that request; if the commit itself fails, every request gets that error."""
+        refused that request; if the transaction cannot begin or commit, or the database rolls
+        it back as a whole, every request gets that error (none of them is done)."""
         results: list[Outcome | BaseException] = []
         try:
             with self.log.transaction() as tx:
@@ -104,9 +105,11 @@ class CommandHandler:
                     try:
                         with self.log.savepoint(tx, "command"):
                             results.append(self._run(tx, request))
+                    except TransactionRolledBack:
+                        raise
                     except Exception as exc:  # noqa: BLE001 - handed back to its caller
                         results.append(exc)
-        except Exception as exc:  # the transaction could not begin or commit
+        except Exception as exc:  # the transaction could not begin or commit, or was lost
             return [exc for _ in requests]
         return results
 

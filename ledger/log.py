@@ -64,7 +64,8 @@ class EventLog(Protocol):
         ...
 
     def savepoint(self, tx: Any, name: str) -> AbstractContextManager[None]:
-        """A nested unit of ``tx`` that undoes only its own writes on error."""
+        """A nested unit of ``tx`` that undoes only its own writes on error; raises
+        TransactionRolledBack if the database has abandoned the whole of ``tx``."""
         ...
 
     def append(

@@ -22,7 +22,12 @@ import sqlite_utils
 
 from ledger import codec
 from ledger.chain import GENESIS, chain_hash
-from ledger.errors import ConcurrencyConflict, LedgerError, StorageUnavailable
+from ledger.errors import (
+    ConcurrencyConflict,
+    LedgerError,
+    StorageUnavailable,
+    TransactionRolledBack,
+)
 from ledger.events import AnyEvent, BlobRef, blob_ref, tag_of
 from ledger.log import Actor, Envelope, RecordedEvent
 
@@ -186,17 +191,25 @@ class SqliteLog:
     @contextmanager
     def savepoint(self, tx: sqlite3.Connection, name: str) -> Iterator[None]:
         """A nested unit inside ``tx``: on error only its own writes are undone, and driver
-        errors about the disk come out as StorageUnavailable."""
+        errors about the disk come out as StorageUnavailable.
+
+        On some errors (a full disk, an I/O error) SQLite rolls back the whole transaction, not
+        just the statement. Then there is no savepoint to return to, the units before this one
+        are undone as well, and anything run next would run outside the transaction:
+        TransactionRolledBack says so, and the caller must give up the whole transaction."""
         tx.execute(f"SAVEPOINT {name}")
         try:
             yield
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            if not tx.in_transaction:
+                cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__
+                raise TransactionRolledBack(
+                    f"The database cannot be written right now ({cause or exc})"
+                ) from exc
             tx.execute(f"ROLLBACK TO {name}")
             tx.execute(f"RELEASE {name}")
-            raise storage_error(exc) from exc
-        except BaseException:
-            tx.execute(f"ROLLBACK TO {name}")
-            tx.execute(f"RELEASE {name}")
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc) from exc
             raise
         tx.execute(f"RELEASE {name}")
 
