@@ -24,6 +24,8 @@ from ledger.log import RecordedEvent
 from projections import feed
 
 MAX_FEED_LIMIT = 1000
+#: The largest position SQLite can hold (a 64-bit integer).
+MAX_POSITION = 2**63 - 1
 
 
 class ActorJSON(msgspec.Struct, kw_only=True):
@@ -103,7 +105,7 @@ class AuditController(Controller):
         self,
         caller: Caller,
         runtime: Runtime,
-        after: Annotated[int, Parameter(ge=0)] = 0,
+        after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, Parameter(ge=1, le=MAX_FEED_LIMIT)] = 100,
         type: list[str] | None = None,
         task_id: str | None = None,
@@ -132,7 +134,7 @@ class AuditController(Controller):
         request: Request[Any, Any, Any],
         caller: Caller,
         runtime: Runtime,
-        after: Annotated[int, Parameter(ge=0)] = 0,
+        after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
         type: list[str] | None = None,
         task_id: str | None = None,
     ) -> ServerSentEvent:
@@ -141,7 +143,9 @@ class AuditController(Controller):
         types = check_types(type)
         last_id = request.headers.get("last-event-id")
         if last_id is not None:
-            if not last_id.strip().isdigit():
+            last_id = last_id.strip()
+            digits = last_id.isascii() and last_id.isdigit() and len(last_id) <= 19
+            if not (digits and int(last_id) <= MAX_POSITION):
                 raise BadRequest("Last-Event-ID must be an event position")
             after = int(last_id)
         owner = feed_scope(caller)

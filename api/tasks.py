@@ -35,6 +35,8 @@ from ledger.events import TERMINAL, blob_ref
 from ledger.state import TaskState
 
 MAX_LIST_LIMIT = 1000
+#: Past this the offset (page - 1) * limit no longer fits SQLite's 64-bit integers.
+MAX_PAGE = 2**31 - 1
 TEXT = "text/plain"
 
 
@@ -252,6 +254,8 @@ class TasksController(Controller):
             raise BadRequest("Limit is required when page is provided")
         if page is not None and page < 1:
             raise BadRequest("page must be 1 or more")
+        if page is not None and page > MAX_PAGE:
+            raise BadRequest(f"page must be at most {MAX_PAGE}")
         if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
         for name, value in (("start", start), ("end", end)):
