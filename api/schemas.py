@@ -82,6 +82,8 @@ def decode_body(raw: bytes, type_: type[msgspec.Struct]) -> Any:
         return msgspec.json.decode(raw, type=type_)
     except RecursionError:
         raise BadRequest("Invalid request body: it is nested too deeply") from None
+    except UnicodeDecodeError:  # msgspec's answer to invalid UTF-8 inside a JSON string
+        raise BadRequest("Request body is not valid JSON: a string is not valid UTF-8") from None
     except msgspec.DecodeError as exc:
         text = str(exc)
         if text.startswith("Expected `object`"):
