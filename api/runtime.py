@@ -117,7 +117,10 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(
-            settings.db_path, synchronous=settings.synchronous, schemas=(idempotency.SCHEMA,)
+            settings.db_path,
+            synchronous=settings.synchronous,
+            schemas=(idempotency.SCHEMA,),
+            clock=now,
         )
         with self.store.log.transaction() as tx:
             keys.ensure_table(tx)

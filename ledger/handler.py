@@ -13,6 +13,7 @@ nothing from ``projections``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 import msgspec
@@ -72,10 +73,15 @@ class CommandHandler:
         log: EventLog,
         states: StateStore,
         projections: Sequence[InlineProjection],
+        *,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.log = log
         self.states = states
         self.projections = tuple(projections)
+        #: When set, each batch's events are recorded at the time its transaction began (the
+        #: commit order), not at the time their envelopes were made.
+        self.clock = clock
 
     def execute(
         self,
@@ -101,6 +107,14 @@ class CommandHandler:
         results: list[Outcome | BaseException] = []
         try:
             with self.log.transaction() as tx:
+                if self.clock is not None:
+                    stamp = self.clock()
+                    requests = [
+                        msgspec.structs.replace(
+                            r, envelope=msgspec.structs.replace(r.envelope, recorded_at=stamp)
+                        )
+                        for r in requests
+                    ]
                 for request in requests:
                     try:
                         with self.log.savepoint(tx, "command"):

@@ -249,8 +249,10 @@ class SqliteLog:
             raise ConcurrencyConflict(
                 f"Stream {stream_id} is at version {current}, not {expected_version}"
             )
-        recorded_at = codec.timestamp(envelope.recorded_at)
-        position, previous = self._chain_head(tx)
+        position, previous, last_recorded_at = self._chain_head(tx)
+        # recorded_at never goes backwards along the log, whatever the clocks of several writer
+        # processes say, so "the log as of time T" is always a prefix of it.
+        recorded_at = max(codec.timestamp(envelope.recorded_at), last_recorded_at)
         recorded: list[RecordedEvent] = []
         for offset, event in enumerate(events, start=1):
             version = expected_version + offset
@@ -284,12 +286,14 @@ class SqliteLog:
             )
         return recorded
 
-    def _chain_head(self, tx: sqlite3.Connection) -> tuple[int, str]:
+    def _chain_head(self, tx: sqlite3.Connection) -> tuple[int, str, str]:
         """The last position ever handed out (AUTOINCREMENT's counter, so positions are never
-        reused) and the hash of the newest event."""
+        reused), and the hash and recorded_at of the newest event."""
         seq = tx.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        last = tx.execute("SELECT hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
-        return (seq[0] if seq else 0), (last[0] if last else GENESIS)
+        last = tx.execute(
+            "SELECT hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        return (seq[0] if seq else 0), *(last if last else (GENESIS, ""))
 
     def insert_row(self, tx: sqlite3.Connection, row: dict[str, object]) -> None:
         """Insert one stored event row as is (append computes it; import copies it)."""
@@ -399,7 +403,9 @@ class SqliteLog:
         """The whole log as records: a header, every event row as stored (hash included), then
         every blob and blob reference. ``import_records`` takes them back."""
         yield {"kind": "header", "format": EXPORT_FORMAT, "version": 1}
+        events, last_hash = 0, GENESIS
         for row in self.iter_rows():
+            events, last_hash = events + 1, row["hash"]
             yield {"kind": "event", **row}
         conn = self.reader()
         for sha, size, data in conn.execute("SELECT sha256, size, data FROM blobs ORDER BY sha256"):
@@ -413,6 +419,8 @@ class SqliteLog:
             "SELECT task_id, sha256 FROM blob_refs ORDER BY task_id, sha256"
         ):
             yield {"kind": "blob_ref", "task_id": task_id, "sha256": sha}
+        # The footer lets an import tell a whole export from one cut short.
+        yield {"kind": "footer", "events": events, "last_hash": last_hash}
 
     def import_records(
         self,
@@ -426,9 +434,11 @@ class SqliteLog:
         transaction then rolls back and nothing is written."""
         if tx.execute("SELECT 1 FROM events LIMIT 1").fetchone():
             raise ImportRefused("The target database already holds events; import into a new one")
-        previous, last_position, count = GENESIS, 0, 0
+        previous, last_position, count, footer = GENESIS, 0, 0, None
         for number, record in enumerate(records, start=1):
             kind = record.get("kind")
+            if footer is not None:
+                raise ImportRefused(f"Line {number}: records after the footer")
             if number == 1:
                 if kind != "header" or record.get("format") != EXPORT_FORMAT:
                     raise ImportRefused("Not a taskledger export (no header line)")
@@ -465,8 +475,17 @@ class SqliteLog:
                     "INSERT OR IGNORE INTO blob_refs (task_id, sha256) VALUES (?, ?)",
                     (record["task_id"], record["sha256"]),
                 )
+            elif kind == "footer":
+                footer = record
             else:
                 raise ImportRefused(f"Line {number}: unknown record kind {kind!r}")
+        if footer is None:
+            raise ImportRefused("The export has no footer: it was cut short")
+        if footer.get("events") != count or footer.get("last_hash") != previous:
+            raise ImportRefused(
+                f"The export's footer says {footer.get('events')} events ending in hash "
+                f"{footer.get('last_hash')}, but it holds {count} ending in {previous}"
+            )
         return count
 
     def backup(self, destination: str | Path) -> None:

@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+import msgspec
 
 from ledger import codec
 from ledger.chain import GENESIS, chain_hash
@@ -48,8 +51,24 @@ class Folded:
     queue_position: int | None
 
 
-def fold_streams(conn: sqlite3.Connection, progress: Progress | None = None) -> Iterator[Folded]:
-    """Every task folded from its events, one stream at a time, with its queue position."""
+class UndecodableEvent(Exception):
+    """A stored event whose data is not an event any more (the log was edited by hand)."""
+
+    def __init__(self, stream_id: str, position: int, error: Exception) -> None:
+        super().__init__(f"event at position {position} cannot be decoded: {error}")
+        self.task_id = task_id_of(stream_id)
+        self.position = position
+
+
+def fold_streams(
+    conn: sqlite3.Connection,
+    progress: Progress | None = None,
+    on_bad_event: Callable[[UndecodableEvent], None] | None = None,
+) -> Iterator[Folded]:
+    """Every task folded from its events, one stream at a time, with its queue position.
+
+    An event that cannot be decoded raises UndecodableEvent, or, with ``on_bad_event``, is
+    reported there and skipped."""
     rows = conn.execute(
         "SELECT stream_id, position, data FROM events ORDER BY stream_id, version"
     )
@@ -64,7 +83,15 @@ def fold_streams(conn: sqlite3.Connection, progress: Progress | None = None) -> 
             state = initial_state(task_id_of(stream_id))
             position_in_queue = None
         assert state is not None
-        after = evolve(state, codec.decode_event(data))
+        try:
+            event = codec.decode_event(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            bad = UndecodableEvent(stream_id, position, exc)
+            if on_bad_event is None:
+                raise bad from None
+            on_bad_event(bad)
+            continue
+        after = evolve(state, event)
         position_in_queue = queue_position(state, after, position, position_in_queue)
         state = after
         if progress:
@@ -97,16 +124,37 @@ def check_chain(store: Store, progress: Progress | None = None) -> list[Differen
     return differences
 
 
-def verify(store: Store, progress: Progress | None = None) -> list[Difference]:
-    """Every difference between the log and the projections, and every broken chain link."""
-    differences = check_chain(store, progress)
+def check_blobs(store: Store) -> list[Difference]:
+    """Every stored blob must still hash to its address; an altered one is reported for each
+    task that refers to it."""
+    differences = []
     conn = store.log.reader()
+    for sha, data in conn.execute("SELECT sha256, data FROM blobs"):
+        if hashlib.sha256(bytes(data)).hexdigest() == sha:
+            continue
+        owners = [r[0] for r in conn.execute("SELECT task_id FROM blob_refs WHERE sha256 = ?", (sha,))]
+        for task_id in owners or [None]:
+            differences.append(
+                Difference("blob", f"blob {sha} does not match its sha256 (its content was altered)", task_id)
+            )
+    return differences
+
+
+def verify(store: Store, progress: Progress | None = None) -> list[Difference]:
+    """Every difference between the log and the projections, every broken chain link, every
+    event that cannot be decoded and every blob that no longer matches its address."""
+    differences = check_chain(store, progress) + check_blobs(store)
+    conn = store.log.reader()
+
+    def bad_event(error: UndecodableEvent) -> None:
+        differences.append(Difference("event", str(error), error.task_id, error.position))
+
     projected = {
         row[0]: row[1] for row in conn.execute("SELECT task_id, state FROM tasks")
     }
     queued = dict(store.queue.entries(conn))
     seen: set[str] = set()
-    for folded in fold_streams(conn, progress):
+    for folded in fold_streams(conn, progress, bad_event):
         task_id = folded.state.task_id
         seen.add(task_id)
         stored = projected.get(task_id)

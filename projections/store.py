@@ -4,6 +4,7 @@ and the command handler that writes to all of them in one transaction."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class Store:
         synchronous: str = "FULL",
         busy_timeout_ms: int = 10_000,
         schemas: tuple[str, ...] = (),
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.tasks = TasksProjection()
         self.queue = QueueProjection()
@@ -34,7 +36,7 @@ class Store:
             busy_timeout_ms=busy_timeout_ms,
             schemas=(self.tasks.schema, self.queue.schema, *schemas),
         )
-        self.handler = CommandHandler(self.log, self.tasks, [self.tasks, self.queue])
+        self.handler = CommandHandler(self.log, self.tasks, [self.tasks, self.queue], clock=clock)
 
     @property
     def path(self) -> Path:

@@ -235,8 +235,14 @@ def rebuild(db_path: Path | None) -> None:
         taskledger rebuild --db ./taskledger.db
     """
     store = open_store(db_path)
-    with progress_bar("rebuilding", event_count(store)) as advance:
-        tasks = audit.rebuild(store, advance)
+    try:
+        with progress_bar("rebuilding", event_count(store)) as advance:
+            tasks = audit.rebuild(store, advance)
+    except audit.UndecodableEvent as exc:
+        raise click.ClickException(
+            f"Cannot rebuild: {exc} (task {exc.task_id}); nothing was changed. "
+            "Restore the log from a backup or an export."
+        ) from None
     err.print(f"Rebuilt {tasks} tasks from {event_count(store)} events")
 
 
@@ -291,6 +297,8 @@ def import_(db_path: Path | None, source: Any) -> None:
             tasks = audit.rebuild(store)
     except ImportRefused as exc:
         raise click.ClickException(f"Import refused: {exc.message}") from None
+    except audit.UndecodableEvent as exc:
+        raise click.ClickException(f"Import refused: {exc}") from None
     err.print(f"Imported {count} events ({tasks} tasks) into {store.path}")
 
 

@@ -175,12 +175,6 @@ def test_verify_names_the_position_of_an_altered_event(known, copy, version, cha
     assert others == ([("task", task_id)] if fold_notices else [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: verify crashes with a traceback (msgspec.ValidationError/DecodeError raised by "
-    "codec.decode_event in projections/audit.py fold_streams) on an event whose data is not a "
-    "decodable event, instead of reporting that position as a difference",
-)
 def test_verify_names_the_position_of_an_event_whose_data_was_replaced_by_garbage(known, copy):
     db = copy()
     position = position_of(db, known.cancelled, 2)
@@ -193,12 +187,6 @@ def test_verify_names_the_position_of_an_event_whose_data_was_replaced_by_garbag
     ) in [(d["kind"], d["position"], d["task_id"]) for d in differences]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: verify never checks blob contents against their sha256, so an altered output "
-    "blob passes ('OK ... hash chain intact') although the API then serves the altered output "
-    "and `import` refuses the export of the same database",
-)
 def test_verify_names_the_task_whose_output_blob_was_altered(known, copy):
     db = copy()
     output = json.loads(tampered_state(db, known.succeeded))["output"]
