@@ -11,6 +11,13 @@ class HealthController(Controller):
     path = "/"
     tags = ["health"]
 
-    @get(["/health", "/"], media_type="text/plain", summary="Health check", sync_to_thread=False)
+    # security=[{}]: no key needed (it overrides the schema's global ApiKey requirement).
+    @get(
+        ["/health", "/"],
+        media_type="text/plain",
+        summary="Health check",
+        sync_to_thread=False,
+        security=[{}],
+    )
     def health(self) -> str:
         return f"OK - Version {__version__}"
