@@ -130,6 +130,19 @@ def normalise_fields(fields: dict[str, Any]) -> dict[str, Any]:
 MAX_FILE_NAME = 255
 
 
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """A query parameter holding an RFC 3339 time with a time zone; BadRequest otherwise."""
+    if value is None:
+        return None
+    try:
+        when = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise BadRequest(f"{name} must be an RFC 3339 time with a time zone")
+    return when
+
+
 def decode_file(file: str) -> bytes:
     """The bytes of a create body's ``file``: base64, or a ``data:`` URL holding base64."""
     text = file.strip()

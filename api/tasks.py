@@ -26,6 +26,7 @@ from api.schemas import (
     decode_body,
     decode_file,
     normalise_fields,
+    parse_time,
     render_task,
 )
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
@@ -37,6 +38,9 @@ from ledger.state import TaskState
 MAX_LIST_LIMIT = 1000
 #: Past this the offset (page - 1) * limit no longer fits SQLite's 64-bit integers.
 MAX_PAGE = 2**31 - 1
+#: An RFC 3339 time in the query string, parsed by ``parse_time`` (Litestar's own conversion
+#: would also take a bare number, as a Unix time, which the schema does not promise).
+TimeQuery = Annotated[str | None, Parameter(schema_extra={"format": "date-time"})]
 TEXT = "text/plain"
 
 
@@ -144,13 +148,13 @@ class TaskController(Controller):
         include_chunks: bool = True,
         base64_urls: bool = False,
         as_of_version: Annotated[int | None, Parameter(ge=1)] = None,
-        as_of: datetime | None = None,
+        as_of: TimeQuery = None,
     ) -> Response[TaskResponse]:
         if as_of_version is None and as_of is None:
             state = visible(runtime.store.state(task_id), caller)
         else:
             auditable(runtime.store.state(task_id), caller)
-            state = state_as_of(runtime, task_id, as_of_version, as_of)
+            state = state_as_of(runtime, task_id, as_of_version, parse_time("as_of", as_of))
         output = runtime.output_of(state) if state.output is not None else None
         response = render_task(
             state, base_url=runtime.base_url(request), output=output, include_chunks=include_chunks
@@ -244,8 +248,8 @@ class TasksController(Controller):
         runtime: Runtime,
         page: int | None = None,
         limit: int | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
+        start: TimeQuery = None,
+        end: TimeQuery = None,
         include_chunks: bool = False,
         base64_urls: bool = False,
     ) -> Response[list[TaskResponse]]:
@@ -258,9 +262,7 @@ class TasksController(Controller):
             raise BadRequest(f"page must be at most {MAX_PAGE}")
         if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
-        for name, value in (("start", start), ("end", end)):
-            if value is not None and value.tzinfo is None:
-                raise BadRequest(f"{name} must be an RFC 3339 time with a time zone")
+        start_at, end_at = parse_time("start", start), parse_time("end", end)
         offset = (page - 1) * limit if page is not None and limit is not None else 0
         states = runtime.store.tasks.list(
             runtime.store.log.reader(),
@@ -268,8 +270,8 @@ class TasksController(Controller):
             now=now(),
             limit=limit,
             offset=offset,
-            start=start,
-            end=end,
+            start=start_at,
+            end=end_at,
         )
         base_url = runtime.base_url(request)
         tasks = [
