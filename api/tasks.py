@@ -7,6 +7,7 @@ commit, idempotency); reads are sync handlers run off the event loop, one indexe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -33,6 +34,7 @@ from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
 from ledger.decider import fold, merge_configuration
 from ledger.errors import TaskNotFound
 from ledger.events import TERMINAL, blob_ref
+from ledger.handler import Outcome
 from ledger.state import TaskState
 
 MAX_LIST_LIMIT = 1000
@@ -87,17 +89,26 @@ def state_as_of(runtime: Runtime, task_id: str, version: int | None, when: datet
     return fold(e.event for e in events)
 
 
+def task_reply(runtime: Runtime, request: Request[Any, Any, Any]) -> Callable[[Outcome, Any], Reply]:
+    """A ``respond`` for Runtime.execute: the task after the command, as Task JSON (its output
+    read inside the transaction, so a just-written output is there)."""
+
+    def respond(outcome: Outcome, tx: Any) -> Reply:
+        state = outcome.after
+        rendered = render_task(
+            state,
+            base_url=runtime.base_url(request),
+            output=runtime.output_of(state, tx),
+            include_chunks=True,
+        )
+        return json_reply(rendered)
+
+    return respond
+
+
 class TaskController(Controller):
     path = "/api/v1/task"
     tags = ["tasks"]
-
-    def _task_reply(
-        self, runtime: Runtime, request: Request[Any, Any, Any], state: TaskState, conn: Any = None
-    ) -> Reply:
-        output = runtime.output_of(state, conn)
-        return json_reply(
-            render_task(state, base_url=runtime.base_url(request), output=output, include_chunks=True)
-        )
 
     @post(
         "/parse",
@@ -132,7 +143,7 @@ class TaskController(Controller):
             request,
             caller,
             command,
-            lambda outcome, tx: self._task_reply(runtime, request, outcome.after, tx),
+            task_reply(runtime, request),
             blobs=[data],
             body=raw,
         )
@@ -184,7 +195,7 @@ class TaskController(Controller):
             request,
             caller,
             command,
-            lambda outcome, tx: self._task_reply(runtime, request, outcome.after, tx),
+            task_reply(runtime, request),
             body=raw,
         )
         return reply.to_response()

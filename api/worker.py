@@ -31,7 +31,7 @@ from api.schemas import (
     decode_body,
     render_task,
 )
-from api.tasks import require_role, visible
+from api.tasks import require_role, task_reply, visible
 from ledger.commands import ClaimTask, CompleteTask, ExtendLease, FailTask, ReleaseTask
 from ledger.errors import TaskNotFound
 from ledger.events import PROCESSING, blob_ref
@@ -84,18 +84,6 @@ class WorkerController(Controller):
     path = "/api/v1"
     tags = ["workers"]
 
-    def _task_reply(
-        self, runtime: Runtime, request: Request[Any, Any, Any], outcome: Outcome, tx: Any
-    ) -> Reply:
-        state = outcome.after
-        rendered = render_task(
-            state,
-            base_url=runtime.base_url(request),
-            output=runtime.output_of(state, tx),
-            include_chunks=True,
-        )
-        return json_reply(rendered)
-
     @post(
         "/worker/claim",
         status_code=200,
@@ -112,7 +100,11 @@ class WorkerController(Controller):
         wait = min(body.wait_seconds, runtime.settings.max_wait_seconds)
         deadline = time.monotonic() + wait
 
-        def make_claim(task_id: str) -> ClaimTask:
+        gone: asyncio.Task[None] | None = None
+
+        def make_claim(task_id: str) -> ClaimTask | None:
+            if gone is not None and gone.done():
+                return None  # the worker hung up while this claim waited in the writer's queue
             at = now()
             return ClaimTask(
                 task_id=task_id,
@@ -135,6 +127,11 @@ class WorkerController(Controller):
             return json_reply(claimed)
 
         gone = watch_disconnect(request) if wait > 0 else None
+        if gone is not None:
+            # Let the watcher see a hang-up that happened before this handler ran (a busy server
+            # may read a request whose client has already given up).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
         try:
             while True:
                 changed = runtime.queue_changed
@@ -210,7 +207,7 @@ class WorkerController(Controller):
             request,
             caller,
             command,
-            lambda outcome, tx: self._task_reply(runtime, request, outcome, tx),
+            task_reply(runtime, request),
             blobs=[data],
             body=raw,
         )
@@ -234,7 +231,7 @@ class WorkerController(Controller):
             request,
             caller,
             command,
-            lambda outcome, tx: self._task_reply(runtime, request, outcome, tx),
+            task_reply(runtime, request),
             body=raw,
         )
         return reply.to_response()
@@ -257,7 +254,7 @@ class WorkerController(Controller):
             request,
             caller,
             command,
-            lambda outcome, tx: self._task_reply(runtime, request, outcome, tx),
+            task_reply(runtime, request),
             body=raw,
         )
         return reply.to_response()

@@ -54,8 +54,9 @@ class Store:
     def history(self, task_id: str) -> list[RecordedEvent]:
         return self.log.read_stream(stream_id_for(task_id))
 
-    def claim_source(self, make_command: Callable[[str], AnyCommand]) -> CommandSource:
-        """A command source that picks the head of the queue inside the write transaction."""
+    def claim_source(self, make_command: Callable[[str], AnyCommand | None]) -> CommandSource:
+        """A command source that picks the head of the queue inside the write transaction
+        (``make_command`` may still decline it by returning None)."""
 
         def pick(tx: Any) -> AnyCommand | None:
             task_id = self.queue.head(tx)

@@ -116,7 +116,10 @@ def test_a_long_poll_abandoned_by_its_worker_claims_nothing(ledger):
                 "/worker/claim",
                 json={"worker_id": "departed", "wait_seconds": 4, "lease_seconds": 600},
             )
-    # The worker is gone (its connection closed) while the server-side wait still runs.
+    # The worker is gone (its connection closed) while the server-side wait still runs. A task
+    # arriving within the same millisecond as the hang-up can still be claimed (the server cannot
+    # know yet; the lease then runs out); once the server has seen the hang-up, nothing is.
+    time.sleep(0.3)
     task_id = ledger.create(b"nobody is waiting for me")["task_id"]
     time.sleep(4.5)  # past the abandoned claim's wait
 
