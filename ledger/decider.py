@@ -200,12 +200,13 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
 def evolve(state: TaskState, event: AnyEvent) -> TaskState:
     """The state after ``event``. Never raises for an event the decider produced."""
     replace = msgspec.structs.replace
-    state = replace(state, version=state.version + 1)
+    v = state.version + 1  # every event bumps the version; one replace per event keeps folds fast
     at = event.at
     match event:
         case TaskCreated():
             return replace(
                 state,
+                version=v,
                 owner=event.owner,
                 status=STARTING,
                 message=MSG_QUEUED,
@@ -218,6 +219,7 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
         case UpdateRequested():
             return replace(
                 state,
+                version=v,
                 prior=state.snapshot(),
                 status=STARTING,
                 message=MSG_QUEUED_FOR_UPDATE,
@@ -229,6 +231,7 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
         case Claimed():
             return replace(
                 state,
+                version=v,
                 status=PROCESSING,
                 message=MSG_STARTED,
                 started_at=at,
@@ -237,12 +240,13 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
                 attempt=event.attempt,
             )
         case LeaseExtended():
-            return replace(state, lease_until=event.lease_until)
+            return replace(state, version=v, lease_until=event.lease_until)
         case LeaseExpired():
             if event.reason == "released":
                 # A worker handing a task back (say on SIGTERM) did not use up an attempt.
                 return replace(
                     state,
+                    version=v,
                     status=STARTING,
                     message=MSG_RELEASED,
                     worker_id=None,
@@ -250,11 +254,17 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
                     attempt=max(0, state.attempt - 1),
                 )
             return replace(
-                state, status=STARTING, message=MSG_LEASE_EXPIRED, worker_id=None, lease_until=None
+                state,
+                version=v,
+                status=STARTING,
+                message=MSG_LEASE_EXPIRED,
+                worker_id=None,
+                lease_until=None,
             )
         case Succeeded():
             return replace(
                 state,
+                version=v,
                 status=SUCCEEDED,
                 message=MSG_SUCCEEDED,
                 output=event.output,
@@ -267,9 +277,12 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
         case Failed() | TimedOut():
             error = event.error if isinstance(event, Failed) else MSG_TIMED_OUT
             if state.prior is not None:
-                return state.restored(state.prior, message=update_failed_message(error))
+                return state.restored(
+                    state.prior, version=v, message=update_failed_message(error)
+                )
             return replace(
                 state,
+                version=v,
                 status=FAILED,
                 message=error,
                 finished_at=at,
@@ -279,18 +292,19 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
             )
         case Cancelled():
             if state.prior is not None:
-                return state.restored(state.prior)
+                return state.restored(state.prior, version=v)
             return replace(
                 state,
+                version=v,
                 status=CANCELLED,
                 message=MSG_CANCELLED,
                 finished_at=at,
                 expires_at=_expiry(at, state.expires_in),
             )
         case Expired():
-            return replace(state, gone="expired", worker_id=None, lease_until=None)
+            return replace(state, version=v, gone="expired", worker_id=None, lease_until=None)
         case Deleted():
-            return replace(state, gone="deleted", worker_id=None, lease_until=None)
+            return replace(state, version=v, gone="deleted", worker_id=None, lease_until=None)
     raise TypeError(f"unknown event {type(event).__name__}")  # pragma: no cover
 
 

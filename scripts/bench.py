@@ -487,6 +487,21 @@ def append_unbatched(db: Path, count: int) -> dict[str, Any]:
     return {"events": count, "seconds": round(seconds, 2), "events_per_s": round(count / seconds)}
 
 
+def replay_log(store: Any) -> dict[str, Any]:
+    """Replay as a new projection would: the whole log in position order, each event decoded
+    and folded into its task's state (all tasks' states held in memory)."""
+    from ledger import codec
+    from ledger.decider import evolve, initial_state
+    from ledger.log import task_id_of
+
+    states: dict[str, Any] = {}
+    rows = store.log.reader().execute("SELECT stream_id, data FROM events ORDER BY position")
+    for stream_id, data in rows:
+        state = states.get(stream_id) or initial_state(task_id_of(stream_id))
+        states[stream_id] = evolve(state, codec.decode_event(data))
+    return states
+
+
 def measure_log(db: Path) -> dict[str, Any]:
     from projections import audit
     from projections.store import Store
@@ -495,9 +510,14 @@ def measure_log(db: Path) -> dict[str, Any]:
     total = store.log.reader().execute("SELECT count(*) FROM events").fetchone()[0]
     figures: dict[str, Any] = {"events": total}
     started = time.perf_counter()
-    tasks = sum(1 for _ in audit.fold_streams(store.log.reader()))
+    tasks = len(replay_log(store))
     seconds = time.perf_counter() - started
     figures["replay"] = {"tasks": tasks, "seconds": round(seconds, 2), "events_per_s": round(total / seconds)}
+    started = time.perf_counter()
+    tasks = sum(1 for _ in audit.fold_streams(store.log.reader()))
+    seconds = time.perf_counter() - started
+    figures["replay_by_stream"] = {"tasks": tasks, "seconds": round(seconds, 2),
+                                   "events_per_s": round(total / seconds)}
     started = time.perf_counter()
     differences = audit.verify(store)
     seconds = time.perf_counter() - started
@@ -643,7 +663,8 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- |",
         f"| append, batched (group commit, FULL) | {ip['append_batched']['events_per_s']:,} events/s |",
         f"| append, one command per transaction (FULL) | {ip['append_unbatched']['events_per_s']:,} events/s |",
-        f"| replay (decode + fold, stream by stream) | {ip['log']['replay']['events_per_s']:,} events/s |",
+        f"| replay (position order, decode + fold into every task's state) | {ip['log']['replay']['events_per_s']:,} events/s |",
+        f"| replay stream by stream (what verify and rebuild do; flat memory) | {ip['log']['replay_by_stream']['events_per_s']:,} events/s |",
         f"| eventsourcing reading its notification log | {ip['peer_read']['events_per_s']:,} events/s |",
         f"| verify ({ip['log']['events']:,} events) | {ip['log']['verify']['seconds']} s ({ip['log']['verify']['events_per_s']:,} events/s) |",
         f"| rebuild ({ip['log']['events']:,} events) | {ip['log']['rebuild']['seconds']} s ({ip['log']['rebuild']['events_per_s']:,} events/s) |",

@@ -11,6 +11,7 @@ import click
 
 from api import keys as key_store
 from api.settings import Settings, default_db_path
+from ledger.errors import LedgerError
 from projections.store import Store
 
 DB_HELP = "SQLite database file (default ./taskledger.db, or $TASKLEDGER_DB)."
@@ -55,7 +56,8 @@ def cli() -> None:
 @click.option("--lease-seconds", default=300, show_default=True, type=int, help="Lease a claim gets by default.")
 @click.option("--max-attempts", default=3, show_default=True, type=int, help="Claims before a task whose lease keeps expiring is timed out.")
 @click.option("--sweep-interval", default=1.0, show_default=True, type=float, help="Seconds between sweeps for expired leases and tasks (0 turns them off).")
-@click.option("--rate-limit", default=None, type=float, help="Requests per second allowed per key (off by default).")
+@click.option("--rate-limit", default=None, type=float, help="Requests per second allowed per key, per server process (off by default).")
+@click.option("--rate-limit-burst", default=20, show_default=True, type=int, help="Requests a key may make at once before --rate-limit applies.")
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes sharing the database (each with its own group-commit writer).")
 @click.option("--log-json/--log-console", default=None, help="Log format (default: console on a terminal, JSON otherwise).")
 def serve(
@@ -70,6 +72,7 @@ def serve(
     max_attempts: int,
     sweep_interval: float,
     rate_limit: float | None,
+    rate_limit_burst: int,
     workers: int,
     log_json: bool | None,
 ) -> None:
@@ -87,17 +90,24 @@ def serve(
     from api.requestlog import configure_logging
 
     db = resolve_db(db_path)
-    conn = open_keys_connection(db)
     try:
-        if key_store.count_keys(conn) == 0:
-            record, key = key_store.create_key(conn, "admin", "admin")
-            click.echo(
-                f"No API keys yet: created an admin key (id {record.key_id}). It is shown only once:",
-                err=True,
-            )
-            click.echo(key)
-    finally:
-        conn.close()
+        conn = open_keys_connection(db)
+        try:
+            if key_store.count_keys(conn) == 0:
+                record, key = key_store.create_key(conn, "admin", "admin")
+                click.echo(
+                    f"No API keys yet: created an admin key (id {record.key_id}). "
+                    "It is shown only once:",
+                    err=True,
+                )
+                click.echo(key)
+        finally:
+            conn.close()
+    except (sqlite3.Error, LedgerError) as exc:
+        raise click.ClickException(
+            f"Cannot open the database {db} for writing: {exc}. Check the path, its permissions "
+            "and the free space."
+        ) from None
     configure_logging(json=log_json)
     settings = Settings(
         db_path=db,
@@ -109,6 +119,7 @@ def serve(
         max_attempts=max_attempts,
         sweep_interval=sweep_interval,
         rate_limit_per_second=rate_limit,
+        rate_limit_burst=rate_limit_burst,
     )
     click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
     if workers > 1:
