@@ -23,14 +23,14 @@ STATUSES = (STARTING, PROCESSING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
-class BlobRef(msgspec.Struct, frozen=True, kw_only=True):
+class BlobRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A reference to a content-addressed payload (input file, output) in the blob table."""
 
     sha256: str
     size: int
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Base of every event: which task, and when it happened (the command's timestamp)."""
 
     task_id: str

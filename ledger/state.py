@@ -10,7 +10,7 @@ import msgspec
 from ledger.events import BlobRef
 
 
-class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The fields an update can change, as they were before it: what cancelling or failing the
     update restores, exactly."""
 
@@ -24,7 +24,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime | None
 
 
-class TaskState(msgspec.Struct, frozen=True, kw_only=True):
+class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     task_id: str
     #: Number of events folded into this state (the stream version); 0 for a task never created.
     version: int = 0
