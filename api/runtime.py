@@ -4,6 +4,7 @@ path every mutating request takes (idempotency, envelope, group commit, response
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,6 +91,10 @@ class RateLimiter:
             self._buckets[key_id] = (tokens - 1, now_)
 
 
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class KeyCache:
     """Authenticated callers for a short while, so a burst of requests does one lookup per key.
     Revocation takes effect within ``ttl`` seconds."""
@@ -101,7 +106,7 @@ class KeyCache:
 
     def get(self, key: str) -> keys.Caller | None:
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.get(_digest(key))
         if entry and entry[0] > time.monotonic():
             return entry[1]
         return None
@@ -110,7 +115,8 @@ class KeyCache:
         with self._lock:
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[key] = (time.monotonic() + self.ttl, caller)
+            # Held by digest, so no plaintext key sits in the server's memory longer than a request.
+            self._entries[_digest(key)] = (time.monotonic() + self.ttl, caller)
 
 
 class Runtime:
@@ -162,13 +168,7 @@ class Runtime:
         """The decoded output blob of a task, or None (no output yet, or purged)."""
         if state.output is None:
             return None
-        if conn is not None:
-            row = conn.execute(
-                "SELECT data FROM blobs WHERE sha256 = ?", (state.output.sha256,)
-            ).fetchone()
-            data = bytes(row[0]) if row else None
-        else:
-            data = self.store.log.get_blob(state.output)
+        data = self.store.log.get_blob(state.output, conn=conn)
         return msgspec.json.decode(data) if data else None
 
     # -- writes ------------------------------------------------------------------------------

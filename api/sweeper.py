@@ -27,8 +27,9 @@ async def sweep_once(runtime: Runtime) -> dict[str, int]:
     """One pass of both sweepers; returns how many leases and tasks it expired."""
     at = now()
     store = runtime.store
-    leases = await asyncio.to_thread(store.tasks.due_leases, store.log.reader(), at)
-    expiries = await asyncio.to_thread(store.tasks.due_expiries, store.log.reader(), at)
+    # reader() inside the thread: each thread reads through its own connection.
+    leases = await asyncio.to_thread(lambda: store.tasks.due_leases(store.log.reader(), at))
+    expiries = await asyncio.to_thread(lambda: store.tasks.due_expiries(store.log.reader(), at))
     commands = [
         ExpireLease(task_id=task_id, at=at, max_attempts=runtime.settings.max_attempts)
         for task_id in leases

@@ -197,6 +197,7 @@ class TaskController(Controller):
             command,
             task_reply(runtime, request),
             body=raw,
+            precheck=lambda: visible(runtime.store.state(task_id), caller),
         )
         return reply.to_response()
 

@@ -41,6 +41,10 @@ from ledger.state import TaskState
 import msgspec
 
 
+def queue_has_work(runtime: Runtime) -> bool:
+    return runtime.store.queue.head(runtime.store.log.reader()) is not None
+
+
 def watch_disconnect(request: Request[Any, Any, Any]) -> asyncio.Task[None]:
     """A task that finishes when the client hangs up (its body has been read already, so the
     next ASGI message can only be ``http.disconnect``)."""
@@ -132,6 +136,7 @@ class WorkerController(Controller):
             # may read a request whose client has already given up).
             await asyncio.sleep(0)
             await asyncio.sleep(0)
+        first = True
         try:
             while True:
                 changed = runtime.queue_changed
@@ -139,6 +144,10 @@ class WorkerController(Controller):
                     # The worker hung up: never claim for a worker that is no longer listening.
                     return Response(content=b"", status_code=204)
                 try:
+                    if not first and not await asyncio.to_thread(queue_has_work, runtime):
+                        # An empty queue seen on a read connection: no write transaction needed.
+                        raise NothingToDo()
+                    first = False
                     reply = await runtime.execute(
                         request, caller, runtime.store.claim_source(make_claim), respond
                     )

@@ -1,6 +1,10 @@
 """The hash chain over the log: each event's hash covers the previous event's hash, its envelope
 and its data (and so the sha256 of every blob the data refers to). Editing, inserting or removing
-any stored event breaks every hash after it, which ``taskledger verify`` reports."""
+a stored event breaks the chain at that point, which ``taskledger verify`` reports.
+
+The chain has no secret: it detects edits made without recomputing every later hash (a slip, a
+bad restore, a hand edit), not a forger with write access who rewrites the chain too. Keeping an
+exported copy, or the last hash, elsewhere covers that case."""
 
 from __future__ import annotations
 

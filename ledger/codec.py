@@ -14,10 +14,6 @@ event_decoder = msgspec.json.Decoder(AnyEvent)
 state_decoder = msgspec.json.Decoder(TaskState)
 
 
-def encode(value: object) -> bytes:
-    return encoder.encode(value)
-
-
 def encode_str(value: object) -> str:
     return encoder.encode(value).decode()
 

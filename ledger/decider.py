@@ -83,7 +83,9 @@ def _expiry(at: datetime, expires_in: int | None) -> datetime | None:
 
 
 def _visible(command: AnyCommand, state: TaskState) -> None:
-    """Raise TaskNotFound unless the task exists, is live, and is within the caller's scope."""
+    """Raise TaskNotFound unless the task exists, is live, and is within the caller's scope.
+    (A terminal task past expires_at that the sweeper has not tombstoned yet is hidden by the
+    API's visibility check, which runs before every command on a user's task.)"""
     if not state.live:
         raise TaskNotFound()
     owner = getattr(command, "owner", None)

@@ -213,6 +213,17 @@ class SqliteLog:
             raise
         tx.execute(f"RELEASE {name}")
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection inside one read transaction: every read sees the
+        database as of one moment, however long the walk takes (verify, export)."""
+        conn = self.reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (opened on first use)."""
         conn = getattr(self._local, "conn", None)
@@ -380,8 +391,10 @@ class SqliteLog:
         )
         return ref
 
-    def get_blob(self, ref: BlobRef) -> bytes | None:
-        row = self.reader().execute("SELECT data FROM blobs WHERE sha256 = ?", (ref.sha256,)).fetchone()
+    def get_blob(self, ref: BlobRef, *, conn: sqlite3.Connection | None = None) -> bytes | None:
+        """The blob's bytes (None once purged); ``conn`` to read inside a write transaction."""
+        conn = conn or self.reader()
+        row = conn.execute("SELECT data FROM blobs WHERE sha256 = ?", (ref.sha256,)).fetchone()
         return bytes(row[0]) if row else None
 
     def purge_blobs(self, task_id: str, *, tx: sqlite3.Connection) -> int:
@@ -402,6 +415,10 @@ class SqliteLog:
     def export_records(self) -> Iterator[dict[str, object]]:
         """The whole log as records: a header, every event row as stored (hash included), then
         every blob and blob reference. ``import_records`` takes them back."""
+        with self.read_snapshot():
+            yield from self._export_records()
+
+    def _export_records(self) -> Iterator[dict[str, object]]:
         yield {"kind": "header", "format": EXPORT_FORMAT, "version": 1}
         events, last_hash = 0, GENESIS
         for row in self.iter_rows():

@@ -142,7 +142,13 @@ def check_blobs(store: Store) -> list[Difference]:
 
 def verify(store: Store, progress: Progress | None = None) -> list[Difference]:
     """Every difference between the log and the projections, every broken chain link, every
-    event that cannot be decoded and every blob that no longer matches its address."""
+    event that cannot be decoded and every blob that no longer matches its address; all read
+    from one snapshot, so writers running meanwhile cause no false differences."""
+    with store.log.read_snapshot():
+        return _verify(store, progress)
+
+
+def _verify(store: Store, progress: Progress | None = None) -> list[Difference]:
     differences = check_chain(store, progress) + check_blobs(store)
     conn = store.log.reader()
 

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from ledger import codec
 from ledger.decider import evolve, initial_state
+from ledger.errors import LedgerError
 from ledger.log import RecordedEvent
 from ledger.sqlite_log import ImportRefused
 from projections import audit, feed
@@ -297,7 +298,7 @@ def import_(db_path: Path | None, source: Any) -> None:
             tasks = audit.rebuild(store)
     except ImportRefused as exc:
         raise click.ClickException(f"Import refused: {exc.message}") from None
-    except audit.UndecodableEvent as exc:
+    except (audit.UndecodableEvent, LedgerError) as exc:
         raise click.ClickException(f"Import refused: {exc}") from None
     err.print(f"Imported {count} events ({tasks} tasks) into {store.path}")
 

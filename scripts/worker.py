@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -106,9 +105,20 @@ class Worker:
                     return
                 self.work(client, task, slot_id)
 
+    def post(self, client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response | None:
+        """POST that survives a passing network error (three tries); None if the server stayed
+        out of reach (the lease then runs out and the task is re-queued)."""
+        for attempt in range(3):
+            try:
+                return client.post(path, json=body)
+            except httpx.HTTPError as exc:
+                log.warning("post_failed", path=path, attempt=attempt + 1, error=str(exc))
+                self.stopping.wait(0.5 * 2**attempt)
+        return None
+
     def release(self, client: httpx.Client, task_id: str, slot_id: str) -> None:
-        response = client.post(f"/task/{task_id}/release", json={"worker_id": slot_id})
-        log.info("task_released", task_id=task_id, status=response.status_code)
+        response = self.post(client, f"/task/{task_id}/release", {"worker_id": slot_id})
+        log.info("task_released", task_id=task_id, status=response and response.status_code)
 
     def work(self, client: httpx.Client, task: dict[str, Any], slot_id: str) -> None:
         task_id = task["task_id"]
@@ -119,29 +129,43 @@ class Worker:
         )
         beat.start()
         try:
-            try:
-                response = client.get(f"/task/{task_id}/input")
-                response.raise_for_status()
-                file_name = (task.get("output") or {}).get("file_name")
-                output = self.processor(response.content, file_name, task.get("configuration") or {})
-                path, body = "complete", {"worker_id": slot_id, "output": output}
-            except ProcessingError as exc:
-                path, body = "fail", {"worker_id": slot_id, "error": str(exc)}
-            except Exception as exc:  # noqa: BLE001 - a broken processor fails the task, not the worker
-                log.exception("processor_error", task_id=task_id)
-                path, body = "fail", {"worker_id": slot_id, "error": f"Processing error: {exc}"}
+            path, body = self.outcome(client, task, slot_id)
         finally:
             done.set()
             beat.join()
         if lost.is_set():
             log.warning("lease_lost", task_id=task_id)
             return
-        response = client.post(f"/task/{task_id}/{path}", json=body)
-        if response.status_code == 200:
-            self.processed += 1
+        response = self.post(client, f"/task/{task_id}/{path}", body)
+        if response is not None and response.status_code == 200:
+            self.processed += path != "release"
             log.info("task_finished", task_id=task_id, outcome=path)
-        else:
-            log.warning("finish_refused", task_id=task_id, status=response.status_code, body=response.text[:200])
+        elif response is not None:
+            log.warning(
+                "finish_refused", task_id=task_id, status=response.status_code, body=response.text[:200]
+            )
+
+    def outcome(
+        self, client: httpx.Client, task: dict[str, Any], slot_id: str
+    ) -> tuple[str, dict[str, Any]]:
+        """Fetch the input and run the processor: which route finishes the task, with what."""
+        task_id = task["task_id"]
+        try:
+            response = client.get(f"/task/{task_id}/input")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            # Not the task's fault: give it back for another try.
+            log.warning("input_unavailable", task_id=task_id, error=str(exc))
+            return "release", {"worker_id": slot_id}
+        file_name = (task.get("output") or {}).get("file_name")
+        try:
+            output = self.processor(response.content, file_name, task.get("configuration") or {})
+        except ProcessingError as exc:
+            return "fail", {"worker_id": slot_id, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a broken processor fails the task, not the worker
+            log.exception("processor_error", task_id=task_id)
+            return "fail", {"worker_id": slot_id, "error": f"Processing error: {exc}"}
+        return "complete", {"worker_id": slot_id, "output": output}
 
     def heartbeat(
         self, task_id: str, slot_id: str, done: threading.Event, lost: threading.Event
@@ -160,15 +184,3 @@ class Worker:
                 if response.status_code == 409:
                     lost.set()
                     return
-
-
-def wait_for_server(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    base = api_base(url).removesuffix("/api/v1")
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise TimeoutError(f"no taskledger server answered at {base}")
