@@ -106,6 +106,29 @@ def task_reply(runtime: Runtime, request: Request[Any, Any, Any]) -> Callable[[O
     return respond
 
 
+async def run_on_visible_task(
+    request: Request[Any, Any, Any],
+    caller: Caller,
+    runtime: Runtime,
+    command: UpdateTask | CancelTask | DeleteTask,
+    respond: Callable[[Outcome, Any], Reply],
+    *,
+    body: bytes = b"",
+) -> Response[Any]:
+    """Run a user's command on one task, hiding tasks this caller may not see (including
+    expired ones the sweeper has not reached: that rule needs the clock the decider never reads).
+    The check runs after any idempotent replay, so a retried delete gets its original answer."""
+    reply = await runtime.execute(
+        request,
+        caller,
+        command,
+        respond,
+        body=body,
+        precheck=lambda: visible(runtime.store.state(command.task_id), caller),
+    )
+    return reply.to_response()
+
+
 class TaskController(Controller):
     path = "/api/v1/task"
     tags = ["tasks"]
@@ -191,15 +214,9 @@ class TaskController(Controller):
             owner=caller.scope,
             configuration=normalise_fields(body.as_dict()),
         )
-        reply = await runtime.execute(
-            request,
-            caller,
-            command,
-            task_reply(runtime, request),
-            body=raw,
-            precheck=lambda: visible(runtime.store.state(task_id), caller),
+        return await run_on_visible_task(
+            request, caller, runtime, command, task_reply(runtime, request), body=raw
         )
-        return reply.to_response()
 
     @get(
         "/{task_id:str}/cancel",
@@ -212,14 +229,9 @@ class TaskController(Controller):
     ) -> Response[str]:
         require_role(caller, "user", "admin", action="cancel tasks")
         command = CancelTask(task_id=task_id, at=now(), owner=caller.scope)
-        reply = await runtime.execute(
-            request,
-            caller,
-            command,
-            lambda outcome, tx: text_reply("Task cancelled"),
-            precheck=lambda: visible(runtime.store.state(task_id), caller),
+        return await run_on_visible_task(
+            request, caller, runtime, command, lambda outcome, tx: text_reply("Task cancelled")
         )
-        return reply.to_response()
 
     @delete(
         "/{task_id:str}",
@@ -233,14 +245,9 @@ class TaskController(Controller):
     ) -> Response[str]:
         require_role(caller, "user", "admin", action="delete tasks")
         command = DeleteTask(task_id=task_id, at=now(), owner=caller.scope)
-        reply = await runtime.execute(
-            request,
-            caller,
-            command,
-            lambda outcome, tx: text_reply("Task deleted"),
-            precheck=lambda: visible(runtime.store.state(task_id), caller),
+        return await run_on_visible_task(
+            request, caller, runtime, command, lambda outcome, tx: text_reply("Task deleted")
         )
-        return reply.to_response()
 
 
 class TasksController(Controller):

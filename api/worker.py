@@ -41,6 +41,22 @@ from ledger.state import TaskState
 import msgspec
 
 
+async def finish(
+    request: Request[Any, Any, Any],
+    caller: Caller,
+    runtime: Runtime,
+    command: CompleteTask | FailTask | ReleaseTask,
+    raw: bytes,
+    *,
+    blobs: list[bytes] | None = None,
+) -> Response[Any]:
+    """Run a lease holder's finishing command and answer the task as it is afterwards."""
+    reply = await runtime.execute(
+        request, caller, command, task_reply(runtime, request), blobs=blobs or (), body=raw
+    )
+    return reply.to_response()
+
+
 def queue_has_work(runtime: Runtime) -> bool:
     return runtime.store.queue.head(runtime.store.log.reader()) is not None
 
@@ -212,15 +228,7 @@ class WorkerController(Controller):
         command = CompleteTask(
             task_id=task_id, at=now(), worker_id=body.worker_id, output=blob_ref(data)
         )
-        reply = await runtime.execute(
-            request,
-            caller,
-            command,
-            task_reply(runtime, request),
-            blobs=[data],
-            body=raw,
-        )
-        return reply.to_response()
+        return await finish(request, caller, runtime, command, raw, blobs=[data])
 
     @post(
         "/task/{task_id:str}/fail",
@@ -236,14 +244,7 @@ class WorkerController(Controller):
         raw = await request.body()
         body: FailBody = decode_body(raw, FailBody)
         command = FailTask(task_id=task_id, at=now(), worker_id=body.worker_id, error=body.error)
-        reply = await runtime.execute(
-            request,
-            caller,
-            command,
-            task_reply(runtime, request),
-            body=raw,
-        )
-        return reply.to_response()
+        return await finish(request, caller, runtime, command, raw)
 
     @post(
         "/task/{task_id:str}/release",
@@ -259,14 +260,7 @@ class WorkerController(Controller):
         raw = await request.body()
         body: ReleaseBody = decode_body(raw, ReleaseBody)
         command = ReleaseTask(task_id=task_id, at=now(), worker_id=body.worker_id)
-        reply = await runtime.execute(
-            request,
-            caller,
-            command,
-            task_reply(runtime, request),
-            body=raw,
-        )
-        return reply.to_response()
+        return await finish(request, caller, runtime, command, raw)
 
     @get(
         "/task/{task_id:str}/input",
