@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Parameter, RequestBody
 from litestar.openapi.spec.base import BaseSchemaObject
 
 DESCRIPTIONS = {
@@ -40,9 +40,10 @@ READ = (400, *AUTH, 404)
 WRITE = (400, *AUTH, 403, 404, 422, 503)
 
 
-def responses(*codes: int) -> dict[int, ResponseSpec]:
-    """Plain-text responses for ``codes`` (204: no body)."""
-    return {
+def responses(*codes: int, ok: Any = None, ok_text: str | None = None) -> dict[int, ResponseSpec]:
+    """Plain-text responses for ``codes`` (204: no body), and the 200 response of a route whose
+    handler returns raw bytes (see ``api.call``): JSON of ``ok`` or the plain text ``ok_text``."""
+    specs = {
         code: ResponseSpec(
             data_container=None if code == 204 else str,
             media_type=MediaType.TEXT,
@@ -51,6 +52,32 @@ def responses(*codes: int) -> dict[int, ResponseSpec]:
         )
         for code in sorted(set(codes))
     }
+    if ok is not None:
+        specs[200] = ResponseSpec(data_container=ok, description="OK", generate_examples=False)
+    elif ok_text is not None:
+        specs[200] = ResponseSpec(
+            data_container=str, media_type=MediaType.TEXT, description=ok_text, generate_examples=False
+        )
+    return specs
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter a raw handler reads itself (see ``api.call``), for the schema."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str
+
+
+def _query_parameter(query: Query) -> Parameter:
+    return Parameter(
+        name=query.name,
+        param_in="query",
+        required=False,
+        description=query.description,
+        schema=_JSONSchema(query.schema),  # type: ignore[arg-type]
+    )
 
 
 @dataclass
@@ -95,3 +122,14 @@ def json_body(struct: type[msgspec.Struct], *, required: bool = True) -> type[Op
 
     WithBody.__name__ = f"{struct.__name__}Operation"
     return WithBody
+
+
+def query_params(*queries: Query) -> type[Operation]:
+    """An ``operation_class`` listing query parameters a raw handler parses itself."""
+
+    @dataclass
+    class WithQuery(Operation):
+        def __post_init__(self) -> None:
+            self.parameters = [*(self.parameters or []), *(_query_parameter(q) for q in queries)]
+
+    return WithQuery

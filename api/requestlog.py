@@ -6,15 +6,17 @@ Console output on a terminal, JSON lines otherwise. The line never holds a key, 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 import msgspec
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.call import Call, begin
 
 log = structlog.get_logger("taskledger.api")
 
@@ -52,7 +54,9 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
 
 def request_log_middleware(app: ASGIApp) -> ASGIApp:
     """Bind a request id (the client's ``X-Request-Id`` if it is sane), answer it in the
-    response's ``X-Request-Id``, and log one ``request`` line when the response is sent."""
+    response's ``X-Request-Id``, make the request's ``Call`` (see ``api.call``), and log one
+    ``request`` line when the response is sent, with whatever the handler added to
+    ``Call.fields`` (the command, its task and its outcome)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,20 +67,21 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             if name == b"x-request-id":
                 given = value.decode("latin-1")
                 break
-        request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        call = Call(scope, receive, request_id)
+        begin(call)
         started = time.perf_counter()
         status = 500
+        encoded_id = request_id.encode()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", encoded_id)]}
             await send(message)
 
         try:
@@ -89,6 +94,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                 route=route,
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 2),
+                **call.fields,
             )
 
     return middleware

@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from structlog.contextvars import bind_contextvars
-from litestar import Request, Response
+from litestar import Response
 
 from api import idempotency, keys
+from api.call import Call
+from api.readpool import ReadPool
 from api.schemas import BadRequest
 from api.settings import Settings
 from ledger.commands import AnyCommand
@@ -132,6 +133,8 @@ class Runtime:
             keys.ensure_table(tx)
         self.writer = Writer(self.store.handler)
         self.writer.start()
+        #: Request reads (one indexed row each) run here, off the event loop.
+        self.reads = ReadPool()
         self.key_cache = KeyCache()
         self.rate_limiter = (
             RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
@@ -142,6 +145,7 @@ class Runtime:
         self.queue_changed = asyncio.Event()
 
     def close(self) -> None:
+        self.reads.close()
         self.writer.stop()
         self.store.close()
 
@@ -159,11 +163,6 @@ class Runtime:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def base_url(self, request: Request[Any, Any, Any]) -> str:
-        if self.settings.public_url:
-            return self.settings.public_url.rstrip("/")
-        return str(request.base_url).rstrip("/")
-
     def output_of(self, state: TaskState, conn: Any = None) -> dict[str, Any] | None:
         """The decoded output blob of a task, or None (no output yet, or purged)."""
         if state.output is None:
@@ -175,7 +174,7 @@ class Runtime:
 
     async def execute(
         self,
-        request: Request[Any, Any, Any],
+        call: Call,
         caller: keys.Caller,
         command: CommandSource,
         respond: Callable[[Outcome, Any], Reply],
@@ -189,8 +188,10 @@ class Runtime:
         ``respond`` builds the reply inside the transaction (it gets the transaction handle for
         reads that must see the command's own writes), so an idempotent retry gets the very same
         bytes. ``precheck`` runs before the command (and after an idempotent replay), for
-        checks that need the clock, which the decider never reads."""
-        idem_key = request.headers.get("idempotency-key")
+        checks that need the clock, which the decider never reads. The outcome goes on the
+        request's log line (``call.fields``)."""
+        fields = call.fields
+        idem_key = call.headers.get("idempotency-key")
         stored_fp = None
         if idem_key is not None:
             idem_key = idem_key.strip()
@@ -198,10 +199,10 @@ class Runtime:
                 raise BadRequest(
                     f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters"
                 )
-            stored_fp = idempotency.fingerprint(request.method, request.url.path, body)
+            stored_fp = idempotency.fingerprint(call.method, call.path, body)
             replay = self._replay(caller, idem_key, stored_fp)
             if replay is not None:
-                bind_contextvars(outcome="replayed")
+                fields["outcome"] = "replayed"
                 return replay
         if precheck is not None:
             # After the replay lookup: a retry of a delete must get its original answer even
@@ -227,31 +228,27 @@ class Runtime:
         envelope = Envelope(
             recorded_at=now(),
             actor=Actor(key_id=caller.key_id, role=caller.role),
-            request_id=request.state.get("request_id"),
+            request_id=call.request_id,
             idempotency_key=idem_key,
         )
         job = CommandRequest(
             command=command, envelope=envelope, blobs=tuple(blobs), after_append=after_append
         )
-        name = type(command).__name__ if not callable(command) else "ClaimTask"
+        fields["command"] = type(command).__name__ if not callable(command) else "ClaimTask"
         try:
-            outcome = await asyncio.wrap_future(self.writer.submit(job))
+            outcome = await self.writer.submit_async(job)
         except idempotency.AlreadyRecorded:
             assert idem_key is not None and stored_fp is not None
             replay = self._replay(caller, idem_key, stored_fp)
             assert replay is not None
-            bind_contextvars(command=name, outcome="replayed")
+            fields["outcome"] = "replayed"
             return replay
         except Exception as exc:
-            bind_contextvars(command=name, outcome=type(exc).__name__)
+            fields["outcome"] = type(exc).__name__
             raise
-        # The request's one log line carries these (see api.requestlog).
-        bind_contextvars(
-            command=name,
-            task_id=outcome.after.task_id,
-            outcome="appended" if outcome.recorded else "unchanged",
-            events=len(outcome.recorded),
-        )
+        fields["task_id"] = outcome.after.task_id
+        fields["outcome"] = "appended" if outcome.recorded else "unchanged"
+        fields["events"] = len(outcome.recorded)
         self._notify(outcome)
         return outcome.extra
 
@@ -266,7 +263,7 @@ class Runtime:
     async def run_system(self, command: AnyCommand) -> Outcome:
         """A command the server itself issues (the sweepers)."""
         job = CommandRequest(command=command, envelope=Envelope(recorded_at=now()))
-        outcome = await asyncio.wrap_future(self.writer.submit(job))
+        outcome = await self.writer.submit_async(job)
         self._notify(outcome)
         return outcome
 

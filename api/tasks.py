@@ -1,7 +1,7 @@
 """Chunkr's task routes: create, get (with time travel), update, cancel, delete, list.
 
 Each handler is parse -> command -> run -> respond. Writes go through ``Runtime.execute`` (group
-commit, idempotency); reads are sync handlers run off the event loop, one indexed row each.
+commit, idempotency); reads run on the read pool, off the event loop, one indexed row each.
 """
 
 from __future__ import annotations
@@ -11,11 +11,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
+from litestar.response.base import ASGIResponse
 
+from api.call import Call, current
+from api.call import respond as respond_with
 from api.keys import Caller
-from api.openapi import AUTH, READ, WRITE, json_body, responses
+from api.openapi import AUTH, READ, WRITE, Query, json_body, query_params, responses
 from api.runtime import Forbidden, Reply, Runtime, json_reply, now, text_reply
 from api.schemas import (
     DEFAULT_CONFIGURATION,
@@ -89,7 +93,7 @@ def state_as_of(runtime: Runtime, task_id: str, version: int | None, when: datet
     return fold(e.event for e in events)
 
 
-def task_reply(runtime: Runtime, request: Request[Any, Any, Any]) -> Callable[[Outcome, Any], Reply]:
+def task_reply(runtime: Runtime, base_url: str) -> Callable[[Outcome, Any], Reply]:
     """A ``respond`` for Runtime.execute: the task after the command, as Task JSON (its output
     read inside the transaction, so a just-written output is there)."""
 
@@ -97,7 +101,7 @@ def task_reply(runtime: Runtime, request: Request[Any, Any, Any]) -> Callable[[O
         state = outcome.after
         rendered = render_task(
             state,
-            base_url=runtime.base_url(request),
+            base_url=base_url,
             output=runtime.output_of(state, tx),
             include_chunks=True,
         )
@@ -107,29 +111,83 @@ def task_reply(runtime: Runtime, request: Request[Any, Any, Any]) -> Callable[[O
 
 
 async def run_on_visible_task(
-    request: Request[Any, Any, Any],
+    call: Call,
     caller: Caller,
-    runtime: Runtime,
     command: UpdateTask | CancelTask | DeleteTask,
     respond: Callable[[Outcome, Any], Reply],
     *,
     body: bytes = b"",
-) -> Response[Any]:
+) -> ASGIResponse:
     """Run a user's command on one task, hiding tasks this caller may not see (including
     expired ones the sweeper has not reached: that rule needs the clock the decider never reads).
     The check runs after any idempotent replay, so a retried delete gets its original answer."""
+    runtime = call.runtime
     reply = await runtime.execute(
-        request,
+        call,
         caller,
         command,
         respond,
         body=body,
         precheck=lambda: visible(runtime.store.state(command.task_id), caller),
     )
-    return reply.to_response()
+    return respond_with(reply)
+
+
+def query_bool(call: Call, name: str, default: bool) -> bool:
+    value = call.query.get(name)
+    if value is None:
+        return default
+    try:
+        return msgspec.convert(value, bool, strict=False)
+    except msgspec.ValidationError:
+        raise BadRequest(f"Invalid request: {name}: expected true or false, not {value!r}") from None
+
+
+def query_version(call: Call) -> int | None:
+    value = call.query.get("as_of_version")
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 18 or int(value) < 1:
+        raise BadRequest("Invalid request: as_of_version: must be a whole number, 1 or more")
+    return int(value)
+
+
+def read_task(
+    runtime: Runtime,
+    caller: Caller,
+    task_id: str,
+    base_url: str,
+    include_chunks: bool,
+    version: int | None,
+    as_of: str | None,
+) -> Reply:
+    """GET /task/{id}, run on a reader thread: the task now, or as it was (time travel)."""
+    if version is None and as_of is None:
+        state = visible(runtime.store.state(task_id), caller)
+    else:
+        auditable(runtime.store.state(task_id), caller)
+        state = state_as_of(runtime, task_id, version, parse_time("as_of", as_of))
+    output = runtime.output_of(state) if state.output is not None else None
+    return json_reply(
+        render_task(state, base_url=base_url, output=output, include_chunks=include_chunks)
+    )
+
+
+GET_TASK_QUERY = (
+    Query("include_chunks", {"type": "boolean", "default": True}, "Include the output's chunks"),
+    Query("base64_urls", {"type": "boolean", "default": False}, "Accepted for Chunkr compatibility"),
+    Query(
+        "as_of_version",
+        {"type": "integer", "minimum": 1},
+        "The task as it was after its N-th event (time travel)",
+    ),
+    Query("as_of", {"type": "string", "format": "date-time"}, "The task as it was at this time"),
+)
 
 
 class TaskController(Controller):
+    """The handlers take no parameters: they read the request from ``api.call`` (see there)."""
+
     path = "/api/v1/task"
     tags = ["tasks"]
 
@@ -138,13 +196,14 @@ class TaskController(Controller):
         status_code=200,
         summary="Create a task",
         operation_class=json_body(CreateBody),
-        responses=responses(400, *AUTH, 403, 413, 422, 503),
+        responses=responses(400, *AUTH, 403, 413, 422, 503, ok=TaskResponse),
     )
-    async def create_task(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime
-    ) -> Response[TaskResponse]:
+    async def create_task(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
+        runtime = call.runtime
         require_role(caller, "user", "admin", action="create tasks")
-        raw = await request.body()
+        raw = await call.body()
         body: CreateBody = decode_body(raw, CreateBody)
         data = decode_file(body.file)
         file_name = check_file_name(body.file_name)
@@ -163,90 +222,88 @@ class TaskController(Controller):
             expires_in=configuration.get("expires_in"),
         )
         reply = await runtime.execute(
-            request,
+            call,
             caller,
             command,
-            task_reply(runtime, request),
+            task_reply(runtime, call.base_url()),
             blobs=[data],
             body=raw,
         )
-        return reply.to_response()
+        return respond_with(reply)
 
-    @get("/{task_id:str}", summary="Get a task", sync_to_thread=True, responses=responses(*READ))
-    def get_task(
-        self,
-        request: Request[Any, Any, Any],
-        caller: Caller,
-        runtime: Runtime,
-        task_id: str,
-        include_chunks: bool = True,
-        base64_urls: bool = False,
-        as_of_version: Annotated[int | None, Parameter(ge=1)] = None,
-        as_of: TimeQuery = None,
-    ) -> Response[TaskResponse]:
-        if as_of_version is None and as_of is None:
-            state = visible(runtime.store.state(task_id), caller)
-        else:
-            auditable(runtime.store.state(task_id), caller)
-            state = state_as_of(runtime, task_id, as_of_version, parse_time("as_of", as_of))
-        output = runtime.output_of(state) if state.output is not None else None
-        response = render_task(
-            state, base_url=runtime.base_url(request), output=output, include_chunks=include_chunks
+    @get(
+        "/{task_id:str}",
+        summary="Get a task",
+        operation_class=query_params(*GET_TASK_QUERY),
+        responses=responses(*READ, ok=TaskResponse),
+    )
+    async def get_task(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
+        include_chunks = query_bool(call, "include_chunks", True)
+        query_bool(call, "base64_urls", False)  # accepted (and checked) for Chunkr's clients
+        reply = await call.runtime.reads.run(
+            read_task,
+            call.runtime,
+            caller,
+            call.path_param("task_id"),
+            call.base_url(),
+            include_chunks,
+            query_version(call),
+            call.query.get("as_of"),
         )
-        return json_reply(response).to_response()
+        return respond_with(reply)
 
     @patch(
         "/{task_id:str}/parse",
         status_code=200,
         summary="Update a task's configuration",
         operation_class=json_body(UpdateBody, required=False),
-        responses=responses(*WRITE, 413),
+        responses=responses(*WRITE, 413, ok=TaskResponse),
     )
-    async def update_task(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[TaskResponse]:
+    async def update_task(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
         require_role(caller, "user", "admin", action="update tasks")
-        raw = await request.body()
+        raw = await call.body()
         body: UpdateBody = decode_body(raw or b"{}", UpdateBody)
         command = UpdateTask(
-            task_id=task_id,
+            task_id=call.path_param("task_id"),
             at=now(),
             owner=caller.scope,
             configuration=normalise_fields(body.as_dict()),
         )
         return await run_on_visible_task(
-            request, caller, runtime, command, task_reply(runtime, request), body=raw
+            call, caller, command, task_reply(call.runtime, call.base_url()), body=raw
         )
 
     @get(
         "/{task_id:str}/cancel",
         summary="Cancel a task that has not started",
-        media_type=TEXT,
-        responses=responses(*WRITE),
+        responses=responses(*WRITE, ok_text="Task cancelled"),
     )
-    async def cancel_task(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[str]:
+    async def cancel_task(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
         require_role(caller, "user", "admin", action="cancel tasks")
-        command = CancelTask(task_id=task_id, at=now(), owner=caller.scope)
+        command = CancelTask(task_id=call.path_param("task_id"), at=now(), owner=caller.scope)
         return await run_on_visible_task(
-            request, caller, runtime, command, lambda outcome, tx: text_reply("Task cancelled")
+            call, caller, command, lambda outcome, tx: text_reply("Task cancelled")
         )
 
     @delete(
         "/{task_id:str}",
         status_code=200,
         summary="Delete a finished task",
-        media_type=TEXT,
-        responses=responses(*WRITE),
+        responses=responses(*WRITE, ok_text="Task deleted"),
     )
-    async def delete_task(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[str]:
+    async def delete_task(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
         require_role(caller, "user", "admin", action="delete tasks")
-        command = DeleteTask(task_id=task_id, at=now(), owner=caller.scope)
+        command = DeleteTask(task_id=call.path_param("task_id"), at=now(), owner=caller.scope)
         return await run_on_visible_task(
-            request, caller, runtime, command, lambda outcome, tx: text_reply("Task deleted")
+            call, caller, command, lambda outcome, tx: text_reply("Task deleted")
         )
 
 
@@ -292,7 +349,7 @@ class TasksController(Controller):
             start=start_at,
             end=end_at,
         )
-        base_url = runtime.base_url(request)
+        base_url = current().base_url()
         tasks = [
             render_task(
                 s,

@@ -12,8 +12,10 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, get, post
+from litestar.response.base import ASGIResponse
 
+from api.call import Call, current, respond
 from api.keys import Caller
 from api.openapi import READ, WRITE, json_body, responses
 from api.runtime import Reply, Runtime, json_reply, now
@@ -42,32 +44,32 @@ import msgspec
 
 
 async def finish(
-    request: Request[Any, Any, Any],
+    call: Call,
     caller: Caller,
-    runtime: Runtime,
     command: CompleteTask | FailTask | ReleaseTask,
     raw: bytes,
     *,
     blobs: list[bytes] | None = None,
-) -> Response[Any]:
+) -> ASGIResponse:
     """Run a lease holder's finishing command and answer the task as it is afterwards."""
+    runtime = call.runtime
     reply = await runtime.execute(
-        request, caller, command, task_reply(runtime, request), blobs=blobs or (), body=raw
+        call, caller, command, task_reply(runtime, call.base_url()), blobs=blobs or (), body=raw
     )
-    return reply.to_response()
+    return respond(reply)
 
 
 def queue_has_work(runtime: Runtime) -> bool:
     return runtime.store.queue.head(runtime.store.log.reader()) is not None
 
 
-def watch_disconnect(request: Request[Any, Any, Any]) -> asyncio.Task[None]:
+def watch_disconnect(call: Call) -> asyncio.Task[None]:
     """A task that finishes when the client hangs up (its body has been read already, so the
     next ASGI message can only be ``http.disconnect``)."""
 
     async def wait_for_disconnect() -> None:
         while True:
-            message = await request.receive()
+            message = await call.receive()
             if message["type"] == "http.disconnect":
                 return
 
@@ -86,6 +88,10 @@ def lease_seconds(runtime: Runtime, asked: int | None) -> int:
     if asked is not None and asked > limit:
         raise BadRequest(f"lease_seconds must be at most {limit}")
     return asked or runtime.settings.lease_seconds
+
+
+def no_content() -> ASGIResponse:
+    return ASGIResponse(body=b"", status_code=204)
 
 
 def lease_reply(state: TaskState) -> Reply:
@@ -109,13 +115,15 @@ class WorkerController(Controller):
         status_code=200,
         summary="Claim the oldest claimable task",
         operation_class=json_body(ClaimBody),
-        responses=responses(204, 400, 401, 403, 413, 422, 429, 503),
+        responses=responses(204, 400, 401, 403, 413, 422, 429, 503, ok=ClaimedTaskResponse),
     )
-    async def claim(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime
-    ) -> Response[ClaimedTaskResponse]:
+    async def claim(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
+        runtime = call.runtime
         require_role(caller, "worker", "admin", action="claim tasks")
-        body: ClaimBody = decode_body(await request.body(), ClaimBody)
+        body: ClaimBody = decode_body(await call.body(), ClaimBody)
+        base_url = call.base_url()
         seconds = lease_seconds(runtime, body.lease_seconds)
         wait = min(body.wait_seconds, runtime.settings.max_wait_seconds)
         deadline = time.monotonic() + wait
@@ -133,11 +141,9 @@ class WorkerController(Controller):
                 lease_until=at + timedelta(seconds=seconds),
             )
 
-        def respond(outcome: Outcome, tx: Any) -> Reply:
+        def respond_claimed(outcome: Outcome, tx: Any) -> Reply:
             state = outcome.after
-            task = render_task(
-                state, base_url=runtime.base_url(request), output=None, include_chunks=False
-            )
+            task = render_task(state, base_url=base_url, output=None, include_chunks=False)
             claimed = ClaimedTaskResponse(
                 **msgspec.structs.asdict(task),
                 lease_until=state.lease_until,
@@ -146,7 +152,7 @@ class WorkerController(Controller):
             )
             return json_reply(claimed)
 
-        gone = watch_disconnect(request) if wait > 0 else None
+        gone = watch_disconnect(call) if wait > 0 else None
         if gone is not None:
             # Let the watcher see a hang-up that happened before this handler ran (a busy server
             # may read a request whose client has already given up).
@@ -158,20 +164,20 @@ class WorkerController(Controller):
                 changed = runtime.queue_changed
                 if gone is not None and gone.done():
                     # The worker hung up: never claim for a worker that is no longer listening.
-                    return Response(content=b"", status_code=204)
+                    return no_content()
                 try:
-                    if not first and not await asyncio.to_thread(queue_has_work, runtime):
+                    if not first and not await runtime.reads.run(queue_has_work, runtime):
                         # An empty queue seen on a read connection: no write transaction needed.
                         raise NothingToDo()
                     first = False
                     reply = await runtime.execute(
-                        request, caller, runtime.store.claim_source(make_claim), respond
+                        call, caller, runtime.store.claim_source(make_claim), respond_claimed
                     )
-                    return reply.to_response()
+                    return respond(reply)
                 except NothingToDo:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return Response(content=b"", status_code=204)
+                        return no_content()
                     # Woken at once by a task queued in this process (or by the worker hanging
                     # up); other processes' tasks are seen by polling.
                     waits = [asyncio.ensure_future(changed.wait())]
@@ -188,39 +194,41 @@ class WorkerController(Controller):
         status_code=200,
         summary="Extend a lease",
         operation_class=json_body(HeartbeatBody),
-        responses=responses(*WRITE, 409, 413),
+        responses=responses(*WRITE, 409, 413, ok=LeaseResponse),
     )
-    async def heartbeat(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[LeaseResponse]:
+    async def heartbeat(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
+        runtime = call.runtime
         require_role(caller, "worker", "admin", action="heartbeat tasks")
-        body: HeartbeatBody = decode_body(await request.body(), HeartbeatBody)
+        body: HeartbeatBody = decode_body(await call.body(), HeartbeatBody)
         at = now()
         command = ExtendLease(
-            task_id=task_id,
+            task_id=call.path_param("task_id"),
             at=at,
             worker_id=body.worker_id,
             lease_until=at + timedelta(seconds=lease_seconds(runtime, body.lease_seconds)),
         )
         reply = await runtime.execute(
-            request, caller, command, lambda outcome, tx: lease_reply(outcome.after)
+            call, caller, command, lambda outcome, tx: lease_reply(outcome.after)
         )
-        return reply.to_response()
+        return respond(reply)
 
     @post(
         "/task/{task_id:str}/complete",
         status_code=200,
         summary="Finish a task: Succeeded",
         operation_class=json_body(CompleteBody),
-        responses=responses(*WRITE, 409, 413),
+        responses=responses(*WRITE, 409, 413, ok=TaskResponse),
     )
-    async def complete(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[TaskResponse]:
+    async def complete(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
         require_role(caller, "worker", "admin", action="complete tasks")
-        raw = await request.body()
+        raw = await call.body()
         body: CompleteBody = decode_body(raw, CompleteBody)
-        state = runtime.store.state(task_id)
+        task_id = call.path_param("task_id")
+        state = call.runtime.store.state(task_id)
         if state is None or not state.live:
             raise TaskNotFound()
         output = check_output(body.output, state.file_name)
@@ -228,59 +236,70 @@ class WorkerController(Controller):
         command = CompleteTask(
             task_id=task_id, at=now(), worker_id=body.worker_id, output=blob_ref(data)
         )
-        return await finish(request, caller, runtime, command, raw, blobs=[data])
+        return await finish(call, caller, command, raw, blobs=[data])
 
     @post(
         "/task/{task_id:str}/fail",
         status_code=200,
         summary="Finish a task: Failed",
         operation_class=json_body(FailBody),
-        responses=responses(*WRITE, 409, 413),
+        responses=responses(*WRITE, 409, 413, ok=TaskResponse),
     )
-    async def fail(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[TaskResponse]:
+    async def fail(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
         require_role(caller, "worker", "admin", action="fail tasks")
-        raw = await request.body()
+        raw = await call.body()
         body: FailBody = decode_body(raw, FailBody)
-        command = FailTask(task_id=task_id, at=now(), worker_id=body.worker_id, error=body.error)
-        return await finish(request, caller, runtime, command, raw)
+        command = FailTask(
+            task_id=call.path_param("task_id"), at=now(), worker_id=body.worker_id, error=body.error
+        )
+        return await finish(call, caller, command, raw)
 
     @post(
         "/task/{task_id:str}/release",
         status_code=200,
         summary="Give a task back unfinished",
         operation_class=json_body(ReleaseBody),
-        responses=responses(*WRITE, 409, 413),
+        responses=responses(*WRITE, 409, 413, ok=TaskResponse),
     )
-    async def release(
-        self, request: Request[Any, Any, Any], caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[TaskResponse]:
+    async def release(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
         require_role(caller, "worker", "admin", action="release tasks")
-        raw = await request.body()
+        raw = await call.body()
         body: ReleaseBody = decode_body(raw, ReleaseBody)
-        command = ReleaseTask(task_id=task_id, at=now(), worker_id=body.worker_id)
-        return await finish(request, caller, runtime, command, raw)
+        command = ReleaseTask(
+            task_id=call.path_param("task_id"), at=now(), worker_id=body.worker_id
+        )
+        return await finish(call, caller, command, raw)
 
     @get(
         "/task/{task_id:str}/input",
         summary="The task's input file",
         media_type="application/octet-stream",
-        sync_to_thread=True,
         responses=responses(*READ),
     )
-    def input_file(
-        self, caller: Caller, runtime: Runtime, task_id: str
-    ) -> Response[bytes]:
-        state = visible(runtime.store.state(task_id), caller)
-        if caller.role == "worker" and state.status != PROCESSING:
-            # A worker reads the input of a task it has claimed, not of queued or finished ones.
-            raise TaskNotFound()
-        data = runtime.store.log.get_blob(state.file) if state.file else None
-        if data is None:
-            raise TaskNotFound()
-        return Response(
-            content=data,
-            media_type="application/octet-stream",
-            headers={"Content-Disposition": content_disposition(state.file_name or "input")},
+    async def input_file(self) -> ASGIResponse:
+        call = current()
+        caller = call.caller()
+        name, data = await call.runtime.reads.run(
+            read_input, call.runtime, caller, call.path_param("task_id")
         )
+        return ASGIResponse(
+            body=data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": content_disposition(name)},
+        )
+
+
+def read_input(runtime: Runtime, caller: Caller, task_id: str) -> tuple[str, bytes]:
+    """The input file's name and bytes, for the caller; TaskNotFound if it may not have them."""
+    state = visible(runtime.store.state(task_id), caller)
+    if caller.role == "worker" and state.status != PROCESSING:
+        # A worker reads the input of a task it has claimed, not of queued or finished ones.
+        raise TaskNotFound()
+    data = runtime.store.log.get_blob(state.file) if state.file else None
+    if data is None:
+        raise TaskNotFound()
+    return state.file_name or "input", data

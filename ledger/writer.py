@@ -1,7 +1,7 @@
 """Group commit: one writer thread per process turns many concurrent commands into few
 transactions.
 
-Callers ``submit`` a Request and get a Future. The writer takes every request waiting at that
+Callers ``submit`` a Request and get a Future (or, on an event loop, ``await submit_async``). The writer takes every request waiting at that
 moment (up to ``max_batch``), runs them through ``CommandHandler.execute_batch`` in one
 transaction with one fsync, then resolves all their futures. A command the decider refuses gets
 its error; the rest of its batch commits.
@@ -9,9 +9,11 @@ its error; the rest of its batch commits.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from concurrent.futures import Future
+from typing import Any
 
 from ledger.handler import CommandHandler, Outcome, Request
 
@@ -20,7 +22,7 @@ class Writer:
     def __init__(self, handler: CommandHandler, *, max_batch: int = 256) -> None:
         self.handler = handler
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Request, Future] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Request, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="taskledger-writer", daemon=True)
         self._started = False
         self._lock = threading.Lock()
@@ -38,6 +40,15 @@ class Writer:
         if not self._started:
             self.start()
         future: Future[Outcome] = Future()
+        self._queue.put((request, future))
+        return future
+
+    def submit_async(self, request: Request) -> asyncio.Future[Outcome]:
+        """Submit from an event loop. The writer settles every future of a batch that belongs
+        to one loop with a single wake-up of that loop, instead of one per command."""
+        if not self._started:
+            self.start()
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.put((request, future))
         return future
 
@@ -69,10 +80,28 @@ class Writer:
                 results = [exc] * len(batch)
             self.batches += 1
             self.commands += len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
             for (_, future), result in zip(batch, results, strict=True):
-                if isinstance(result, BaseException):
+                if isinstance(future, asyncio.Future):
+                    by_loop.setdefault(future.get_loop(), []).append((future, result))
+                elif isinstance(result, BaseException):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+            for loop, settled in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_settle, settled)
+                except RuntimeError:  # that loop has closed: nobody is waiting any more
+                    pass
             if stopping:
                 return
+
+
+def _settle(settled: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, result in settled:
+        if future.done():  # the awaiting request was cancelled (its client hung up)
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
