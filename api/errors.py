@@ -92,8 +92,11 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return text("Internal server error", 500)
 
 
-EXCEPTION_HANDLERS: dict[Any, Any] = {
-    **{cls: handle_known for cls in STATUS},
-    HTTPException: handle_http,
-    Exception: handle_unexpected,
-}
+def handle_any(request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
+    if status_for(exc) == 500:
+        return handle_unexpected(request, exc)
+    return handle_known(request, exc)
+
+
+#: Two entries, not one per error class: Litestar merges this map for every request.
+EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: handle_http, Exception: handle_any}

@@ -6,7 +6,6 @@ Console output on a terminal, JSON lines otherwise. The line never holds a key, 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
@@ -16,7 +15,7 @@ import msgspec
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.call import Call, begin
+from api.call import Call, begin, current_or_none, new_request_id
 
 log = structlog.get_logger("taskledger.api")
 
@@ -30,6 +29,14 @@ def _json_line(event: dict[str, Any], **_: Any) -> str:
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def add_request_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Every line logged while serving a request carries its request id."""
+    call = current_or_none()
+    if call is not None:
+        event.setdefault("request_id", call.request_id)
+    return event
+
+
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     if json is None:
         json = not sys.stderr.isatty()
@@ -41,6 +48,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_request_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -67,10 +75,8 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             if name == b"x-request-id":
                 given = value.decode("latin-1")
                 break
-        request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
+        request_id = given if given and _REQUEST_ID.match(given) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
         call = Call(scope, receive, request_id)
         begin(call)
         started = time.perf_counter()

@@ -166,7 +166,7 @@ def check_file_name(name: str | None) -> str | None:
         return None
     if len(name) > MAX_FILE_NAME:
         raise BadRequest(f"file_name is longer than {MAX_FILE_NAME} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
+    if not name.isprintable() and any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
         raise BadRequest("file_name must not contain control characters")
     if "/" in name or "\\" in name:
         raise BadRequest("file_name must be a plain file name, without directories")

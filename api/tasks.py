@@ -6,7 +6,6 @@ commit, idempotency); reads run on the read pool, off the event loop, one indexe
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -14,9 +13,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
-from litestar.response.base import ASGIResponse
 
-from api.call import Call, current
+from api.call import Call, RawResponse, current, new_task_id
 from api.call import respond as respond_with
 from api.keys import Caller
 from api.openapi import AUTH, READ, WRITE, Query, json_body, query_params, responses
@@ -117,7 +115,7 @@ async def run_on_visible_task(
     respond: Callable[[Outcome, Any], Reply],
     *,
     body: bytes = b"",
-) -> ASGIResponse:
+) -> RawResponse:
     """Run a user's command on one task, hiding tasks this caller may not see (including
     expired ones the sweeper has not reached: that rule needs the clock the decider never reads).
     The check runs after any idempotent replay, so a retried delete gets its original answer."""
@@ -198,7 +196,7 @@ class TaskController(Controller):
         operation_class=json_body(CreateBody),
         responses=responses(400, *AUTH, 403, 413, 422, 503, ok=TaskResponse),
     )
-    async def create_task(self) -> ASGIResponse:
+    async def create_task(self) -> RawResponse:
         call = current()
         caller = call.caller()
         runtime = call.runtime
@@ -213,7 +211,7 @@ class TaskController(Controller):
         defaults = {**DEFAULT_CONFIGURATION, "expires_in": runtime.settings.default_expires_in}
         configuration = merge_configuration(defaults, fields)
         command = CreateTask(
-            task_id=str(uuid.uuid4()),
+            task_id=new_task_id(),
             at=now(),
             owner=caller.owner,
             configuration=configuration,
@@ -237,7 +235,7 @@ class TaskController(Controller):
         operation_class=query_params(*GET_TASK_QUERY),
         responses=responses(*READ, ok=TaskResponse),
     )
-    async def get_task(self) -> ASGIResponse:
+    async def get_task(self) -> RawResponse:
         call = current()
         caller = call.caller()
         include_chunks = query_bool(call, "include_chunks", True)
@@ -261,7 +259,7 @@ class TaskController(Controller):
         operation_class=json_body(UpdateBody, required=False),
         responses=responses(*WRITE, 413, ok=TaskResponse),
     )
-    async def update_task(self) -> ASGIResponse:
+    async def update_task(self) -> RawResponse:
         call = current()
         caller = call.caller()
         require_role(caller, "user", "admin", action="update tasks")
@@ -282,7 +280,7 @@ class TaskController(Controller):
         summary="Cancel a task that has not started",
         responses=responses(*WRITE, ok_text="Task cancelled"),
     )
-    async def cancel_task(self) -> ASGIResponse:
+    async def cancel_task(self) -> RawResponse:
         call = current()
         caller = call.caller()
         require_role(caller, "user", "admin", action="cancel tasks")
@@ -297,7 +295,7 @@ class TaskController(Controller):
         summary="Delete a finished task",
         responses=responses(*WRITE, ok_text="Task deleted"),
     )
-    async def delete_task(self) -> ASGIResponse:
+    async def delete_task(self) -> RawResponse:
         call = current()
         caller = call.caller()
         require_role(caller, "user", "admin", action="delete tasks")

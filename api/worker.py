@@ -13,9 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 from litestar import Controller, get, post
-from litestar.response.base import ASGIResponse
 
-from api.call import Call, current, respond
+from api.call import Call, RawResponse, current, respond
 from api.keys import Caller
 from api.openapi import READ, WRITE, json_body, responses
 from api.runtime import Reply, Runtime, json_reply, now
@@ -50,7 +49,7 @@ async def finish(
     raw: bytes,
     *,
     blobs: list[bytes] | None = None,
-) -> ASGIResponse:
+) -> RawResponse:
     """Run a lease holder's finishing command and answer the task as it is afterwards."""
     runtime = call.runtime
     reply = await runtime.execute(
@@ -90,8 +89,8 @@ def lease_seconds(runtime: Runtime, asked: int | None) -> int:
     return asked or runtime.settings.lease_seconds
 
 
-def no_content() -> ASGIResponse:
-    return ASGIResponse(body=b"", status_code=204)
+def no_content() -> RawResponse:
+    return RawResponse(b"", 204)
 
 
 def lease_reply(state: TaskState) -> Reply:
@@ -117,7 +116,7 @@ class WorkerController(Controller):
         operation_class=json_body(ClaimBody),
         responses=responses(204, 400, 401, 403, 413, 422, 429, 503, ok=ClaimedTaskResponse),
     )
-    async def claim(self) -> ASGIResponse:
+    async def claim(self) -> RawResponse:
         call = current()
         caller = call.caller()
         runtime = call.runtime
@@ -196,7 +195,7 @@ class WorkerController(Controller):
         operation_class=json_body(HeartbeatBody),
         responses=responses(*WRITE, 409, 413, ok=LeaseResponse),
     )
-    async def heartbeat(self) -> ASGIResponse:
+    async def heartbeat(self) -> RawResponse:
         call = current()
         caller = call.caller()
         runtime = call.runtime
@@ -221,7 +220,7 @@ class WorkerController(Controller):
         operation_class=json_body(CompleteBody),
         responses=responses(*WRITE, 409, 413, ok=TaskResponse),
     )
-    async def complete(self) -> ASGIResponse:
+    async def complete(self) -> RawResponse:
         call = current()
         caller = call.caller()
         require_role(caller, "worker", "admin", action="complete tasks")
@@ -245,7 +244,7 @@ class WorkerController(Controller):
         operation_class=json_body(FailBody),
         responses=responses(*WRITE, 409, 413, ok=TaskResponse),
     )
-    async def fail(self) -> ASGIResponse:
+    async def fail(self) -> RawResponse:
         call = current()
         caller = call.caller()
         require_role(caller, "worker", "admin", action="fail tasks")
@@ -263,7 +262,7 @@ class WorkerController(Controller):
         operation_class=json_body(ReleaseBody),
         responses=responses(*WRITE, 409, 413, ok=TaskResponse),
     )
-    async def release(self) -> ASGIResponse:
+    async def release(self) -> RawResponse:
         call = current()
         caller = call.caller()
         require_role(caller, "worker", "admin", action="release tasks")
@@ -280,16 +279,14 @@ class WorkerController(Controller):
         media_type="application/octet-stream",
         responses=responses(*READ),
     )
-    async def input_file(self) -> ASGIResponse:
+    async def input_file(self) -> RawResponse:
         call = current()
         caller = call.caller()
         name, data = await call.runtime.reads.run(
             read_input, call.runtime, caller, call.path_param("task_id")
         )
-        return ASGIResponse(
-            body=data,
-            media_type="application/octet-stream",
-            headers={"Content-Disposition": content_disposition(name)},
+        return RawResponse(
+            data, 200, "application/octet-stream", {"Content-Disposition": content_disposition(name)}
         )
 
 

@@ -2,9 +2,13 @@
 
 Everything a command writes (blobs, events, inline projections, the caller's own bookkeeping
 such as an idempotency record) happens inside one ``BEGIN IMMEDIATE`` transaction. A batch runs
-several commands in one transaction (group commit: one fsync for all of them); each command sits
-in its own SAVEPOINT, so one refused by the decider does not spoil the rest of its batch, and each
-is decided against the state left by the commands before it.
+several commands in one transaction (group commit: one fsync for all of them), each decided
+against the state left by the commands before it. A command the decider refuses has written
+nothing, so it does not spoil the rest of its batch. A command that fails after it has begun to
+write (a constraint, an idempotency race, the disk) would leave part of its writes behind: then
+the whole transaction is rolled back and the batch runs again with each command in its own
+SAVEPOINT, so only that command's writes are undone. Savepoints cost two statements per command,
+so the common case does without them.
 
 The handler knows projections only through the two small protocols below, so ``ledger`` imports
 nothing from ``projections``.
@@ -104,6 +108,21 @@ class CommandHandler:
         """Run every request in one transaction. Each result is an Outcome or the exception that
         refused that request; if the transaction cannot begin or commit, or the database rolls
         it back as a whole, every request gets that error (none of them is done)."""
+        try:
+            return self._execute_batch(requests, guarded=False)
+        except _PartlyWritten:
+            pass
+        try:
+            return self._execute_batch(requests, guarded=True)
+        except Exception as exc:  # the transaction could not begin or commit, or was lost
+            return [exc for _ in requests]
+
+    def _execute_batch(
+        self, requests: Sequence[Request], *, guarded: bool
+    ) -> list[Outcome | BaseException]:
+        """One transaction over ``requests``. Unguarded, a command that fails after writing
+        raises _PartlyWritten (the transaction is rolled back); guarded, each command runs in
+        a savepoint and any failure is that command's result."""
         results: list[Outcome | BaseException] = []
         try:
             with self.log.transaction() as tx:
@@ -116,25 +135,48 @@ class CommandHandler:
                         for r in requests
                     ]
                 for request in requests:
+                    if guarded:
+                        try:
+                            with self.log.savepoint(tx, "command"):
+                                results.append(self._run(tx, request))
+                        except TransactionRolledBack:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - handed back to its caller
+                            results.append(exc)
+                        continue
                     try:
-                        with self.log.savepoint(tx, "command"):
-                            results.append(self._run(tx, request))
-                    except TransactionRolledBack:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - handed back to its caller
+                        planned = self._decide(tx, request)
+                    except Exception as exc:  # noqa: BLE001 - refused before writing anything
                         results.append(exc)
+                        continue
+                    try:
+                        results.append(self._write(tx, request, *planned))
+                    except Exception as exc:
+                        raise _PartlyWritten() from exc
+        except _PartlyWritten:
+            raise
         except Exception as exc:  # the transaction could not begin or commit, or was lost
-            return [exc for _ in requests]
+            if not guarded:
+                raise _PartlyWritten() from exc
+            raise
         return results
 
     def _run(self, tx: Any, request: Request) -> Outcome:
+        return self._write(tx, request, *self._decide(tx, request))
+
+    def _decide(self, tx: Any, request: Request) -> tuple[AnyCommand, TaskState, list[Any]]:
+        """Read and decide: no writes, so a refusal here leaves the transaction untouched."""
         command = request.command
         if callable(command):
             command = command(tx)
             if command is None:
                 raise NothingToDo()
         before = self.states.load(tx, command.task_id)
-        events = decider.decide(command, before)
+        return command, before, decider.decide(command, before)
+
+    def _write(
+        self, tx: Any, request: Request, command: AnyCommand, before: TaskState, events: list[Any]
+    ) -> Outcome:
         if not events:
             outcome = Outcome(before=before, after=before, recorded=[])
         else:
@@ -154,3 +196,8 @@ class CommandHandler:
                 outcome, extra=request.after_append(tx, outcome)
             )
         return outcome
+
+
+class _PartlyWritten(Exception):
+    """A command failed after it began to write, or the unguarded transaction failed: the
+    batch is retried with a savepoint per command."""

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 
 import sqlite_utils
@@ -145,6 +146,10 @@ class SqliteLog:
         self.busy_timeout_ms = busy_timeout_ms
         self._writer = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
         self._write_lock = threading.RLock()
+        #: (last position, its hash, its recorded_at) as this transaction left them: appends
+        #: after the first in one transaction skip two reads. Only valid while the write
+        #: transaction that set it is open (cleared at BEGIN, COMMIT, ROLLBACK, ROLLBACK TO).
+        self._head: tuple[int, str, str] | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -167,6 +172,7 @@ class SqliteLog:
             if conn.in_transaction:  # nested: the outer transaction commits
                 yield conn
                 return
+            self._head = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -181,6 +187,8 @@ class SqliteLog:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._head = None
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -201,6 +209,7 @@ class SqliteLog:
         try:
             yield
         except BaseException as exc:
+            self._head = None
             if not tx.in_transaction:
                 cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__
                 raise TransactionRolledBack(
@@ -260,10 +269,14 @@ class SqliteLog:
             raise ConcurrencyConflict(
                 f"Stream {stream_id} is at version {current}, not {expected_version}"
             )
-        position, previous, last_recorded_at = self._chain_head(tx)
+        position, previous, last_recorded_at = self._head or self._chain_head(tx)
         # recorded_at never goes backwards along the log, whatever the clocks of several writer
         # processes say, so "the log as of time T" is always a prefix of it.
-        recorded_at = max(codec.timestamp(envelope.recorded_at), last_recorded_at)
+        stamp = codec.timestamp(envelope.recorded_at)
+        if stamp >= last_recorded_at:
+            recorded_at, when = stamp, envelope.recorded_at.astimezone(UTC)
+        else:
+            recorded_at, when = last_recorded_at, codec.parse_timestamp(last_recorded_at)
         recorded: list[RecordedEvent] = []
         for offset, event in enumerate(events, start=1):
             version = expected_version + offset
@@ -287,7 +300,7 @@ class SqliteLog:
                     position=position,
                     stream_id=stream_id,
                     version=version,
-                    recorded_at=codec.parse_timestamp(recorded_at),
+                    recorded_at=when,
                     actor=envelope.actor,
                     request_id=envelope.request_id,
                     idempotency_key=envelope.idempotency_key,
@@ -295,6 +308,7 @@ class SqliteLog:
                     hash=previous,
                 )
             )
+        self._head = (position, previous, recorded_at)
         return recorded
 
     def _chain_head(self, tx: sqlite3.Connection) -> tuple[int, str, str]:
@@ -308,6 +322,7 @@ class SqliteLog:
 
     def insert_row(self, tx: sqlite3.Connection, row: dict[str, object]) -> None:
         """Insert one stored event row as is (append computes it; import copies it)."""
+        self._head = None
         try:
             tx.execute(
                 "INSERT INTO events (position, stream_id, version, type, data, recorded_at,"

@@ -48,16 +48,15 @@ class QueueProjection:
         after: TaskState,
         recorded: Sequence[RecordedEvent],
     ) -> None:
-        row = tx.execute("SELECT position FROM queue WHERE task_id = ?", (after.task_id,)).fetchone()
-        current = row[0] if row else None
-        position = queue_position(before, after, recorded[-1].position, current)
-        if position is None:
-            if current is not None:
-                tx.execute("DELETE FROM queue WHERE task_id = ?", (after.task_id,))
-        elif position != current:
+        # A task has a queue row exactly when it is claimable (``verify`` checks it), so
+        # ``before`` says whether there is a row without reading it.
+        was, now = claimable(before), claimable(after)
+        if was and not now:
+            tx.execute("DELETE FROM queue WHERE task_id = ?", (after.task_id,))
+        elif now and not was:
             tx.execute(
                 "INSERT OR REPLACE INTO queue (task_id, position) VALUES (?, ?)",
-                (after.task_id, position),
+                (after.task_id, recorded[-1].position),
             )
 
     def head(self, conn: sqlite3.Connection) -> str | None:
