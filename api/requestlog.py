@@ -22,8 +22,8 @@ log = structlog.get_logger("taskledger.api")
 _encoder = msgspec.json.Encoder()
 
 
-def _json_line(event: dict[str, Any], **_: Any) -> str:
-    return _encoder.encode(event).decode()
+def _json_line(event: dict[str, Any], **_: Any) -> bytes:
+    return _encoder.encode(event)
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -40,11 +40,17 @@ def add_request_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str,
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_json_line)
-        if json
-        else structlog.dev.ConsoleRenderer()
-    )
+    binary = getattr(sys.stderr, "buffer", None)
+    renderer: Any = structlog.dev.ConsoleRenderer()
+    factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
+    if json and binary is not None:
+        # Bytes straight from msgspec to the file: structlog's fastest path.
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
+        factory = structlog.BytesLoggerFactory(file=binary)
+    elif json:
+        renderer = structlog.processors.JSONRenderer(
+            serializer=lambda event, **_: _encoder.encode(event).decode()
+        )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -55,7 +61,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
 

@@ -35,7 +35,7 @@ from api.schemas import (
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
 from ledger.decider import fold, merge_configuration
 from ledger.errors import TaskNotFound
-from ledger.events import TERMINAL, blob_ref
+from ledger.events import TERMINAL, BlobRef, blob_ref
 from ledger.handler import Outcome
 from ledger.state import TaskState
 
@@ -91,16 +91,23 @@ def state_as_of(runtime: Runtime, task_id: str, version: int | None, when: datet
     return fold(e.event for e in events)
 
 
-def task_reply(runtime: Runtime, base_url: str) -> Callable[[Outcome, Any], Reply]:
+def task_reply(
+    runtime: Runtime, base_url: str, written: tuple[BlobRef, dict[str, Any]] | None = None
+) -> Callable[[Outcome, Any], Reply]:
     """A ``respond`` for Runtime.execute: the task after the command, as Task JSON (its output
-    read inside the transaction, so a just-written output is there)."""
+    read inside the transaction, so a just-written output is there). ``written`` is an output
+    blob this command wrote and its decoded form, so it need not be read back."""
 
     def respond(outcome: Outcome, tx: Any) -> Reply:
         state = outcome.after
+        if written is not None and state.output == written[0]:
+            output: dict[str, Any] | None = written[1]
+        else:
+            output = runtime.output_of(state, tx)
         rendered = render_task(
             state,
             base_url=base_url,
-            output=runtime.output_of(state, tx),
+            output=output,
             include_chunks=True,
         )
         return json_reply(rendered)

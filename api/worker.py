@@ -227,15 +227,23 @@ class WorkerController(Controller):
         raw = await call.body()
         body: CompleteBody = decode_body(raw, CompleteBody)
         task_id = call.path_param("task_id")
-        state = call.runtime.store.state(task_id)
+        runtime = call.runtime
+        state = await runtime.reads.run(runtime.store.state, task_id)
         if state is None or not state.live:
             raise TaskNotFound()
         output = check_output(body.output, state.file_name)
         data = msgspec.json.encode(output)
-        command = CompleteTask(
-            task_id=task_id, at=now(), worker_id=body.worker_id, output=blob_ref(data)
+        ref = blob_ref(data)
+        command = CompleteTask(task_id=task_id, at=now(), worker_id=body.worker_id, output=ref)
+        reply = await runtime.execute(
+            call,
+            caller,
+            command,
+            task_reply(runtime, call.base_url(), written=(ref, output)),
+            blobs=[data],
+            body=raw,
         )
-        return await finish(call, caller, command, raw, blobs=[data])
+        return respond(reply)
 
     @post(
         "/task/{task_id:str}/fail",
