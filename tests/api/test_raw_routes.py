@@ -1,0 +1,63 @@
+"""The hot routes read the request themselves (api.call): what Litestar did for them must still
+happen. Their schema documents what they read, their log line carries the command, and their
+query parameters are checked."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+
+def test_the_schema_documents_what_the_raw_routes_read(server):
+    spec = httpx.get(f"http://127.0.0.1:{server.port}/docs/openapi.json").json()
+    get_task = spec["paths"]["/api/v1/task/{task_id}"]["get"]
+    params = {p["name"]: p for p in get_task["parameters"]}
+    assert params["task_id"]["in"] == "path" and params["task_id"]["required"] is True
+    assert params["as_of_version"]["schema"] == {"type": "integer", "minimum": 1}
+    assert params["include_chunks"]["schema"]["type"] == "boolean"
+    assert get_task["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "TaskResponse")
+    create = spec["paths"]["/api/v1/task/parse"]["post"]
+    assert "file" in create["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    claim = spec["paths"]["/api/v1/worker/claim"]["post"]
+    assert claim["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ClaimedTaskResponse")
+    cancel = spec["paths"]["/api/v1/task/{task_id}/cancel"]["get"]
+    assert "text/plain" in cancel["responses"]["200"]["content"]
+
+
+def test_the_log_line_carries_the_command_and_the_request_id(server, alice, create):
+    task = create(alice)
+    response = alice.get(f"/task/{task['task_id']}/cancel", headers={"X-Request-Id": "trace-42"})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "trace-42"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in server.log_path.read_text().splitlines()
+                 if line.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") == "trace-42"]
+        if mine:
+            break
+        time.sleep(0.05)
+    assert mine, "no log line for the request"
+    (line,) = mine
+    assert line["event"] == "request" and line["status"] == 200
+    assert line["route"] == "/api/v1/task/{task_id}/cancel"
+    assert line["command"] == "CancelTask" and line["outcome"] == "appended"
+    assert line["task_id"] == task["task_id"] and line["events"] == 1
+
+
+def test_query_values_are_checked(alice, create):
+    task = create(alice)
+    for query, name in [("include_chunks=maybe", "include_chunks"),
+                        ("base64_urls=2x", "base64_urls"),
+                        ("as_of_version=0", "as_of_version"),
+                        ("as_of_version=-1", "as_of_version"),
+                        ("as_of=yesterday", "as_of")]:
+        response = alice.get(f"/task/{task['task_id']}?{query}")
+        assert response.status_code == 400, query
+        assert name in response.text and response.headers["content-type"].startswith("text/plain")
+    assert alice.get(f"/task/{task['task_id']}?include_chunks=false&base64_urls=true").status_code == 200
+    assert alice.get(f"/task/{task['task_id']}?as_of_version=1").json()["status"] == "Starting"

@@ -1,0 +1,97 @@
+"""The write path's shortcuts keep the handler's promises: a clean batch runs without
+savepoints, a refusal does not force the careful retry, and the writer hands results to an event
+loop with one wake-up per batch, including errors and requests given up meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ledger.commands import CancelTask, CreateTask
+from ledger.errors import TaskNotFound
+from ledger.handler import Request
+from ledger.log import stream_id_for
+from ledger.writer import Writer
+from stories import at, blob, check_consistent, envelope, new_id
+
+
+def create_request(task_id, data=b"file", after_append=None):
+    return Request(
+        command=CreateTask(task_id=task_id, at=at(0), owner="alice", configuration={},
+                           file=blob(data)),
+        envelope=envelope(at(0)), blobs=(data,), after_append=after_append)
+
+
+def traced(store):
+    statements: list[str] = []
+    store.log._writer.set_trace_callback(statements.append)
+    return statements
+
+
+def test_a_clean_batch_and_a_refusal_use_no_savepoint(store):
+    statements = traced(store)
+    ids = [new_id() for _ in range(5)]
+    results = store.handler.execute_batch(
+        [create_request(i, i.encode()) for i in ids]
+        + [Request(command=CancelTask(task_id=new_id(), at=at(1)), envelope=envelope(at(1)))]
+    )
+    assert [type(r).__name__ for r in results] == ["Outcome"] * 5 + ["TaskNotFound"]
+    assert not [s for s in statements if s.startswith("SAVEPOINT")]
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+    # The chain head is read once per transaction, not once per append.
+    assert sum("FROM sqlite_sequence" in s for s in statements) == 1
+    check_consistent(store)
+
+
+def test_a_failure_after_writing_reruns_the_batch_with_savepoints(store):
+    statements = traced(store)
+    a, b, c = new_id(), new_id(), new_id()
+
+    def explode(tx, outcome):
+        raise RuntimeError("after the append")
+
+    results = store.handler.execute_batch(
+        [create_request(a, b"a"), create_request(b, b"b", explode), create_request(c, b"c")]
+    )
+    assert isinstance(results[1], RuntimeError)
+    assert statements.count("ROLLBACK") == 1  # the unguarded attempt, undone whole
+    assert statements.count("SAVEPOINT command") == 3
+    assert statements.count("COMMIT") == 1
+    # Positions stay gapless and the chain continues across the undone command.
+    assert [r.position for r in results[0].recorded + results[2].recorded] == [1, 2]
+    assert store.log.read_stream(stream_id_for(b)) == []
+    check_consistent(store)
+
+
+def test_appends_in_later_transactions_continue_the_chain(store):
+    for _ in range(3):
+        store.handler.execute_batch([create_request(new_id(), new_id().encode()) for _ in range(4)])
+    rows = list(store.log.iter_rows())
+    assert [r["position"] for r in rows] == list(range(1, 13))
+    check_consistent(store)
+
+
+def test_submit_async_settles_results_and_errors_on_the_loop(store):
+    writer = Writer(store.handler)
+
+    async def main():
+        good = [writer.submit_async(create_request(new_id(), new_id().encode())) for _ in range(20)]
+        bad = writer.submit_async(
+            Request(command=CancelTask(task_id=new_id(), at=at(1)), envelope=envelope(at(1))))
+        # A request whose client went away: its future is cancelled; the batch still settles.
+        dropped = writer.submit_async(create_request(new_id(), b"dropped"))
+        dropped.cancel()
+        outcomes = await asyncio.gather(*good)
+        with pytest.raises(TaskNotFound):
+            await bad
+        return outcomes
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        writer.stop()
+    assert all(o.after.status == "Starting" for o in outcomes)
+    # Every command ran, including the one whose caller gave up waiting.
+    assert writer.commands == 22
+    check_consistent(store)
