@@ -187,9 +187,9 @@ class Runtime:
 
         ``respond`` builds the reply inside the transaction (it gets the transaction handle for
         reads that must see the command's own writes), so an idempotent retry gets the very same
-        bytes. ``precheck`` runs before the command (and after an idempotent replay), for
-        checks that need the clock, which the decider never reads. The outcome goes on the
-        request's log line (``call.fields``)."""
+        bytes. ``precheck`` runs on the read pool before the command (and after an idempotent
+        replay), for checks that need the clock, which the decider never reads. The outcome goes
+        on the request's log line (``call.fields``)."""
         fields = call.fields
         idem_key = call.headers.get("idempotency-key")
         stored_fp = None
@@ -207,7 +207,7 @@ class Runtime:
         if precheck is not None:
             # After the replay lookup: a retry of a delete must get its original answer even
             # though the task is gone now.
-            precheck()
+            await self.reads.run(precheck)
 
         def after_append(tx: Any, outcome: Outcome) -> Reply:
             reply = respond(outcome, tx)
