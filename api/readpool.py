@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ledger.writer import deliver
+
 T = TypeVar("T")
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future]
@@ -58,27 +60,12 @@ class ReadPool:
                     stopping = True
                     break
                 jobs.append(nxt)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, bool]]] = {}
+            settled: list[tuple[asyncio.Future, Any, bool]] = []
             for fn, args, future in jobs:
                 try:
-                    outcome, failed = fn(*args), False
+                    settled.append((future, fn(*args), False))
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
-                    outcome, failed = exc, True
-                by_loop.setdefault(future.get_loop(), []).append((future, outcome, failed))
-            for loop, settled in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, settled)
-                except RuntimeError:  # the loop has closed: nobody is waiting any more
-                    pass
+                    settled.append((future, exc, True))
+            deliver(settled)
             if stopping:
                 return
-
-
-def _settle(settled: list[tuple[asyncio.Future, Any, bool]]) -> None:
-    for future, outcome, failed in settled:
-        if future.done():  # the request was cancelled meanwhile
-            continue
-        if failed:
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)

@@ -80,28 +80,38 @@ class Writer:
                 results = [exc] * len(batch)
             self.batches += 1
             self.commands += len(batch)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+            on_loops: list[tuple[asyncio.Future, Any, bool]] = []
             for (_, future), result in zip(batch, results, strict=True):
+                failed = isinstance(result, BaseException)
                 if isinstance(future, asyncio.Future):
-                    by_loop.setdefault(future.get_loop(), []).append((future, result))
-                elif isinstance(result, BaseException):
+                    on_loops.append((future, result, failed))
+                elif failed:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-            for loop, settled in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, settled)
-                except RuntimeError:  # that loop has closed: nobody is waiting any more
-                    pass
+            deliver(on_loops)
             if stopping:
                 return
 
 
-def _settle(settled: list[tuple[asyncio.Future, Any]]) -> None:
-    for future, result in settled:
+def deliver(settled: list[tuple[asyncio.Future, Any, bool]]) -> None:
+    """From a worker thread: settle event-loop futures, each ``(future, result, failed)``, with
+    one wake-up per loop (``call_soon_threadsafe``) instead of one per future."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, bool]]] = {}
+    for item in settled:
+        by_loop.setdefault(item[0].get_loop(), []).append(item)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:  # that loop has closed: nobody is waiting any more
+            pass
+
+
+def _settle(settled: list[tuple[asyncio.Future, Any, bool]]) -> None:
+    for future, outcome, failed in settled:
         if future.done():  # the awaiting request was cancelled (its client hung up)
             continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
+        if failed:
+            future.set_exception(outcome)
         else:
-            future.set_result(result)
+            future.set_result(outcome)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from stories import at, blob, check_consistent, envelope, new_id
 
 from ledger.commands import CancelTask, CreateTask
 from ledger.errors import TaskNotFound
 from ledger.handler import Request
 from ledger.log import stream_id_for
 from ledger.writer import Writer
-from stories import at, blob, check_consistent, envelope, new_id
 
 
 def create_request(task_id, data=b"file", after_append=None):
