@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ledger.writer import deliver
+from ledger.writer import deliver, take_waiting
 
 T = TypeVar("T")
 
@@ -46,20 +46,9 @@ class ReadPool:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            jobs, stopping = take_waiting(self._queue, self.max_batch)
+            if not jobs:
                 return
-            jobs = [job]
-            stopping = False
-            while len(jobs) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                jobs.append(nxt)
             settled: list[tuple[asyncio.Future, Any, bool]] = []
             for fn, args, future in jobs:
                 try:

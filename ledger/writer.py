@@ -60,20 +60,9 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            batch, stopping = take_waiting(self._queue, self.max_batch)
+            if not batch:
                 return
-            batch = [item]
-            stopping = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
             try:
                 results = self.handler.execute_batch([request for request, _ in batch])
             except BaseException as exc:  # noqa: BLE001 - every caller must hear of it
@@ -92,6 +81,24 @@ class Writer:
             deliver(on_loops)
             if stopping:
                 return
+
+
+def take_waiting(source: queue.SimpleQueue, limit: int) -> tuple[list[Any], bool]:
+    """Block for one item, then take every item already waiting (up to ``limit``). ``None`` in
+    the queue means stop: the items before it are returned with ``stopping`` set."""
+    first = source.get()
+    if first is None:
+        return [], True
+    items = [first]
+    while len(items) < limit:
+        try:
+            nxt = source.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is None:
+            return items, True
+        items.append(nxt)
+    return items, False
 
 
 def deliver(settled: list[tuple[asyncio.Future, Any, bool]]) -> None:
