@@ -19,29 +19,9 @@ from ledger.commands import ClaimTask, CompleteTask, FailTask
 from ledger.events import blob_ref
 from ledger.log import Actor, Envelope, stream_id_for
 from projections.store import Store
+from tests.support import chunkr_output
 
 FILE = base64.b64encode(b"hello, ledger\n").decode()
-
-
-def chunkr_output(file_name: str = "a.txt", text: str = "hello, ledger") -> dict[str, Any]:
-    """An output blob shaped as Chunkr's, with every field the chunkr-ai 0.3.7 SDK requires."""
-    segment = {
-        "bbox": {"left": 0.0, "top": 0.0, "width": 100.0, "height": 20.0},
-        "content": text,
-        "text": text,
-        "page_height": 792.0,
-        "page_width": 612.0,
-        "page_number": 1,
-        "segment_id": str(uuid.uuid4()),
-        "segment_type": "Text",
-        "confidence": None,
-    }
-    return {
-        "chunks": [{"chunk_id": str(uuid.uuid4()), "chunk_length": 2, "segments": [segment]}],
-        "file_name": file_name,
-        "page_count": 1,
-        "pdf_url": None,
-    }
 
 
 class Ledger:

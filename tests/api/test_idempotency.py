@@ -7,7 +7,6 @@ import threading
 import uuid
 
 import httpx
-import pytest
 
 BODY = {"file": base64.b64encode(b"idempotent\n").decode(), "file_name": "a.txt"}
 

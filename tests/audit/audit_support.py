@@ -14,21 +14,20 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.server import Server, create_key  # noqa: F401 - for the test modules
+from tests.support import chunkr_output, wait_for  # noqa: F401 - wait_for for the test modules
 
 ROOT = Path(__file__).resolve().parents[2]
-FILE = base64.b64encode(b"hello, audit\n").decode()
+TEXT = "hello, audit"
+FILE = base64.b64encode(f"{TEXT}\n".encode()).decode()
 #: ``taskledger`` as a command line: ``[*TASKLEDGER, "verify", "--db", path]``.
 TASKLEDGER = [sys.executable, "-m", "scripts.cli"]
 
@@ -102,26 +101,6 @@ def feed_all(client: httpx.Client, *, limit: int = 1000, **params: Any) -> list[
         after = page["next_after"]
 
 
-def chunkr_output(file_name: str = "a.txt", text: str = "hello, audit") -> dict[str, Any]:
-    """An output shaped as Chunkr's, with one chunk holding one segment."""
-    segment = {
-        "bbox": {"left": 0.0, "top": 0.0, "width": 100.0, "height": 20.0},
-        "content": text,
-        "page_height": 792.0,
-        "page_width": 612.0,
-        "page_number": 1,
-        "segment_id": str(uuid.uuid4()),
-        "segment_type": "Text",
-        "confidence": None,
-    }
-    return {
-        "chunks": [{"chunk_id": str(uuid.uuid4()), "chunk_length": 2, "segments": [segment]}],
-        "file_name": file_name,
-        "page_count": 1,
-        "pdf_url": None,
-    }
-
-
 # -- driving tasks over HTTP ------------------------------------------------------------------
 
 
@@ -178,11 +157,11 @@ class Tasks:
         """A new task, claimed and completed; the complete response."""
         task = self.create(**fields)
         self.claim(task["task_id"])
-        return self.complete(task["task_id"], output or chunkr_output())
+        return self.complete(task["task_id"], output or chunkr_output(text=TEXT))
 
     def story(self) -> Story:
         """create -> claim -> succeed -> update (target_length 7) -> cancel the update."""
-        output = chunkr_output()
+        output = chunkr_output(text=TEXT)
         created = self.create(expires_in=3600)
         task_id = created["task_id"]
         claimed = self.claim(task_id)
@@ -271,12 +250,3 @@ class Burst:
         return event["type"] == "task_created" and event["data"].get("file_name") == self.marker
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger.commands import CancelTask, ClaimTask, CreateTask
-from ledger.errors import ConcurrencyConflict, InvalidTransition, LedgerError
+from ledger.errors import ConcurrencyConflict, LedgerError
 from ledger.events import Cancelled, Claimed, TaskCreated
 from ledger.handler import Request
 from ledger.log import stream_id_for

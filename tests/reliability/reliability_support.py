@@ -19,15 +19,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import pytest
 
 from api import keys as key_store
+from tests.support import wait_for  # noqa: F401 - for the test modules
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -36,19 +35,6 @@ T = TypeVar("T")
 SOAK = os.environ.get("TASKLEDGER_SOAK") == "1"
 
 FILE = base64.b64encode(b"hello reliability\n").decode()
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
-        time.sleep(interval)
 
 
 # -- the database file ------------------------------------------------------------------------
