@@ -3,11 +3,11 @@ per-request machinery.
 
 Litestar builds a ``Request``, resolves dependencies, validates a signature model and converts
 the handler's return value for every call of a handler that takes parameters: about half the CPU
-a request costs here (measured in BENCHMARKS.md). The routes that carry the load (create, get,
+a request costs here (measured in BENCHMARKS.md). The routes that carry the load (create, get, list,
 cancel, update, delete and the worker routes) therefore take no parameters. Litestar still routes
 them (``scope["path_params"]``), documents them, and maps their errors; they read what they need
 from the ``Call`` that ``api.requestlog``'s middleware puts in a context variable for every
-request, and return an ``ASGIResponse`` built from bytes.
+request, and return a ``RawResponse`` built from bytes.
 """
 
 from __future__ import annotations

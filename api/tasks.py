@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import Parameter
+from litestar import Controller, delete, get, patch, post
 
 from api.call import Call, RawResponse, current, new_task_id
 from api.call import respond as respond_with
@@ -42,10 +41,6 @@ from ledger.state import TaskState
 MAX_LIST_LIMIT = 1000
 #: Past this the offset (page - 1) * limit no longer fits SQLite's 64-bit integers.
 MAX_PAGE = 2**31 - 1
-#: An RFC 3339 time in the query string, parsed by ``parse_time`` (Litestar's own conversion
-#: would also take a bare number, as a Unix time, which the schema does not promise).
-TimeQuery = Annotated[str | None, Parameter(schema_extra={"format": "date-time"})]
-TEXT = "text/plain"
 
 
 def require_role(caller: Caller, *roles: str, action: str) -> None:
@@ -312,6 +307,58 @@ class TaskController(Controller):
         )
 
 
+def query_int(call: Call, name: str) -> int | None:
+    value = call.query.get(name)
+    if value is None:
+        return None
+    digits = value[1:] if value[:1] in "+-" else value
+    if not digits.isdigit() or len(digits) > 18:
+        raise BadRequest(f"Invalid request: {name}: expected a whole number, not {value!r}")
+    return int(value)
+
+
+def list_page(
+    runtime: Runtime,
+    caller: Caller,
+    base_url: str,
+    limit: int | None,
+    offset: int,
+    start: datetime | None,
+    end: datetime | None,
+    include_chunks: bool,
+) -> Reply:
+    """GET /tasks, run on a reader thread: one keyset-indexed page of the caller's tasks."""
+    reader = runtime.store.log.reader()
+    states = runtime.store.tasks.list(
+        reader, owner=caller.scope, now=now(), limit=limit, offset=offset, start=start, end=end
+    )
+    return json_reply(
+        [
+            render_task(
+                s,
+                base_url=base_url,
+                output=runtime.output_of(s, reader),
+                include_chunks=include_chunks,
+            )
+            for s in states
+        ]
+    )
+
+
+LIST_QUERY = (
+    Query("page", {"type": "integer", "minimum": 1}, "Page number (needs limit)"),
+    Query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+        "Tasks per page",
+    ),
+    Query("start", {"type": "string", "format": "date-time"}, "Created at or after this time"),
+    Query("end", {"type": "string", "format": "date-time"}, "Created before this time"),
+    Query("include_chunks", {"type": "boolean", "default": False}, "Include outputs' chunks"),
+    Query("base64_urls", {"type": "boolean", "default": False}, "Accepted for Chunkr compatibility"),
+)
+
+
 class TasksController(Controller):
     path = "/api/v1/tasks"
     tags = ["tasks"]
@@ -319,22 +366,16 @@ class TasksController(Controller):
     @get(
         "/",
         summary="List tasks, newest first",
-        sync_to_thread=True,
-        responses=responses(400, *AUTH, 403),
+        operation_class=query_params(*LIST_QUERY),
+        responses=responses(400, *AUTH, 403, ok=list[TaskResponse]),
     )
-    def list_tasks(
-        self,
-        request: Request[Any, Any, Any],
-        caller: Caller,
-        runtime: Runtime,
-        page: int | None = None,
-        limit: int | None = None,
-        start: TimeQuery = None,
-        end: TimeQuery = None,
-        include_chunks: bool = False,
-        base64_urls: bool = False,
-    ) -> Response[list[TaskResponse]]:
+    async def list_tasks(self) -> RawResponse:
+        call = current()
+        caller = call.caller()
         require_role(caller, "user", "admin", action="list tasks")
+        page, limit = query_int(call, "page"), query_int(call, "limit")
+        include_chunks = query_bool(call, "include_chunks", False)
+        query_bool(call, "base64_urls", False)  # accepted (and checked) for Chunkr's clients
         if page is not None and limit is None:
             raise BadRequest("Limit is required when page is provided")
         if page is not None and page < 1:
@@ -343,26 +384,11 @@ class TasksController(Controller):
             raise BadRequest(f"page must be at most {MAX_PAGE}")
         if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
-        start_at, end_at = parse_time("start", start), parse_time("end", end)
+        start_at = parse_time("start", call.query.get("start"))
+        end_at = parse_time("end", call.query.get("end"))
         offset = (page - 1) * limit if page is not None and limit is not None else 0
-        states = runtime.store.tasks.list(
-            runtime.store.log.reader(),
-            owner=caller.scope,
-            now=now(),
-            limit=limit,
-            offset=offset,
-            start=start_at,
-            end=end_at,
+        reply = await call.runtime.reads.run(
+            list_page, call.runtime, caller, call.base_url(), limit, offset, start_at, end_at,
+            include_chunks,
         )
-        base_url = current().base_url()
-        tasks = [
-            render_task(
-                s,
-                base_url=base_url,
-                output=runtime.output_of(s),
-                include_chunks=include_chunks,
-            )
-            for s in states
-        ]
-        return json_reply(tasks).to_response()
-
+        return respond_with(reply)

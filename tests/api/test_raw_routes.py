@@ -24,6 +24,11 @@ def test_the_schema_documents_what_the_raw_routes_read(server):
     claim = spec["paths"]["/api/v1/worker/claim"]["post"]
     assert claim["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ClaimedTaskResponse")
+    listing = spec["paths"]["/api/v1/tasks"]["get"]
+    params = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert params["limit"] == {"type": "integer", "minimum": 1, "maximum": 1000}
+    assert params["start"] == {"type": "string", "format": "date-time"}
+    assert listing["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "array"
     cancel = spec["paths"]["/api/v1/task/{task_id}/cancel"]["get"]
     assert "text/plain" in cancel["responses"]["200"]["content"]
 
