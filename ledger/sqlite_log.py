@@ -5,13 +5,18 @@
 * ``UNIQUE(stream_id, version)`` gives optimistic concurrency; the driver's IntegrityError becomes
   ConcurrencyConflict here and nowhere else.
 * Writes go through one connection per process, serialised by a lock, inside ``BEGIN IMMEDIATE``;
-  several processes on one file are serialised by SQLite's own lock (with a busy timeout).
+  several processes on one file take turns through an exclusive ``flock`` on a side file
+  (``<db>-writelock``) before they begin, so a process waiting for the write lock sleeps in the
+  kernel until it is free instead of polling in SQLite's busy handler (which sleeps up to 100 ms
+  a try). SQLite's own lock (with a busy timeout) still guards against writers that don't take
+  the side lock, such as the command-line tools.
 * Reads use a connection per thread and never wait for the writer (WAL).
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +36,11 @@ from ledger.errors import (
 )
 from ledger.events import AnyEvent, BlobRef, blob_ref, tag_of
 from ledger.log import Actor, Envelope, RecordedEvent
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite's busy timeout alone serialises the processes
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -129,6 +139,43 @@ def row_to_recorded(row: tuple) -> RecordedEvent:
     )
 
 
+class ProcessWriteLock:
+    """An exclusive ``flock`` on ``<db>-writelock`` that the writers of every process on one
+    database take around their write transactions. ``flock`` blocks in the kernel (the GIL
+    released) and wakes the next process the moment the lock is let go; without it, a process
+    that finds the database locked polls in SQLite's busy handler, sleeping 1, 2, 5 ... 100 ms
+    between tries, and two busy server processes spend much of their time asleep. The lock dies
+    with its process, so a crashed writer never leaves it held. Re-entrant within the thread that
+    holds the log's write lock (callers hold that lock around acquire/release)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = Path(f"{db_path}-writelock")
+        self._fd: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        if fcntl is None:
+            return
+        if self._depth == 0:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._depth += 1
+
+    def release(self) -> None:
+        if fcntl is None or self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._depth = 0
+
+
 class SqliteLog:
     """The EventLog on one SQLite file. ``schemas`` are the projections' CREATE ... IF NOT EXISTS
     scripts, run in the same transaction as the log's own schema."""
@@ -146,6 +193,7 @@ class SqliteLog:
         self.busy_timeout_ms = busy_timeout_ms
         self._writer = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
         self._write_lock = threading.RLock()
+        self._process_lock = ProcessWriteLock(self.path)
         #: (last position, its hash, its recorded_at) as this transaction left them: appends
         #: after the first in one transaction skip two reads. Only valid while the write
         #: transaction that set it is open (cleared at BEGIN, COMMIT, ROLLBACK, ROLLBACK TO).
@@ -165,6 +213,24 @@ class SqliteLog:
     # -- transactions -----------------------------------------------------------------------
 
     @contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """This process's turn to write: the in-process write lock and the cross-process one.
+        Transactions opened inside it don't wait again. The group-commit writer takes its turn
+        before it collects a batch, so commands that arrive while another process writes join
+        this batch instead of waiting for the next."""
+        with self._write_lock:
+            try:
+                self._process_lock.acquire()
+            except OSError as exc:
+                raise StorageUnavailable(
+                    f"The database cannot be written right now (write lock {exc})"
+                ) from exc
+            try:
+                yield
+            finally:
+                self._process_lock.release()
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the write connection; ROLLBACK on any error."""
         with self._write_lock:
@@ -173,28 +239,29 @@ class SqliteLog:
                 yield conn
                 return
             self._head = None
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise storage_error(exc) from exc
-            try:
-                yield conn
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise storage_error(exc) from exc
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            finally:
-                self._head = None
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise storage_error(exc) from exc
+            with self.write_turn():
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise storage_error(exc) from exc
+                try:
+                    yield conn
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise storage_error(exc) from exc
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._head = None
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise storage_error(exc) from exc
 
     @contextmanager
     def savepoint(self, tx: sqlite3.Connection, name: str) -> Iterator[None]:
@@ -545,4 +612,5 @@ class SqliteLog:
             self._readers.clear()
         with self._write_lock:
             self._writer.close()
+            self._process_lock.close()
         self._local = threading.local()

@@ -13,6 +13,7 @@ import asyncio
 import queue
 import threading
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ledger.handler import CommandHandler, Outcome, Request
@@ -58,13 +59,22 @@ class Writer:
             self._queue.put(None)
             self._thread.join(timeout)
 
+    def _turn(self) -> AbstractContextManager[Any]:
+        turn = getattr(self.handler.log, "write_turn", None)
+        return turn() if turn is not None else nullcontext()
+
     def _run(self) -> None:
         while True:
-            batch, stopping = take_waiting(self._queue, self.max_batch)
-            if not batch:
+            first = self._queue.get()
+            if first is None:
                 return
+            batch, stopping = [first], False
             try:
-                results = self.handler.execute_batch([request for request, _ in batch])
+                # Wait for this process's turn to write first, then collect the batch: what
+                # arrives while another process holds the database joins this transaction.
+                with self._turn():
+                    batch, stopping = take_more(self._queue, first, self.max_batch)
+                    results = self.handler.execute_batch([request for request, _ in batch])
             except BaseException as exc:  # noqa: BLE001 - every caller must hear of it
                 results = [exc] * len(batch)
             self.batches += 1
@@ -89,6 +99,12 @@ def take_waiting(source: queue.SimpleQueue, limit: int) -> tuple[list[Any], bool
     first = source.get()
     if first is None:
         return [], True
+    return take_more(source, first, limit)
+
+
+def take_more(source: queue.SimpleQueue, first: Any, limit: int) -> tuple[list[Any], bool]:
+    """``first`` and every item already waiting behind it (up to ``limit`` in all); ``None``
+    means stop, as in take_waiting."""
     items = [first]
     while len(items) < limit:
         try:
