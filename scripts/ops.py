@@ -326,8 +326,12 @@ def backup(db_path: Path | None, destination: Path) -> None:
 @click.option("--seconds", default=5.0, show_default=True, type=float, help="Length of each HTTP scenario.")
 @click.option("--concurrency", multiple=True, type=int, default=(1, 32), show_default=True, help="Concurrent clients (repeat the option for several).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True, help="Where bench.json and bench.md go.")
+@click.option("--workers", multiple=True, type=int, default=(1, 2), show_default=True, help="Server processes to run each server with (repeat the option for several; counts above 1 run at the highest concurrency only).")
 @click.option("--quick", is_flag=True, help="Small sizes and short scenarios: a smoke test, not a measurement.")
-def bench(events: int, seconds: float, concurrency: tuple[int, ...], out: Path, quick: bool) -> None:
+def bench(
+    events: int, seconds: float, concurrency: tuple[int, ...], workers: tuple[int, ...], out: Path,
+    quick: bool,
+) -> None:
     """Measure taskledger side by side with a floor app and the eventsourcing library.
 
     Needs the bench extra (pip install -e '.[bench]'). Everything runs on 127.0.0.1 and stops by
@@ -344,6 +348,6 @@ def bench(events: int, seconds: float, concurrency: tuple[int, ...], out: Path, 
     report = runner.run(
         events=events, seconds=seconds, concurrency=list(concurrency), out=out,
         small_events=min(10_000, events), get_requests=300 if quick else 3000,
-        echo=lambda line: err.print(line),
+        echo=lambda line: err.print(line), workers=list(workers),
     )
     click.echo(runner.markdown(report))

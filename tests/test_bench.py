@@ -15,8 +15,12 @@ def test_a_small_benchmark_run_reports_every_figure(tmp_path):
         events=1500, seconds=0.3, concurrency=[1, 4], out=tmp_path, small_events=600,
         get_requests=50, echo=lambda line: None,
     )
-    routes = {(row["target"], row["route"], row["concurrency"]) for row in report["http"]}
-    for concurrency in (1, 4):
+    routes = {
+        (row["target"], row["route"], row["concurrency"], row["processes"])
+        for row in report["http"]
+    }
+    # One process at every concurrency; two worker processes at the highest only.
+    for concurrency, processes in ((1, 1), (4, 1), (4, 2)):
         for target, route in [
             ("taskledger", "create"), ("taskledger", "get"), ("taskledger", "cancel"),
             ("taskledger", "claim+complete"), ("taskledger", "list"),
@@ -24,7 +28,7 @@ def test_a_small_benchmark_run_reports_every_figure(tmp_path):
             ("eventsourcing", "create"), ("eventsourcing", "get"),
             ("eventsourcing", "cancel"), ("eventsourcing", "claim"),
         ]:
-            assert (target, route, concurrency) in routes
+            assert (target, route, concurrency, processes) in routes
     for row in report["http"]:
         assert row["requests"] > 0, row
         assert row["errors"] == 0, row
@@ -35,7 +39,16 @@ def test_a_small_benchmark_run_reports_every_figure(tmp_path):
         assert ip[figure]["events_per_s"] > 0
     assert ip["get_small"]["requests"] == 50 and ip["get_large"]["requests"] == 50
     assert report["server"]["peak_rss_mb"] > 0
+    assert report["server"]["peak_rss_mb_2"] > 0  # the two-process run is measured too
     assert len(report["targets"]) == 9
+    # A ratio compares each side's better configuration and says which it was.
+    create_vs_peer = report["targets"][0]
+    best = max((r for r in report["http"] if (r["target"], r["route"], r["concurrency"])
+                == ("taskledger", "create", 4)), key=lambda r: r["rps"])
+    assert f"{best['rps']:,} vs" in create_vs_peer["basis"]
+    assert f"processes {best['processes']} vs" in create_vs_peer["basis"]
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["targets"] == report["targets"]
-    assert "| target | value | goal | met |" in (tmp_path / "bench.md").read_text()
+    table = (tmp_path / "bench.md").read_text()
+    assert "| target | value | goal | met | from |" in table
+    assert "| taskledger | create | 2 | 4 |" in table

@@ -66,3 +66,25 @@ def test_query_values_are_checked(alice, create):
         assert name in response.text and response.headers["content-type"].startswith("text/plain")
     assert alice.get(f"/task/{task['task_id']}?include_chunks=false&base64_urls=true").status_code == 200
     assert alice.get(f"/task/{task['task_id']}?as_of_version=1").json()["status"] == "Starting"
+
+
+def test_task_ids_are_time_ordered_uuids(server, alice, create):
+    import uuid
+
+    from api.call import new_task_id
+
+    made = []
+    for _ in range(3):
+        made.append(create(alice)["task_id"])
+        time.sleep(0.002)  # the next id falls in a later millisecond
+    for task_id in made:
+        parsed = uuid.UUID(task_id)
+        assert str(parsed) == task_id  # canonical lower-case form, as the SDK expects
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert made == sorted(made)
+    # Within one millisecond the random part decides the order, so only uniqueness holds there.
+    many = [new_task_id() for _ in range(20_000)]
+    assert len(set(many)) == len(many)
+    stamps = [int(i.replace("-", "")[:12], 16) for i in many]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] - time.time() * 1000) < 60_000
