@@ -182,6 +182,8 @@ class Runtime:
         blobs: Sequence[bytes] = (),
         body: bytes = b"",
         precheck: Callable[[], object] | None = None,
+        fields: dict[str, Any] | None = None,
+        idempotent: bool = True,
     ) -> Reply:
         """Run a command through group commit and answer it, honouring Idempotency-Key.
 
@@ -189,9 +191,11 @@ class Runtime:
         reads that must see the command's own writes), so an idempotent retry gets the very same
         bytes. ``precheck`` runs on the read pool before the command (and after an idempotent
         replay), for checks that need the clock, which the decider never reads. The outcome goes
-        on the request's log line (``call.fields``)."""
-        fields = call.fields
-        idem_key = call.headers.get("idempotency-key")
+        on the request's log line (``call.fields``, or ``fields`` when given). A second command
+        in the same request (a claim after a complete) passes ``idempotent=False``: the request's
+        Idempotency-Key belongs to its first command."""
+        fields = call.fields if fields is None else fields
+        idem_key = call.headers.get("idempotency-key") if idempotent else None
         stored_fp = None
         if idem_key is not None:
             idem_key = idem_key.strip()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import unicodedata
 import binascii
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -203,6 +203,13 @@ class ClaimedTaskResponse(TaskResponse, kw_only=True):
     worker_id: str | None
 
 
+class FinishedTaskResponse(TaskResponse, kw_only=True):
+    """What complete and fail answer: the task afterwards and, only when the body asked for
+    ``claim_next``, the task claimed next for the same worker (null when none was waiting)."""
+
+    next: ClaimedTaskResponse | None = None
+
+
 def render_task(
     state: TaskState,
     *,
@@ -299,11 +306,18 @@ class CompleteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker_id: WorkerId
     #: Chunkr-shaped output: ``chunks[].segments[]`` with every field the SDK needs.
     output: dict[str, Any]
+    #: Also claim the oldest claimable task for this worker, answered as ``next`` (one round
+    #: trip instead of two; no waiting: null when the queue is empty).
+    claim_next: bool = False
+    #: The lease of the task claimed next (the server's default when absent).
+    lease_seconds: PositiveInt | None = None
 
 
 class FailBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker_id: WorkerId
     error: Annotated[str, Meta(min_length=1, max_length=10_000)]
+    claim_next: bool = False
+    lease_seconds: PositiveInt | None = None
 
 
 class LeaseResponse(msgspec.Struct, kw_only=True):

@@ -7,11 +7,13 @@ other gets 409 and nothing is appended. Claims hand out the oldest claimable tas
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import quote
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
+import msgspec
 from litestar import Controller, get, post
 
 from api.call import Call, RawResponse, current, respond
@@ -24,6 +26,7 @@ from api.schemas import (
     ClaimedTaskResponse,
     CompleteBody,
     FailBody,
+    FinishedTaskResponse,
     HeartbeatBody,
     LeaseResponse,
     ReleaseBody,
@@ -35,11 +38,9 @@ from api.schemas import (
 from api.tasks import require_role, task_reply, visible
 from ledger.commands import ClaimTask, CompleteTask, ExtendLease, FailTask, ReleaseTask
 from ledger.errors import TaskNotFound
-from ledger.events import PROCESSING, blob_ref
+from ledger.events import PROCESSING, BlobRef, blob_ref
 from ledger.handler import NothingToDo, Outcome
 from ledger.state import TaskState
-
-import msgspec
 
 
 async def finish(
@@ -49,13 +50,94 @@ async def finish(
     raw: bytes,
     *,
     blobs: list[bytes] | None = None,
+    written: tuple[BlobRef, dict[str, Any]] | None = None,
+    claim_next: bool = False,
+    lease: int | None = None,
 ) -> RawResponse:
-    """Run a lease holder's finishing command and answer the task as it is afterwards."""
+    """Run a lease holder's finishing command and answer the task as it is afterwards; with
+    ``claim_next``, then claim the oldest claimable task for the same worker and add it to the
+    answer as ``next`` (null when the queue is empty)."""
     runtime = call.runtime
+    # Checked before the finish runs: a 400 must mean that nothing was done.
+    next_lease = lease_seconds(runtime, lease) if claim_next else 0
     reply = await runtime.execute(
-        call, caller, command, task_reply(runtime, call.base_url()), blobs=blobs or (), body=raw
+        call, caller, command, task_reply(runtime, call.base_url(), written=written),
+        blobs=blobs or (), body=raw,
     )
-    return respond(reply)
+    if not claim_next or call.fields.get("outcome") == "replayed":
+        # A retry answered from its Idempotency-Key gets the finish's stored answer and claims
+        # nothing: the key covers the finish, not the claim after it (a task the first attempt
+        # claimed stays leased to the worker until its lease runs out, as after a lost claim).
+        return respond(reply)
+    claimed = await claim_for_next(call, caller, command.worker_id, next_lease)
+    return respond(with_next(reply, claimed))
+
+
+async def claim_for_next(call: Call, caller: Caller, worker_id: str, seconds: int) -> bytes:
+    """Claim for a worker that just finished a task, without waiting: the claimed task's JSON,
+    or ``null``. The finishing command has committed by now, so a failure here (the disk, say)
+    does not undo it: the answer says ``next: null`` and the log line says why; the worker's
+    next plain claim will meet the same trouble and be told."""
+    runtime = call.runtime
+    fields: dict[str, Any] = {}
+    try:
+        reply = await runtime.execute(
+            call, caller, runtime.store.claim_source(claim_maker(worker_id, seconds)),
+            claimed_reply(call.base_url()), fields=fields, idempotent=False,
+        )
+    except NothingToDo:
+        call.fields["next_outcome"] = "NothingToDo"
+        return b"null"
+    except Exception as exc:  # noqa: BLE001 - the finish stands; see the docstring
+        call.fields["next_outcome"] = type(exc).__name__
+        return b"null"
+    call.fields["next_task_id"] = fields.get("task_id")
+    call.fields["next_outcome"] = fields.get("outcome")
+    return reply.body
+
+
+def with_next(reply: Reply, claimed: bytes) -> Reply:
+    """The finished task's JSON object with ``"next": <claimed>`` added as its last member."""
+    body = reply.body
+    if reply.status_code != 200 or not body.endswith(b"}"):
+        return reply
+    return Reply(reply.status_code, reply.media_type, body[:-1] + b',"next":' + claimed + b"}")
+
+
+def claim_maker(
+    worker_id: str, seconds: int, gone: asyncio.Task[None] | None = None
+) -> Callable[[str], ClaimTask | None]:
+    """What the queue's head becomes inside the write transaction: a claim for ``worker_id``
+    leased for ``seconds`` from the moment it is decided; nothing if the worker has hung up
+    (``gone``) while the claim waited in the writer's queue."""
+
+    def make_claim(task_id: str) -> ClaimTask | None:
+        if gone is not None and gone.done():
+            return None
+        at = now()
+        return ClaimTask(
+            task_id=task_id,
+            at=at,
+            worker_id=worker_id,
+            lease_until=at + timedelta(seconds=seconds),
+        )
+
+    return make_claim
+
+
+def claimed_reply(base_url: str) -> Callable[[Outcome, Any], Reply]:
+    def respond_claimed(outcome: Outcome, tx: Any) -> Reply:
+        state = outcome.after
+        task = render_task(state, base_url=base_url, output=None, include_chunks=False)
+        claimed = ClaimedTaskResponse(
+            **msgspec.structs.asdict(task),
+            lease_until=state.lease_until,
+            attempt=state.attempt,
+            worker_id=state.worker_id,
+        )
+        return json_reply(claimed)
+
+    return respond_claimed
 
 
 def queue_has_work(runtime: Runtime) -> bool:
@@ -126,32 +208,9 @@ class WorkerController(Controller):
         seconds = lease_seconds(runtime, body.lease_seconds)
         wait = min(body.wait_seconds, runtime.settings.max_wait_seconds)
         deadline = time.monotonic() + wait
-
-        gone: asyncio.Task[None] | None = None
-
-        def make_claim(task_id: str) -> ClaimTask | None:
-            if gone is not None and gone.done():
-                return None  # the worker hung up while this claim waited in the writer's queue
-            at = now()
-            return ClaimTask(
-                task_id=task_id,
-                at=at,
-                worker_id=body.worker_id,
-                lease_until=at + timedelta(seconds=seconds),
-            )
-
-        def respond_claimed(outcome: Outcome, tx: Any) -> Reply:
-            state = outcome.after
-            task = render_task(state, base_url=base_url, output=None, include_chunks=False)
-            claimed = ClaimedTaskResponse(
-                **msgspec.structs.asdict(task),
-                lease_until=state.lease_until,
-                attempt=state.attempt,
-                worker_id=state.worker_id,
-            )
-            return json_reply(claimed)
-
         gone = watch_disconnect(call) if wait > 0 else None
+        make_claim = claim_maker(body.worker_id, seconds, gone)
+        respond_claimed = claimed_reply(base_url)
         if gone is not None:
             # Let the watcher see a hang-up that happened before this handler ran (a busy server
             # may read a request whose client has already given up).
@@ -218,7 +277,7 @@ class WorkerController(Controller):
         status_code=200,
         summary="Finish a task: Succeeded",
         operation_class=json_body(CompleteBody),
-        responses=responses(*WRITE, 409, 413, ok=TaskResponse),
+        responses=responses(*WRITE, 409, 413, ok=FinishedTaskResponse),
     )
     async def complete(self) -> RawResponse:
         call = current()
@@ -235,22 +294,17 @@ class WorkerController(Controller):
         data = msgspec.json.encode(output)
         ref = blob_ref(data)
         command = CompleteTask(task_id=task_id, at=now(), worker_id=body.worker_id, output=ref)
-        reply = await runtime.execute(
-            call,
-            caller,
-            command,
-            task_reply(runtime, call.base_url(), written=(ref, output)),
-            blobs=[data],
-            body=raw,
+        return await finish(
+            call, caller, command, raw, blobs=[data], written=(ref, output),
+            claim_next=body.claim_next, lease=body.lease_seconds,
         )
-        return respond(reply)
 
     @post(
         "/task/{task_id:str}/fail",
         status_code=200,
         summary="Finish a task: Failed",
         operation_class=json_body(FailBody),
-        responses=responses(*WRITE, 409, 413, ok=TaskResponse),
+        responses=responses(*WRITE, 409, 413, ok=FinishedTaskResponse),
     )
     async def fail(self) -> RawResponse:
         call = current()
@@ -261,7 +315,9 @@ class WorkerController(Controller):
         command = FailTask(
             task_id=call.path_param("task_id"), at=now(), worker_id=body.worker_id, error=body.error
         )
-        return await finish(call, caller, command, raw)
+        return await finish(
+            call, caller, command, raw, claim_next=body.claim_next, lease=body.lease_seconds
+        )
 
     @post(
         "/task/{task_id:str}/release",
