@@ -104,21 +104,35 @@ class CommandHandler:
             raise result
         return result
 
-    def execute_batch(self, requests: Sequence[Request]) -> list[Outcome | BaseException]:
+    def execute_batch(
+        self,
+        requests: Sequence[Request],
+        *,
+        begun: Callable[[], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> list[Outcome | BaseException]:
         """Run every request in one transaction. Each result is an Outcome or the exception that
         refused that request; if the transaction cannot begin or commit, or the database rolls
-        it back as a whole, every request gets that error (none of them is done)."""
+        it back as a whole, every request gets that error (none of them is done).
+        ``begun`` is called once the transaction has begun (each time, if the batch is rerun
+        guarded), ``before_commit`` once every command has run, just before COMMIT."""
+        hooks = {"begun": begun, "before_commit": before_commit}
         try:
-            return self._execute_batch(requests, guarded=False)
+            return self._execute_batch(requests, guarded=False, **hooks)
         except _PartlyWritten:
             pass
         try:
-            return self._execute_batch(requests, guarded=True)
+            return self._execute_batch(requests, guarded=True, **hooks)
         except Exception as exc:  # the transaction could not begin or commit, or was lost
             return [exc for _ in requests]
 
     def _execute_batch(
-        self, requests: Sequence[Request], *, guarded: bool
+        self,
+        requests: Sequence[Request],
+        *,
+        guarded: bool,
+        begun: Callable[[], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> list[Outcome | BaseException]:
         """One transaction over ``requests``. Unguarded, a command that fails after writing
         raises _PartlyWritten (the transaction is rolled back); guarded, each command runs in
@@ -126,6 +140,8 @@ class CommandHandler:
         results: list[Outcome | BaseException] = []
         try:
             with self.log.transaction() as tx:
+                if begun is not None:
+                    begun()
                 if self.clock is not None:
                     stamp = self.clock()
                     requests = [
@@ -153,6 +169,8 @@ class CommandHandler:
                         results.append(self._write(tx, request, *planned))
                     except Exception as exc:
                         raise _PartlyWritten() from exc
+                if before_commit is not None:
+                    before_commit()
         except _PartlyWritten:
             raise
         except Exception as exc:  # the transaction could not begin or commit, or was lost

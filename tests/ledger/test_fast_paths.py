@@ -5,6 +5,7 @@ loop with one wake-up per batch, including errors and requests given up meanwhil
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from stories import at, blob, check_consistent, envelope, new_id
@@ -94,4 +95,90 @@ def test_submit_async_settles_results_and_errors_on_the_loop(store):
     assert all(o.after.status == "Starting" for o in outcomes)
     # Every command ran, including the one whose caller gave up waiting.
     assert writer.commands == 22
+    check_consistent(store)
+
+
+def test_the_hooks_run_after_begin_and_just_before_commit(store):
+    statements = traced(store)
+    seen: list[str] = []
+    results = store.handler.execute_batch(
+        [create_request(new_id(), b"one"), create_request(new_id(), b"two")],
+        begun=lambda: seen.append(f"begun after {statements[-1]!r}"),
+        before_commit=lambda: seen.append(f"before_commit after {len(statements)} statements"),
+    )
+    assert all(not isinstance(r, BaseException) for r in results)
+    assert seen[0] == "begun after 'BEGIN IMMEDIATE'"
+    # Called once every command has written, before COMMIT (the last statement of the batch).
+    assert seen[1] == f"before_commit after {statements.index('COMMIT')} statements"
+
+
+class Ticker:
+    """Counts the turns an event loop takes, to see when it is parked."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.running = True
+
+    async def run(self) -> None:
+        while self.running:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+
+def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
+    writer = Writer(store.handler)
+    ticker = Ticker()
+    during: list[int] = []
+    at_commit: list[int] = []
+
+    def slow_reply(tx, outcome):
+        # Runs in the writer, between the transaction's start and its COMMIT.
+        time.sleep(0.1)  # time for the loop to reach the park callback
+        during.append(ticker.turns)
+        time.sleep(0.2)
+        during.append(ticker.turns)
+        return "reply"
+
+    def commit_trace(sql: str) -> None:
+        if sql == "COMMIT":
+            time.sleep(0.2)  # the loop runs again while COMMIT goes on
+            at_commit.append(ticker.turns)
+
+    async def main():
+        ticking = asyncio.ensure_future(ticker.run())
+        await asyncio.sleep(0.01)
+        store.log._writer.set_trace_callback(commit_trace)
+        outcome = await writer.submit_async(create_request(new_id(), b"slow", slow_reply))
+        ticker.running = False
+        await ticking
+        return outcome
+
+    try:
+        outcome = asyncio.run(main())
+    finally:
+        writer.stop()
+    assert outcome.extra == "reply"
+    assert during[0] == during[1], "the loop kept running while the batch's commands ran"
+    assert at_commit and at_commit[0] > during[1], "the loop stayed parked during COMMIT"
+
+
+def test_a_failed_batch_never_leaves_the_loop_parked(store):
+    writer = Writer(store.handler)
+
+    def explode(tx, outcome):
+        raise RuntimeError("after the append")
+
+    async def main():
+        failing = writer.submit_async(create_request(new_id(), b"boom", explode))
+        with pytest.raises(RuntimeError):
+            await failing
+        # The loop still runs: timers fire and the next batch is answered.
+        await asyncio.sleep(0.01)
+        return await writer.submit_async(create_request(new_id(), b"after"))
+
+    try:
+        outcome = asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        writer.stop()
+    assert outcome.after.status == "Starting"
     check_consistent(store)
