@@ -102,13 +102,14 @@ class Pause:
     (``start``, called once its transaction has begun), and let them go before COMMIT (``end``).
 
     The writer's commands are short runs of Python between SQLite calls, and each SQLite call
-    gives up the GIL; with the event loop busy in the same process, every call then costs a
-    thread switch to get the GIL back. That about doubled the writer's CPU per command (119
-    against 65 microseconds per create, measured in the server and alone). Parked in a
-    callback that waits on an Event (the GIL released), a loop stops competing for that short
-    while and runs again during COMMIT, whose page writes and fsync need no GIL. The writer
-    never waits for a loop to park: a loop busy with other callbacks parks when it gets to
-    this one, or not at all if the batch is past its commands by then."""
+    gives up the GIL; with the event loop busy in the same process, getting it back costs a
+    thread switch each time (a create cost the writer about 119 microseconds of CPU in the
+    server against 65 alone; the switches are part of that). Parked in a callback that waits
+    on an Event (the GIL released), a loop stops competing for that short while and runs again
+    during COMMIT, whose page writes and fsync need no GIL: about 15% more creates per second
+    from one process, in alternating runs. The writer never waits for a loop to park: a loop
+    busy with other callbacks parks when it gets to this one, or not at all if the batch is
+    past its commands by then."""
 
     def __init__(self, loops: set[asyncio.AbstractEventLoop]) -> None:
         self._loops = loops
