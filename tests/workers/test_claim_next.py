@@ -30,6 +30,15 @@ def claimed(ledger, worker_id: str) -> str:
     return response.json()["task_id"]
 
 
+def finish_off(ledger, held: tuple[str, str], queued: str) -> None:
+    """Leave the queue empty for the next test: fail the task ``held`` (id, worker) and the
+    ``queued`` one (claimed first)."""
+    task_id, holder = held
+    ledger.worker.post(f"/task/{task_id}/fail", json={"worker_id": holder, "error": "cleanup"})
+    assert claimed(ledger, "w-cleanup") == queued
+    ledger.worker.post(f"/task/{queued}/fail", json={"worker_id": "w-cleanup", "error": "cleanup"})
+
+
 def test_complete_claims_the_oldest_waiting_task_for_the_same_worker(ledger):
     first = ledger.create(b"first task")["task_id"]
     second = ledger.create(b"second task")["task_id"]
@@ -88,11 +97,7 @@ def test_a_refused_finish_claims_nothing(ledger):
         "worker_id": "intruder", "output": output_for(b"x"), "claim_next": True})
     assert r.status_code == 409, r.text
     assert ledger.status(waiting) == "Starting"
-    for tid, holder in ((task_id, "holder"), (waiting, None)):
-        if holder is None:
-            assert claimed(ledger, "w-cleanup") == tid
-            holder = "w-cleanup"
-        ledger.worker.post(f"/task/{tid}/fail", json={"worker_id": holder, "error": "cleanup"})
+    finish_off(ledger, (task_id, "holder"), waiting)
 
 
 def test_an_idempotent_retry_replays_the_finish_and_claims_no_second_task(ledger):
@@ -112,11 +117,7 @@ def test_an_idempotent_retry_replays_the_finish_and_claims_no_second_task(ledger
     assert "next" not in retry.json()
     assert ledger.status(third) == "Starting"
     assert ledger.types(task_id).count("succeeded") == 1
-    for tid, holder in ((second, "w-idem"), (third, None)):
-        if holder is None:
-            assert claimed(ledger, "w-cleanup") == tid
-            holder = "w-cleanup"
-        ledger.worker.post(f"/task/{tid}/fail", json={"worker_id": holder, "error": "cleanup"})
+    finish_off(ledger, (second, "w-idem"), third)
 
 
 def test_claim_next_is_in_the_schema_and_checked(ledger):
