@@ -56,3 +56,16 @@ def test_a_small_benchmark_run_reports_every_figure(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| target | value | goal | met | from |" in table
     assert "| taskledger | create | 2 | 4 |" in table
+
+
+def test_the_profile_script_reports_cpu_per_thread_and_the_writer_alone(capsys):
+    from scripts import bench_profile
+
+    bench_profile.main(["writer", "--batches", "5"])
+    bench_profile.main(["threads", "--seconds", "0.5"])
+    out = capsys.readouterr().out
+    assert "us of CPU per create" in out
+    assert "COMMIT" in out and "INSERT INTO events" in out
+    assert "WAL pages written per commit of 32 creates" in out
+    assert "main thread: the event loop" in out
+    assert "floor insert (NORMAL), 1 process, 32 clients" in out
