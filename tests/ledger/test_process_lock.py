@@ -127,8 +127,10 @@ def test_commands_that_arrive_during_another_process_turn_join_one_batch(store):
     other = OtherProcess(lock_path)
     try:
         ids = [new_id() for _ in range(6)]
-        futures = [writer.submit(create(task_id)) for task_id in ids]
-        time.sleep(0.2)  # the writer has taken the first and is waiting for its turn
+        futures = [writer.submit(create(ids[0]))]
+        time.sleep(0.5)  # the writer has taken the first and is waiting for its turn
+        futures += [writer.submit(create(task_id)) for task_id in ids[1:]]
+        time.sleep(0.1)
         assert not any(f.done() for f in futures)
         batches_before = writer.batches
         other.release()
@@ -138,7 +140,34 @@ def test_commands_that_arrive_during_another_process_turn_join_one_batch(store):
         if other.proc.poll() is None:
             other.kill()
         writer.stop()
-    # All six went into the transaction the writer ran once its turn came.
+    # All six went into the transaction the writer ran once its turn came, including the five
+    # that arrived after it had taken the first and begun to wait.
     assert writer.batches - batches_before == 1
     assert writer.commands == 6
     check_consistent(store)
+
+
+def test_a_writer_gives_up_after_the_busy_timeout_and_loses_nothing(tmp_path):
+    from projections.store import Store
+
+    from ledger.errors import StorageUnavailable
+
+    store = Store(tmp_path / "ledger.db", busy_timeout_ms=300)
+    other = OtherProcess(ProcessWriteLock(store.log.path).path)
+    try:
+        task_id = new_id()
+        started = time.monotonic()
+        (result,) = store.handler.execute_batch([create(task_id)])
+        assert isinstance(result, StorageUnavailable), result
+        assert "held its write lock" in str(result)
+        assert 0.25 < time.monotonic() - started < 5
+        assert store.state(task_id) is None  # nothing written
+        other.release()
+        (result,) = store.handler.execute_batch([create(task_id)])
+        assert not isinstance(result, BaseException), result
+        assert store.state(task_id) is not None
+        check_consistent(store)
+    finally:
+        if other.proc.poll() is None:
+            other.kill()
+        store.close()
