@@ -114,15 +114,18 @@ class CommandHandler:
         """Run every request in one transaction. Each result is an Outcome or the exception that
         refused that request; if the transaction cannot begin or commit, or the database rolls
         it back as a whole, every request gets that error (none of them is done).
-        ``begun`` is called once the transaction has begun (each time, if the batch is rerun
-        guarded), ``before_commit`` once every command has run, just before COMMIT."""
-        hooks = {"begun": begun, "before_commit": before_commit}
+        ``begun`` is called once the transaction has begun, ``before_commit`` once every command
+        has run, just before COMMIT, or once the first attempt has failed if the batch is rerun
+        guarded (the rerun calls neither)."""
         try:
-            return self._execute_batch(requests, guarded=False, **hooks)
+            return self._execute_batch(
+                requests, guarded=False, begun=begun, before_commit=before_commit
+            )
         except _PartlyWritten:
-            pass
+            if before_commit is not None:
+                before_commit()
         try:
-            return self._execute_batch(requests, guarded=True, **hooks)
+            return self._execute_batch(requests, guarded=True)
         except Exception as exc:  # the transaction could not begin or commit, or was lost
             return [exc for _ in requests]
 

@@ -14,15 +14,19 @@ import queue
 import threading
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Self
 
 from ledger.handler import CommandHandler, Outcome, Request
 
 
 class Writer:
-    def __init__(self, handler: CommandHandler, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, handler: CommandHandler, *, max_batch: int = 256, pause_limit: float = 0.05
+    ) -> None:
         self.handler = handler
         self.max_batch = max_batch
+        #: The longest an event loop is parked while a batch runs (see Pause).
+        self.pause_limit = pause_limit
         self._queue: queue.SimpleQueue[tuple[Request, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="taskledger-writer", daemon=True)
         self._started = False
@@ -74,7 +78,7 @@ class Writer:
                 # arrives while another process holds the database joins this transaction.
                 with self._turn():
                     batch, stopping = take_more(self._queue, first, self.max_batch)
-                    with Pause.loops_of(batch) as pause:
+                    with Pause.loops_of(batch, self.pause_limit) as pause:
                         results = self.handler.execute_batch(
                             [request for request, _ in batch],
                             begun=pause.start, before_commit=pause.end,
@@ -109,15 +113,19 @@ class Pause:
     during COMMIT, whose page writes and fsync need no GIL: about 15% more creates per second
     from one process, in alternating runs. The writer never waits for a loop to park: a loop
     busy with other callbacks parks when it gets to this one, or not at all if the batch is
-    past its commands by then."""
+    past its commands by then. A loop is never held longer than ``longest`` seconds (a batch of
+    big blobs, say): then it runs again alongside the rest of the batch."""
 
-    def __init__(self, loops: set[asyncio.AbstractEventLoop]) -> None:
+    def __init__(
+        self, loops: set[asyncio.AbstractEventLoop], longest: float = 0.05
+    ) -> None:
         self._loops = loops
+        self._longest = longest
         self._release = threading.Event()
 
     @classmethod
-    def loops_of(cls, batch: list[tuple[Any, Any]]) -> Pause:
-        return cls({f.get_loop() for _, f in batch if isinstance(f, asyncio.Future)})
+    def loops_of(cls, batch: list[tuple[Any, Any]], longest: float) -> Pause:
+        return cls({f.get_loop() for _, f in batch if isinstance(f, asyncio.Future)}, longest)
 
     def start(self) -> None:
         for loop in self._loops:
@@ -127,12 +135,12 @@ class Pause:
                 pass
 
     def _hold(self) -> None:  # runs on a loop
-        self._release.wait()
+        self._release.wait(self._longest)
 
     def end(self) -> None:
         self._release.set()
 
-    def __enter__(self) -> Pause:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -126,14 +126,14 @@ class Ticker:
 
 
 def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
-    writer = Writer(store.handler)
+    writer = Writer(store.handler, pause_limit=30)  # no cap in the way of what is tested here
     ticker = Ticker()
     during: list[int] = []
     at_commit: list[int] = []
 
     def slow_reply(tx, outcome):
         # Runs in the writer, between the transaction's start and its COMMIT.
-        time.sleep(0.1)  # time for the loop to reach the park callback
+        time.sleep(0.5)  # time for the loop to reach the park callback, even on a busy machine
         during.append(ticker.turns)
         time.sleep(0.2)
         during.append(ticker.turns)
@@ -162,6 +162,37 @@ def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
     assert at_commit and at_commit[0] > during[1], "the loop stayed parked during COMMIT"
 
 
+def test_a_long_batch_parks_the_loop_only_for_the_limit(store):
+    writer = Writer(store.handler, pause_limit=0.05)
+    ticker = Ticker()
+    seen: list[int] = []
+
+    def very_slow_reply(tx, outcome):
+        seen.append(ticker.turns)
+        time.sleep(1.0)  # far past the limit: the loop must be running again meanwhile
+        seen.append(ticker.turns)
+        return "reply"
+
+    async def main():
+        ticking = asyncio.ensure_future(ticker.run())
+        await asyncio.sleep(0.01)
+        outcome = await writer.submit_async(create_request(new_id(), b"long", very_slow_reply))
+        ticker.running = False
+        await ticking
+        return outcome
+
+    try:
+        outcome = asyncio.run(main())
+    finally:
+        writer.stop()
+    assert outcome.extra == "reply"
+    assert seen[1] > seen[0], "the loop stayed parked past the limit"
+
+
+class Boom(BaseException):
+    """Not an Exception: gets past every ``except Exception`` on the way out of the batch."""
+
+
 def test_a_failed_batch_never_leaves_the_loop_parked(store):
     writer = Writer(store.handler)
 
@@ -182,3 +213,37 @@ def test_a_failed_batch_never_leaves_the_loop_parked(store):
         writer.stop()
     assert outcome.after.status == "Starting"
     check_consistent(store)
+
+
+def test_an_escaping_error_never_leaves_the_loop_parked(store):
+    # The batch ends by an error no handler catches (before COMMIT, so the before_commit hook
+    # never runs): only the writer's own clean-up can let the loop go.
+    writer = Writer(store.handler, pause_limit=30)
+    ticker = Ticker()
+    seen: list[int] = []
+
+    def escape(tx, outcome):
+        time.sleep(0.5)  # let the loop park
+        seen.append(ticker.turns)
+        raise Boom()
+
+    async def main():
+        ticking = asyncio.ensure_future(ticker.run())
+        await asyncio.sleep(0.01)
+        with pytest.raises(Boom):
+            await writer.submit_async(create_request(new_id(), b"escape", escape))
+        before = ticker.turns
+        await asyncio.sleep(0.05)
+        ticker.running = False
+        await ticking
+        return before
+
+    started = time.monotonic()
+    try:
+        after_error = asyncio.run(main())
+    finally:
+        writer.stop()
+    # Parked until the 30 s limit, it would have taken that long.
+    assert time.monotonic() - started < 10
+    assert after_error >= seen[0]
+    assert ticker.turns > after_error  # the loop kept running after the failed batch
