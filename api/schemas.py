@@ -205,7 +205,9 @@ class ClaimedTaskResponse(TaskResponse, kw_only=True):
 
 class FinishedTaskResponse(TaskResponse, kw_only=True):
     """What complete and fail answer: the task afterwards and, only when the body asked for
-    ``claim_next``, the task claimed next for the same worker (null when none was waiting)."""
+    ``claim_next``, the task claimed next for the same worker (null when none was waiting).
+    ``next`` is absent when it was not asked for, and in an answer replayed for an
+    Idempotency-Key (the key covers the finish, not the claim)."""
 
     next: ClaimedTaskResponse | None = None
 

@@ -21,7 +21,7 @@ import argparse
 import collections
 import json
 import os
-import sqlite3
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -88,6 +88,7 @@ def threads(seconds: float) -> None:
         used, elapsed = sum(thread_cpu(floor.proc.pid).values()) - before_cpu, time.perf_counter() - started
     finally:
         floor.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"floor insert (NORMAL), 1 process, 32 clients: {done / elapsed:,.0f} req/s, "
           f"{used / done * 1e6:.0f} us/request of CPU")
 
@@ -100,7 +101,8 @@ def writer(batches: int) -> None:
     from ledger.log import Actor, Envelope
     from projections.store import Store
 
-    store = Store(Path(tempfile.mkdtemp(prefix="taskledger-profile-")) / "writer.db")
+    work = Path(tempfile.mkdtemp(prefix="taskledger-profile-"))
+    store = Store(work / "writer.db")
     data = b"benchmark input " * 16
     ref = blob_ref(data)
 
@@ -117,9 +119,9 @@ def writer(batches: int) -> None:
 
     for _ in range(50):  # warm up, and a table that is not empty
         store.handler.execute_batch(batch())
-    work = [batch() for _ in range(batches)]
+    batches_made = [batch() for _ in range(batches)]
     started = time.thread_time()
-    for requests in work:
+    for requests in batches_made:
         store.handler.execute_batch(requests)
     cpu = (time.thread_time() - started) / (batches * 32)
     print(f"handler alone: {cpu * 1e6:.0f} us of CPU per create (32 creates a transaction, FULL)")
@@ -156,6 +158,7 @@ def writer(batches: int) -> None:
     pages = (wal.stat().st_size - size) / (page + 24) / 50
     print(f"WAL pages written per commit of 32 creates: {pages:.0f} ({page} bytes each)")
     store.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -142,6 +142,11 @@ def test_claim_next_is_in_the_schema_and_checked(ledger):
         "lease_seconds": 10**9})
     assert r.status_code == 400 and "lease_seconds must be at most" in r.text, r.text
     assert ledger.status(task_id) == "Processing"
+    # A next lease without claim_next would be ignored: it is refused instead.
+    r = ledger.worker.post(f"/task/{task_id}/complete", json={
+        "worker_id": "w-bad", "output": output_for(b"bad flag"), "lease_seconds": 30})
+    assert r.status_code == 400 and "give it with claim_next" in r.text, r.text
+    assert ledger.status(task_id) == "Processing"
     ledger.worker.post(f"/task/{task_id}/fail", json={"worker_id": "w-bad", "error": "cleanup"})
 
 
