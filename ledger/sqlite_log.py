@@ -6,7 +6,7 @@
   ConcurrencyConflict here and nowhere else.
 * Writes go through one connection per process, serialised by a lock, inside ``BEGIN IMMEDIATE``;
   several processes on one file take turns through an exclusive ``flock`` on a side file
-  (``<db>-writelock``) before they begin, retried every 0.2 ms, instead of polling in SQLite's
+  (``<db>-writelock``) before they begin, waiting in the kernel, instead of polling in SQLite's
   busy handler (which sleeps up to 100 ms a try); both give up after the busy timeout. SQLite's
   own lock still guards against writers that don't take the side lock (`keys create`'s plain
   connection, another program).
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import base64
 import os
+import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC
@@ -140,23 +140,37 @@ def row_to_recorded(row: tuple) -> RecordedEvent:
     )
 
 
+class _Ticket:
+    """One wait for the lock on the helper thread: granted, or given up by the waiter."""
+
+    def __init__(self) -> None:
+        self.granted = threading.Event()
+        self.lock = threading.Lock()
+        self.abandoned = False
+
+
 class ProcessWriteLock:
     """An exclusive ``flock`` on ``<db>-writelock`` that the writers of every process on one
-    database take around their write transactions. A waiting process tries again every 0.2 ms
-    (every 2 ms after the first 50 ms), so it takes the lock within a fraction of a millisecond
-    of its release; without it, a process that finds the database locked polls in SQLite's busy
-    handler, sleeping 1, 2, 5 ... 100 ms between tries, and two busy server processes spend much
-    of their time asleep. Past ``timeout`` seconds of waiting (the busy timeout) it gives up with
-    StorageUnavailable, as SQLite's busy handler would, so a process that holds the lock for long
-    (a ``taskledger rebuild``, a stopped process) costs the others a 503, not a hang. The lock dies
-    with its process, so a crashed writer never leaves it held. Re-entrant within the thread that
-    holds the log's write lock (callers hold that lock around acquire/release)."""
+    database take around their write transactions. A free lock is taken at once; a held one is
+    waited for in the kernel (``flock`` on a helper thread, the GIL released), which wakes the
+    moment the other process lets go. Without it, a process that finds the database locked polls
+    in SQLite's busy handler, sleeping 1, 2, 5 ... 100 ms between tries, and two busy server
+    processes spend much of their time asleep. After ``timeout`` seconds (the busy timeout) the
+    waiter gives up with StorageUnavailable, as SQLite's busy handler would, so a process that
+    holds the lock for long (a ``taskledger rebuild``, a stopped process) costs the others a
+    503, not a hang; the helper lets the lock go again if it gets it after that. The lock dies
+    with its process, so a crashed writer never leaves it held. Re-entrant within the thread
+    that holds the log's write lock (callers hold that lock around acquire/release)."""
 
     def __init__(self, db_path: Path, timeout: float = 10.0) -> None:
         self.path = Path(f"{db_path}-writelock")
         self.timeout = timeout
-        self._fd: int | None = None
+        self._fd: int | None = None  # tried without blocking by the writer
+        self._wait_fd: int | None = None  # waited on by the helper (a lock of its own)
+        self._held: int | None = None  # whichever of the two holds the lock now
         self._depth = 0
+        self._tickets: queue.SimpleQueue[tuple[int, _Ticket] | None] = queue.SimpleQueue()
+        self._helper: threading.Thread | None = None
 
     def _open(self) -> int:
         try:
@@ -170,33 +184,70 @@ class ProcessWriteLock:
         if self._depth == 0:
             if self._fd is None:
                 self._fd = self._open()
-            started = time.monotonic()
-            while True:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    waited = time.monotonic() - started
-                    if waited >= self.timeout:
-                        raise StorageUnavailable(
-                            "The database cannot be written right now (another process has"
-                            f" held its write lock for {self.timeout:g} s)"
-                        ) from None
-                    time.sleep(0.0002 if waited < 0.05 else 0.002)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._held = self._fd
+            except BlockingIOError:
+                self._held = self._wait()
         self._depth += 1
+
+    def _wait(self) -> int:
+        if self._wait_fd is None:
+            self._wait_fd = self._open()
+        if self._helper is None:
+            self._helper = threading.Thread(
+                target=self._serve, name="taskledger-writelock", daemon=True
+            )
+            self._helper.start()
+        ticket = _Ticket()
+        self._tickets.put((self._wait_fd, ticket))
+        if not ticket.granted.wait(self.timeout):
+            with ticket.lock:
+                if not ticket.granted.is_set():
+                    ticket.abandoned = True
+                    raise StorageUnavailable(
+                        "The database cannot be written right now (another process has held"
+                        f" its write lock for {self.timeout:g} s)"
+                    )
+        return self._wait_fd
+
+    def _serve(self) -> None:  # the helper thread
+        while True:
+            item = self._tickets.get()
+            if item is None:  # the log is closing: this thread owns the waiting fd
+                if self._wait_fd is not None:
+                    os.close(self._wait_fd)
+                    self._wait_fd = None
+                return
+            fd, ticket = item
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with ticket.lock:
+                if ticket.abandoned:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    continue
+                ticket.granted.set()
 
     def release(self) -> None:
         if fcntl is None or self._depth == 0:
             return
         self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._depth == 0 and self._held is not None:
+            fcntl.flock(self._held, fcntl.LOCK_UN)
+            self._held = None
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
-            self._depth = 0
+        if self._helper is not None:
+            # The helper closes the waiting fd once it is done with any wait in progress (a
+            # wait that never ends leaves it open until the process exits).
+            self._tickets.put(None)
+            self._helper = None
+        elif self._wait_fd is not None:
+            os.close(self._wait_fd)
+            self._wait_fd = None
+        self._fd = self._held = None
+        self._depth = 0
 
 
 class SqliteLog:

@@ -163,6 +163,11 @@ def test_a_writer_gives_up_after_the_busy_timeout_and_loses_nothing(tmp_path):
         assert 0.25 < time.monotonic() - started < 5
         assert store.state(task_id) is None  # nothing written
         other.release()
+        # The wait given up on gets the lock once the other process lets go, and lets it go.
+        deadline = time.monotonic() + 5
+        while held_elsewhere(store.log._process_lock.path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not held_elsewhere(store.log._process_lock.path)
         (result,) = store.handler.execute_batch([create(task_id)])
         assert not isinstance(result, BaseException), result
         assert store.state(task_id) is not None
