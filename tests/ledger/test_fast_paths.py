@@ -124,6 +124,25 @@ class Ticker:
             self.turns += 1
             await asyncio.sleep(0)
 
+    def submit(self, writer: Writer, request: Request, setup=lambda: None):
+        """Run an event loop that ticks, submit ``request`` to ``writer`` from it, return the
+        outcome (and stop the writer)."""
+
+        async def main():
+            ticking = asyncio.ensure_future(self.run())
+            await asyncio.sleep(0.01)
+            setup()
+            try:
+                return await writer.submit_async(request)
+            finally:
+                self.running = False
+                await ticking
+
+        try:
+            return asyncio.run(main())
+        finally:
+            writer.stop()
+
 
 def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
     writer = Writer(store.handler, pause_limit=30)  # no cap in the way of what is tested here
@@ -144,19 +163,10 @@ def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
             time.sleep(0.2)  # the loop runs again while COMMIT goes on
             at_commit.append(ticker.turns)
 
-    async def main():
-        ticking = asyncio.ensure_future(ticker.run())
-        await asyncio.sleep(0.01)
-        store.log._writer.set_trace_callback(commit_trace)
-        outcome = await writer.submit_async(create_request(new_id(), b"slow", slow_reply))
-        ticker.running = False
-        await ticking
-        return outcome
-
-    try:
-        outcome = asyncio.run(main())
-    finally:
-        writer.stop()
+    outcome = ticker.submit(
+        writer, create_request(new_id(), b"slow", slow_reply),
+        setup=lambda: store.log._writer.set_trace_callback(commit_trace),
+    )
     assert outcome.extra == "reply"
     assert during[0] == during[1], "the loop kept running while the batch's commands ran"
     assert at_commit and at_commit[0] > during[1], "the loop stayed parked during COMMIT"
@@ -173,18 +183,7 @@ def test_a_long_batch_parks_the_loop_only_for_the_limit(store):
         seen.append(ticker.turns)
         return "reply"
 
-    async def main():
-        ticking = asyncio.ensure_future(ticker.run())
-        await asyncio.sleep(0.01)
-        outcome = await writer.submit_async(create_request(new_id(), b"long", very_slow_reply))
-        ticker.running = False
-        await ticking
-        return outcome
-
-    try:
-        outcome = asyncio.run(main())
-    finally:
-        writer.stop()
+    outcome = ticker.submit(writer, create_request(new_id(), b"long", very_slow_reply))
     assert outcome.extra == "reply"
     assert seen[1] > seen[0], "the loop stayed parked past the limit"
 
