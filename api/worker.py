@@ -60,7 +60,9 @@ async def finish(
     runtime = call.runtime
     # Checked before the finish runs: a 400 must mean that nothing was done.
     if lease is not None and not claim_next:
-        raise BadRequest("lease_seconds is the lease of the task claimed next: give it with claim_next")
+        raise BadRequest(
+            "lease_seconds is the lease of the task claimed next: give it with claim_next"
+        )
     next_lease = lease_seconds(runtime, lease) if claim_next else 0
     reply = await runtime.execute(
         call, caller, command, task_reply(runtime, call.base_url(), written=written),
