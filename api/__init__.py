@@ -1,6 +1,2 @@
-"""The Litestar HTTP API: Chunkr-compatible task routes over the ledger."""
-
-from api.app import create_app
-from api.settings import Settings
-
-__all__ = ["Settings", "create_app"]
+"""taskledger's application: the service (use cases, access policy, idempotency) and its HTTP
+adapter (``api.app.create_app``)."""

@@ -1,26 +1,32 @@
-"""``create_app(settings)``: the Litestar application over one ledger database."""
+"""``create_app(settings)``: the Litestar application over one ledger database.
+
+The app is a thin adapter: a lifespan opens the service (``api.composition``), the
+authentication middleware puts the caller on ``request.user``, guards come from the policy
+table, handlers call one service method each, and one table maps errors to plain-text bodies.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.audit import AuditController
+from api.auth import PUBLIC, KeyAuthentication
+from api.composition import close_service, open_service
 from api.errors import EXCEPTION_HANDLERS
 from api.health import HealthController
-from api.keys import Caller
 from api.requestlog import request_log_middleware
-from api.runtime import Runtime
+from api.service import TaskLedger
 from api.settings import Settings, settings_from_env
 from api.sweeper import run_sweepers
 from api.tasks import TaskController, TasksController
@@ -28,12 +34,19 @@ from api.worker import WorkerController
 from ledger import __version__
 
 
+def provide_service(state: State) -> TaskLedger:
+    service: TaskLedger = state.service
+    return service
+
+
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = Runtime(settings)
-        app.state.runtime = runtime
-        sweeper = asyncio.create_task(run_sweepers(runtime)) if settings.sweep_interval > 0 else None
+        service = open_service(settings)
+        app.state.service = service
+        sweeper = None
+        if settings.sweep_interval > 0:
+            sweeper = asyncio.create_task(run_sweepers(service))
         try:
             yield
         finally:
@@ -41,24 +54,18 @@ def create_app(settings: Settings) -> Litestar:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
-            runtime.close()
-
-    def provide_runtime(state: State) -> Runtime:
-        return state.runtime
-
-    # ``caller`` depends on ``runtime`` so Litestar resolves them one after the other; two
-    # independent dependencies would cost a task group per request.
-    def provide_caller(request: Request[Any, Any, Any], runtime: Runtime) -> Caller:
-        return runtime.authenticate(request.headers.get("authorization"))
+            close_service(service)
 
     return Litestar(
-        route_handlers=[HealthController, TaskController, TasksController, WorkerController, AuditController],
-        dependencies={
-            "runtime": Provide(provide_runtime, sync_to_thread=False),
-            "caller": Provide(provide_caller, sync_to_thread=False),
-        },
+        route_handlers=[
+            HealthController, TaskController, TasksController, WorkerController, AuditController
+        ],
+        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_log_middleware],
+        middleware=[
+            request_log_middleware,
+            DefineMiddleware(KeyAuthentication, exclude=PUBLIC),
+        ],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -68,7 +75,9 @@ def create_app(settings: Settings) -> Litestar:
             path="/docs",
             components=Components(
                 security_schemes={
-                    "ApiKey": SecurityScheme(type="apiKey", name="Authorization", security_scheme_in="header")
+                    "ApiKey": SecurityScheme(
+                        type="apiKey", name="Authorization", security_scheme_in="header"
+                    )
                 }
             ),
             security=[{"ApiKey": []}],

@@ -1,4 +1,4 @@
-"""One mapping from errors to responses. Bodies are plain text, as Chunkr's are."""
+"""One table from errors to responses. Bodies are plain text, as Chunkr's are."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from api.idempotency import IdempotencyMismatch
-from api.keys import InvalidKey
-from api.runtime import Forbidden, RateLimited
-from api.schemas import BadRequest
+from api.policy import Forbidden
+from api.refusals import BadRequest, IdempotencyMismatch, InvalidKey, RateLimited
 from ledger.errors import (
     ConcurrencyConflict,
     InvalidTransition,
@@ -25,8 +23,8 @@ from ledger.handler import NothingToDo
 
 log = structlog.get_logger("taskledger.api")
 
-#: (status code, extra headers) for each error class; the body is the error's message.
-STATUS: dict[type[Exception], int] = {
+#: The status code of each error class; the body is the error's message.
+STATUS: dict[type[BaseException], int] = {
     TaskNotFound: 404,
     InvalidTransition: 400,
     TaskAlreadyExists: 409,
@@ -39,64 +37,98 @@ STATUS: dict[type[Exception], int] = {
     Forbidden: 403,
     IdempotencyMismatch: 422,
     RateLimited: 429,
+    # msgspec gives up on a body nested deeper than it can decode.
+    RecursionError: 400,
 }
 
 
-def text(body: str, status_code: int, headers: dict[str, str] | None = None) -> Response[str]:
+def text(body: str, status_code: int, headers: dict[str, str] | None = None) -> Response[Any]:
+    if status_code == 204:
+        return Response(content=b"", status_code=204)
     return Response(
         content=body, status_code=status_code, media_type=MediaType.TEXT, headers=headers
     )
 
 
-def status_for(exc: Exception) -> int:
+def status_for(exc: BaseException) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]
     return 500
 
 
-def handle_known(request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-    status_code = status_for(exc)
-    message = exc.message if isinstance(exc, LedgerError) else str(exc)
-    headers = None
-    if status_code == 503:
-        headers = {"Retry-After": "5"}
-        log.warning("storage_unavailable", error=message)
+def message_of(exc: BaseException) -> str:
+    if isinstance(exc, LedgerError):
+        return exc.message
+    if isinstance(exc, RecursionError):
+        return "Invalid request body: it is nested too deeply"
+    return str(exc)
+
+
+def headers_for(exc: BaseException, status_code: int) -> dict[str, str] | None:
     if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(exc.retry_after)}
+        return {"Retry-After": str(exc.retry_after)}
     if status_code == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="taskledger"'}
-    if status_code == 204:
-        return Response(content=b"", status_code=204)
-    return text(message, status_code, headers)
+        return {"WWW-Authenticate": 'Bearer realm="taskledger"'}
+    if status_code == 503:
+        return {"Retry-After": "5"}
+    return None
 
 
-def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[str]:
+def handle_any(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    status_code = status_for(exc)
+    if status_code == 500:
+        log.error("unhandled_error", error_type=type(exc).__name__, error=str(exc), exc_info=exc)
+        return text("Internal server error", 500)
+    if status_code == 503:
+        log.warning("storage_unavailable", error=message_of(exc))
+    return text(message_of(exc), status_code, headers_for(exc, status_code))
+
+
+def body_problem(message: str) -> str:
+    """Litestar's word on a JSON body, in the words this API has always used."""
+    if message == "'data'":
+        return "Request body is empty; expected a JSON object"
+    if message.startswith("Expected `object`"):
+        return "Request body must be a JSON object"
+    return message
+
+
+def validation_message(exc: ValidationException) -> str | None:
+    """``Invalid request: <where>: <why>`` for each problem Litestar found, with a body's
+    fields named as msgspec names them (``$.chunk_processing.target_length``)."""
+    if not isinstance(exc.extra, list) or not exc.extra:
+        return None
+    parts = []
+    for item in exc.extra:
+        if not isinstance(item, dict):
+            continue
+        key, reason = item.get("key"), str(item.get("message", "invalid value"))
+        if item.get("source") == "body":
+            if key == "data":
+                problem = body_problem(reason)
+                if problem != reason:
+                    return problem
+                parts.append(f"Invalid request body: {reason}")
+            else:
+                parts.append(f"Invalid request body: {reason} - at `$.{key}`")
+        else:
+            parts.append(f"Invalid request: {key}: {reason}" if key else f"Invalid request: {reason}")
+    return "; ".join(parts) or None
+
+
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     message = exc.detail
-    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
-        parts = []
-        for item in exc.extra:
-            if isinstance(item, dict):
-                key = item.get("key")
-                reason = item.get("message", "invalid value")
-                parts.append(f"{key}: {reason}" if key else str(reason))
-        if parts:
-            message = "Invalid request: " + "; ".join(parts)
+    if isinstance(exc, ValidationException):
+        message = validation_message(exc) or message
+    if exc.status_code == 400 and message.startswith(("JSON is malformed", "Input data was")):
+        message = f"Request body is not valid JSON: {message}"
+    elif exc.status_code == 400 and message.startswith("Number out of range"):
+        message = f"Invalid request body: {message}"
     if exc.status_code == 413:
         message = "Request body is too large"
     return text(message, exc.status_code, exc.headers)
 
 
-def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-    log.error("unhandled_error", error_type=type(exc).__name__, error=str(exc), exc_info=exc)
-    return text("Internal server error", 500)
-
-
-def handle_any(request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-    if status_for(exc) == 500:
-        return handle_unexpected(request, exc)
-    return handle_known(request, exc)
-
-
-#: Two entries, not one per error class: Litestar merges this map for every request.
+#: Two entries, one table (STATUS): HTTP errors Litestar raises itself, and everything else.
 EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: handle_http, Exception: handle_any}

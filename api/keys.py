@@ -1,4 +1,5 @@
-"""API keys: stored as SHA-256 hashes, looked up by their public id, compared in constant time.
+"""API keys: stored as SHA-256 hashes, looked up by their public id, compared in constant time;
+and the per-key rate limit.
 
 A key reads ``tlk_<key id>_<secret>``. The id (12 hex characters) is not secret and is what the
 log records as the actor; the database keeps only ``sha256(key)``, never the key.
@@ -9,110 +10,41 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
+import threading
+import time
 from datetime import UTC, datetime
 
-import msgspec
-import sqlite_utils
+from api.policy import ROLES, Caller
+from api.refusals import InvalidKey, RateLimited
+from ledger.log import KeyRecord, Records
 
-ROLES = ("user", "worker", "admin")
 PREFIX = "tlk_"
-
-
-class Caller(msgspec.Struct, frozen=True, kw_only=True):
-    key_id: str
-    owner: str
-    role: str
-
-    @property
-    def scope(self) -> str | None:
-        """The owner whose tasks this caller may see; None for every owner (admin, worker)."""
-        return self.owner if self.role == "user" else None
-
-
-class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
-    key_id: str
-    owner: str
-    role: str
-    created_at: str
-    revoked_at: str | None
 
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def ensure_table(conn: sqlite3.Connection) -> None:
-    db = sqlite_utils.Database(conn)
-    if "api_keys" not in db.table_names():
-        db["api_keys"].create(
-            {
-                "key_id": str,
-                "owner": str,
-                "role": str,
-                "key_hash": str,
-                "created_at": str,
-                "revoked_at": str,
-            },
-            pk="key_id",
-            not_null={"owner", "role", "key_hash", "created_at"},
-            if_not_exists=True,
-        )
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def create_key(conn: sqlite3.Connection, owner: str, role: str) -> tuple[KeyRecord, str]:
+def create_key(records: Records, owner: str, role: str) -> tuple[KeyRecord, str]:
     """Make a key; returns its record and the key itself (shown once, never stored)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     if not owner or not owner.strip():
         raise ValueError("owner must not be empty")
-    ensure_table(conn)
     key_id = secrets.token_hex(6)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    record = KeyRecord(
-        key_id=key_id,
-        owner=owner,
-        role=role,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        revoked_at=None,
-    )
-    with conn:
-        conn.execute(
-            "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
-            " VALUES (?, ?, ?, ?, ?, NULL)",
-            (key_id, owner, role, _hash(key), record.created_at),
-        )
+    record = KeyRecord(key_id=key_id, owner=owner, role=role, created_at=_now())
+    records.add_key(record, _hash(key))
     return record, key
 
 
-def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
-    ensure_table(conn)
-    rows = conn.execute(
-        "SELECT key_id, owner, role, created_at, revoked_at FROM api_keys ORDER BY created_at, key_id"
-    )
-    return [
-        KeyRecord(key_id=r[0], owner=r[1], role=r[2], created_at=r[3], revoked_at=r[4]) for r in rows
-    ]
-
-
-def revoke_key(conn: sqlite3.Connection, key_id: str) -> bool:
+def revoke_key(records: Records, key_id: str) -> bool:
     """Revoke a key by id; False if there is no such active key."""
-    ensure_table(conn)
-    with conn:
-        cursor = conn.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-            (datetime.now(UTC).isoformat(timespec="seconds"), key_id),
-        )
-    return cursor.rowcount == 1
-
-
-def count_keys(conn: sqlite3.Connection) -> int:
-    ensure_table(conn)
-    return conn.execute("SELECT count(*) FROM api_keys").fetchone()[0]
-
-
-class InvalidKey(Exception):
-    """The presented key is malformed, unknown or revoked; the message says which, for a 401."""
+    return records.revoke_key(key_id, _now())
 
 
 def parse_authorization(header: str | None) -> str:
@@ -127,16 +59,79 @@ def parse_authorization(header: str | None) -> str:
     return value
 
 
-def authenticate(conn: sqlite3.Connection, key: str) -> Caller:
+def authenticate(records: Records, key: str) -> Caller:
     if not key.startswith(PREFIX) or len(key) < len(PREFIX) + 14 or key[len(PREFIX) + 12] != "_":
         raise InvalidKey("Invalid or inactive API key")
-    key_id = key[len(PREFIX) : len(PREFIX) + 12]
-    row = conn.execute(
-        "SELECT owner, role, key_hash, revoked_at FROM api_keys WHERE key_id = ?", (key_id,)
-    ).fetchone()
+    found = records.find_key(key[len(PREFIX) : len(PREFIX) + 12])
     # Hash and compare even when the id is unknown, so timing says nothing about which ids exist.
-    stored = row[2] if row else "0" * 64
+    stored = found[1] if found else "0" * 64
     matches = hmac.compare_digest(_hash(key), stored)
-    if row is None or not matches or row[3] is not None:
+    if found is None or not matches or found[0].revoked_at is not None:
         raise InvalidKey("Invalid or inactive API key")
-    return Caller(key_id=key_id, owner=row[0], role=row[1])
+    record = found[0]
+    return Caller(key_id=record.key_id, owner=record.owner, role=record.role)
+
+
+class KeyCache:
+    """Authenticated callers for a short while, so a burst of requests does one lookup per key.
+    Revocation takes effect within ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Caller | None:
+        with self._lock:
+            entry = self._entries.get(_hash(key))
+        if entry and entry[0] > time.monotonic():
+            return entry[1]
+        return None
+
+    def put(self, key: str, caller: Caller) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            # Held by digest, so no plaintext key sits in the server's memory longer than a request.
+            self._entries[_hash(key)] = (time.monotonic() + self.ttl, caller)
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests a second on average, bursts up to ``burst``.
+    Counted per server process."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key_id: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1:
+                self._buckets[key_id] = (tokens, now)
+                raise RateLimited(max(1, int((1 - tokens) / self.rate + 0.999)))
+            self._buckets[key_id] = (tokens - 1, now)
+
+
+class Gate:
+    """Authentication as the service runs it: the key cache, the lookup, the rate limit."""
+
+    def __init__(self, records: Records, rate_limiter: RateLimiter | None = None) -> None:
+        self.records = records
+        self.cache = KeyCache()
+        self.rate_limiter = rate_limiter
+
+    def authenticate(self, header: str | None) -> Caller:
+        """The caller an Authorization header names (InvalidKey: 401; RateLimited: 429)."""
+        key = parse_authorization(header)
+        caller = self.cache.get(key)
+        if caller is None:
+            caller = authenticate(self.records, key)
+            self.cache.put(key, caller)
+        if self.rate_limiter is not None:
+            self.rate_limiter.check(caller.key_id)
+        return caller

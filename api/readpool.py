@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ledger.writer import deliver, take_waiting
+from api.groupcommit import deliver, take_waiting
 
 T = TypeVar("T")
 

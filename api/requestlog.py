@@ -15,7 +15,8 @@ import msgspec
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.call import Call, begin, current_or_none, new_request_id
+from api.core import log_fields
+from api.ids import new_request_id
 
 log = structlog.get_logger("taskledger.api")
 
@@ -31,9 +32,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 def add_request_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """Every line logged while serving a request carries its request id."""
-    call = current_or_none()
-    if call is not None:
-        event.setdefault("request_id", call.request_id)
+    fields = log_fields.get()
+    if fields is not None:
+        event.setdefault("request_id", fields["request_id"])
     return event
 
 
@@ -68,9 +69,8 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
 
 def request_log_middleware(app: ASGIApp) -> ASGIApp:
     """Bind a request id (the client's ``X-Request-Id`` if it is sane), answer it in the
-    response's ``X-Request-Id``, make the request's ``Call`` (see ``api.call``), and log one
-    ``request`` line when the response is sent, with whatever the handler added to
-    ``Call.fields`` (the command, its task and its outcome)."""
+    response's ``X-Request-Id``, and log one ``request`` line when the response is sent, with
+    whatever the service noted (``api.core.note``: the command, its task and its outcome)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,8 +83,8 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                 break
         request_id = given if given and _REQUEST_ID.match(given) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
-        call = Call(scope, receive, request_id)
-        begin(call)
+        fields: dict[str, Any] = {"request_id": request_id}
+        token = log_fields.set(fields)
         started = time.perf_counter()
         status = 500
         encoded_id = request_id.encode()
@@ -106,7 +106,8 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                 route=route,
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 2),
-                **call.fields,
+                **fields,
             )
+            log_fields.reset(token)
 
     return middleware

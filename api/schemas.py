@@ -1,25 +1,24 @@
-"""Request and response bodies (msgspec Structs) and the Task JSON Chunkr's SDK parses."""
+"""The HTTP bodies: requests and responses as msgspec Structs (Litestar decodes and documents
+them from the handlers' signatures), and the Task JSON Chunkr's SDK parses."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+from api.core import Finished, TaskView
+from api.refusals import BadRequest
 from ledger.events import SUCCEEDED
+from ledger.log import RecordedEvent
 from ledger.state import TaskState
 
 PositiveInt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=2**31 - 1)]
-
-
-class BadRequest(Exception):
-    """A request a person must fix; the message is the plain-text 400 body."""
 
 
 class ChunkProcessing(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -74,75 +73,6 @@ def _drop_nulls(value: Any) -> Any:
     return value
 
 
-def decode_body(raw: bytes, type_: type[msgspec.Struct]) -> Any:
-    """Decode a JSON body into ``type_``; BadRequest with a readable reason otherwise."""
-    if not raw.strip():
-        raise BadRequest("Request body is empty; expected a JSON object")
-    try:
-        return msgspec.json.decode(raw, type=type_)
-    except RecursionError:
-        raise BadRequest("Invalid request body: it is nested too deeply") from None
-    except UnicodeDecodeError:  # msgspec's answer to invalid UTF-8 inside a JSON string
-        raise BadRequest("Request body is not valid JSON: a string is not valid UTF-8") from None
-    except msgspec.DecodeError as exc:
-        text = str(exc)
-        if text.startswith("Expected `object`"):
-            raise BadRequest("Request body must be a JSON object") from None
-        if "malformed" in text.lower() or "invalid" in text.lower() and "utf-8" in text.lower():
-            raise BadRequest(f"Request body is not valid JSON: {text}") from None
-        raise BadRequest(f"Invalid request body: {text}") from None
-
-
-DEFAULT_CONFIGURATION: dict[str, Any] = {
-    "chunk_processing": {
-        "ignore_headers_and_footers": True,
-        "target_length": 512,
-        "tokenizer": {"Enum": "Word"},
-    },
-    "error_handling": "Fail",
-    "expires_in": None,
-    "high_resolution": True,
-    "ocr_strategy": "All",
-    "segmentation_strategy": "LayoutAnalysis",
-    "llm_processing": {
-        "model_id": None,
-        "fallback_strategy": "Default",
-        "max_completion_tokens": None,
-        "temperature": 0.0,
-    },
-}
-
-
-def normalise_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Chunkr's input spellings to its stored ones: ``expires_at`` -> ``expires_in``,
-    a bare tokenizer name -> ``{"Enum": name}``, ``ocr_strategy: Off`` -> ``Auto``."""
-    fields = dict(fields)
-    if "expires_at" in fields:
-        fields.setdefault("expires_in", fields.pop("expires_at"))
-    chunking = fields.get("chunk_processing")
-    if isinstance(chunking, dict) and isinstance(chunking.get("tokenizer"), str):
-        fields["chunk_processing"] = {**chunking, "tokenizer": {"Enum": chunking["tokenizer"]}}
-    if fields.get("ocr_strategy") == "Off":
-        fields["ocr_strategy"] = "Auto"
-    return fields
-
-
-MAX_FILE_NAME = 255
-
-
-def parse_time(name: str, value: str | None) -> datetime | None:
-    """A query parameter holding an RFC 3339 time with a time zone; BadRequest otherwise."""
-    if value is None:
-        return None
-    try:
-        when = msgspec.convert(value, datetime)
-    except msgspec.ValidationError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise BadRequest(f"{name} must be an RFC 3339 time with a time zone")
-    return when
-
-
 def decode_file(file: str) -> bytes:
     """The bytes of a create body's ``file``: base64, or a ``data:`` URL holding base64."""
     text = file.strip()
@@ -161,16 +91,40 @@ def decode_file(file: str) -> bytes:
     return data
 
 
-def check_file_name(name: str | None) -> str | None:
-    if name is None:
-        return None
-    if len(name) > MAX_FILE_NAME:
-        raise BadRequest(f"file_name is longer than {MAX_FILE_NAME} characters")
-    if not name.isprintable() and any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
-        raise BadRequest("file_name must not contain control characters")
-    if "/" in name or "\\" in name:
-        raise BadRequest("file_name must be a plain file name, without directories")
-    return name
+WorkerId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class ClaimBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    lease_seconds: PositiveInt | None = None
+    wait_seconds: Annotated[int, Meta(ge=0, le=3600)] = 0
+
+
+class HeartbeatBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    lease_seconds: PositiveInt | None = None
+
+
+class ReleaseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+
+
+class CompleteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    #: Chunkr-shaped output: ``chunks[].segments[]`` with every field the SDK needs.
+    output: dict[str, Any]
+    #: Also claim the oldest claimable task for this worker, answered as ``next`` (one round
+    #: trip instead of two; no waiting: null when the queue is empty).
+    claim_next: bool = False
+    #: The lease of the task claimed next (the server's default when absent).
+    lease_seconds: PositiveInt | None = None
+
+
+class FailBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    worker_id: WorkerId
+    error: Annotated[str, Meta(min_length=1, max_length=10_000)]
+    claim_next: bool = False
+    lease_seconds: PositiveInt | None = None
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -209,7 +163,7 @@ class FinishedTaskResponse(TaskResponse, kw_only=True):
     ``next`` is absent when it was not asked for, and in an answer replayed for an
     Idempotency-Key (the key covers the finish, not the claim)."""
 
-    next: ClaimedTaskResponse | None = None
+    next: ClaimedTaskResponse | None | msgspec.UnsetType = msgspec.UNSET
 
 
 def render_task(
@@ -249,79 +203,6 @@ def render_task(
     )
 
 
-# -- worker bodies -------------------------------------------------------------------------------
-
-WorkerId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-
-
-class ClaimBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    worker_id: WorkerId
-    lease_seconds: PositiveInt | None = None
-    wait_seconds: Annotated[int, Meta(ge=0, le=3600)] = 0
-
-
-class HeartbeatBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    worker_id: WorkerId
-    lease_seconds: PositiveInt | None = None
-
-
-class ReleaseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    worker_id: WorkerId
-
-
-class BoundingBox(msgspec.Struct, kw_only=True):
-    left: float
-    top: float
-    width: float
-    height: float
-
-
-class Segment(msgspec.Struct, kw_only=True):
-    """The fields of a segment the chunkr-ai SDK requires; others pass through untouched."""
-
-    bbox: BoundingBox
-    page_height: float
-    page_width: float
-    page_number: int
-    segment_id: str
-    segment_type: Literal[
-        "Caption", "Footnote", "Formula", "ListItem", "Page", "PageFooter", "PageHeader",
-        "Picture", "SectionHeader", "Table", "Text", "Title",
-    ]
-    confidence: float | None
-
-
-class Chunk(msgspec.Struct, kw_only=True):
-    chunk_id: str
-    chunk_length: int
-    segments: list[Segment]
-
-
-class Output(msgspec.Struct, kw_only=True):
-    chunks: list[Chunk]
-    file_name: str | None = None
-    page_count: NonNegativeInt | None = None
-    pdf_url: str | None = None
-
-
-class CompleteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    worker_id: WorkerId
-    #: Chunkr-shaped output: ``chunks[].segments[]`` with every field the SDK needs.
-    output: dict[str, Any]
-    #: Also claim the oldest claimable task for this worker, answered as ``next`` (one round
-    #: trip instead of two; no waiting: null when the queue is empty).
-    claim_next: bool = False
-    #: The lease of the task claimed next (the server's default when absent).
-    lease_seconds: PositiveInt | None = None
-
-
-class FailBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    worker_id: WorkerId
-    error: Annotated[str, Meta(min_length=1, max_length=10_000)]
-    claim_next: bool = False
-    lease_seconds: PositiveInt | None = None
-
-
 class LeaseResponse(msgspec.Struct, kw_only=True):
     task_id: str
     worker_id: str
@@ -329,16 +210,80 @@ class LeaseResponse(msgspec.Struct, kw_only=True):
     attempt: int
 
 
-def check_output(output: dict[str, Any], file_name: str | None) -> dict[str, Any]:
-    """Validate a worker's output against what the SDK parses; fill Chunkr's optional keys."""
-    try:
-        msgspec.convert(output, Output)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"Invalid output: {exc}") from None
-    return {
-        "file_name": file_name,
-        "page_count": None,
-        "pdf_url": None,
-        "extracted_json": None,
-        **output,
-    }
+def render_view(view: TaskView, base_url: str, include_chunks: bool = True) -> TaskResponse:
+    return render_task(
+        view.state, base_url=base_url, output=view.output, include_chunks=include_chunks
+    )
+
+
+def render_claimed(view: TaskView, base_url: str) -> ClaimedTaskResponse:
+    state = view.state
+    task = render_task(state, base_url=base_url, output=None, include_chunks=False)
+    return ClaimedTaskResponse(
+        **msgspec.structs.asdict(task),
+        lease_until=state.lease_until,
+        attempt=state.attempt,
+        worker_id=state.worker_id,
+    )
+
+
+def render_finished(finished: Finished, base_url: str) -> FinishedTaskResponse:
+    task = render_view(finished.task, base_url)
+    nxt = finished.next
+    return FinishedTaskResponse(
+        **msgspec.structs.asdict(task),
+        next=msgspec.UNSET if nxt is msgspec.UNSET else (
+            None if nxt is None else render_claimed(nxt, base_url)
+        ),
+    )
+
+
+def render_lease(state: TaskState) -> LeaseResponse:
+    assert state.worker_id is not None and state.lease_until is not None
+    return LeaseResponse(
+        task_id=state.task_id,
+        worker_id=state.worker_id,
+        lease_until=state.lease_until,
+        attempt=state.attempt,
+    )
+
+
+class ActorJSON(msgspec.Struct, kw_only=True):
+    key_id: str | None
+    role: str
+
+
+class EventJSON(msgspec.Struct, kw_only=True):
+    position: int
+    task_id: str
+    version: int
+    type: str
+    recorded_at: datetime
+    actor: ActorJSON
+    request_id: str | None
+    idempotency_key: str | None
+    hash: str
+    data: dict[str, Any]
+
+
+class FeedPage(msgspec.Struct, kw_only=True):
+    events: list[EventJSON]
+    #: Pass as ``after`` to get the next page (the last position seen, or ``after`` if none).
+    next_after: int
+
+
+def event_json(recorded: RecordedEvent) -> EventJSON:
+    data = msgspec.to_builtins(recorded.event)
+    kind = data.pop("type")
+    return EventJSON(
+        position=recorded.position,
+        task_id=recorded.event.task_id,
+        version=recorded.version,
+        type=kind,
+        recorded_at=recorded.recorded_at,
+        actor=ActorJSON(key_id=recorded.actor.key_id, role=recorded.actor.role),
+        request_id=recorded.request_id,
+        idempotency_key=recorded.idempotency_key,
+        hash=recorded.hash,
+        data=data,
+    )

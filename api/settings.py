@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Per-key rate limit in requests per second (token bucket); None disables it.
     rate_limit_per_second: float | None = None
     rate_limit_burst: int = 20
+    #: How long (ms) the group-commit writer may park this process's event loop while a batch's
+    #: commands run (it runs again before COMMIT); 0 never parks. See api.groupcommit.Pause.
+    park_ms: float = 50.0
 
 
 SETTINGS_ENV = "TASKLEDGER_SETTINGS"

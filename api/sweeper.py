@@ -1,14 +1,10 @@
-"""The sweepers, a background task inside the server.
-
-* Expired leases: ExpireLease re-queues the task (LeaseExpired) or, once ``max_attempts`` claims
-  have run out, times it out (TimedOut: Failed, "Task timed out").
-* Expired tasks: ExpireTask tombstones terminal tasks past ``expires_at`` (404 from then on,
-  blobs purged, events kept).
+"""The sweepers, a background task inside the server: expired leases (re-queued, or timed out
+once ``max_attempts`` claims have run out) and expired tasks (tombstoned: 404 from then on,
+blobs purged, events kept), through ``TaskLedger.sweep``.
 
 Several server processes may sweep the same database. That is safe without any leader election:
 each sweep command is decided against the task's current state inside the write transaction, so
-whichever process comes second finds nothing to do (the decider returns no events). Each job
-takes effect exactly once.
+whichever process comes second finds nothing to do (the decider returns no events).
 """
 
 from __future__ import annotations
@@ -17,28 +13,15 @@ import asyncio
 
 import structlog
 
-from api.runtime import Runtime, now
-from ledger.commands import ExpireLease, ExpireTask
+from api.service import TaskLedger
 
 log = structlog.get_logger("taskledger.sweeper")
 
 
-async def sweep_once(runtime: Runtime) -> dict[str, int]:
+async def sweep_once(service: TaskLedger) -> dict[str, int]:
     """One pass of both sweepers; returns how many leases and tasks it expired."""
-    at = now()
-    store = runtime.store
-    # reader() inside the thread: each thread reads through its own connection.
-    leases = await asyncio.to_thread(lambda: store.tasks.due_leases(store.log.reader(), at))
-    expiries = await asyncio.to_thread(lambda: store.tasks.due_expiries(store.log.reader(), at))
-    commands = [
-        ExpireLease(task_id=task_id, at=at, max_attempts=runtime.settings.max_attempts)
-        for task_id in leases
-    ] + [ExpireTask(task_id=task_id, at=at) for task_id in expiries]
-    outcomes = await asyncio.gather(
-        *(runtime.run_system(command) for command in commands), return_exceptions=True
-    )
     counts = {"leases_expired": 0, "timed_out": 0, "tasks_expired": 0}
-    for command, outcome in zip(commands, outcomes, strict=True):
+    for command, outcome in await service.sweep():
         if isinstance(outcome, BaseException):
             log.warning("sweep_failed", task_id=command.task_id, error=str(outcome))
             continue
@@ -51,11 +34,11 @@ async def sweep_once(runtime: Runtime) -> dict[str, int]:
     return counts
 
 
-async def run_sweepers(runtime: Runtime) -> None:
-    interval = runtime.settings.sweep_interval
+async def run_sweepers(service: TaskLedger) -> None:
+    interval = service.settings.sweep_interval
     while True:
         try:
-            await sweep_once(runtime)
+            await sweep_once(service)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed sweep is retried next interval

@@ -1,6 +1,8 @@
 """The decider: ``decide(command, state) -> events`` and ``evolve(state, event) -> state``.
 
-Pure: no clock, no uuid, no I/O. Every rule of DESIGN.md lives here and nowhere else.
+Pure: no clock, no uuid, no I/O. Every task rule lives here and nowhere else: the lifecycle,
+who holds a lease, and when a task is visible at all (``visible_until``, decided from the
+command's own time ``at``; the read models store the same value for their queries).
 """
 
 from __future__ import annotations
@@ -82,11 +84,26 @@ def _expiry(at: datetime, expires_in: int | None) -> datetime | None:
     return at + timedelta(seconds=expires_in) if expires_in is not None else None
 
 
-def _visible(command: AnyCommand, state: TaskState) -> None:
-    """Raise TaskNotFound unless the task exists, is live, and is within the caller's scope.
-    (A terminal task past expires_at that the sweeper has not tombstoned yet is hidden by the
-    API's visibility check, which runs before every command on a user's task.)"""
+def visible_until(state: TaskState) -> datetime | None:
+    """When a live task stops being visible: a finished task (Succeeded, Failed, Cancelled) at
+    its ``expires_at``; None while it is visible for as long as it is live. A pending update
+    keeps the old ``expires_at`` (as Chunkr does) but is not finished, so it does not expire."""
+    return state.expires_at if state.status in TERMINAL else None
+
+
+def is_visible(state: TaskState, at: datetime) -> bool:
+    """Created, neither deleted nor expired, and not past ``visible_until`` at ``at`` (a task
+    past it is gone for every reader even before the sweeper records Expired)."""
     if not state.live:
+        return False
+    until = visible_until(state)
+    return until is None or until > at
+
+
+def _visible(command: AnyCommand, state: TaskState) -> None:
+    """Raise TaskNotFound unless the task is visible at the command's time and within the
+    caller's scope."""
+    if not is_visible(state, command.at):
         raise TaskNotFound()
     owner = getattr(command, "owner", None)
     if owner is not None and owner != state.owner:
@@ -135,9 +152,9 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
                 return [expired, TimedOut(task_id=tid, at=at, attempt=state.attempt)]
             return [expired]
         case ExpireTask():
-            if not state.live or state.status not in TERMINAL or state.expires_at is None:
-                return []
-            return [Expired(task_id=tid, at=at)] if state.expires_at <= at else []
+            if state.live and not is_visible(state, at):
+                return [Expired(task_id=tid, at=at)]
+            return []
 
     _visible(command, state)
     status = state.status

@@ -42,3 +42,10 @@ class StorageUnavailable(LedgerError):
 class TransactionRolledBack(StorageUnavailable):
     """The database abandoned the whole write transaction (SQLite does on a full disk or an I/O
     error), so every command in it is undone, not only the one that hit the error."""
+
+
+class DuplicateRecord(LedgerError):
+    """A record with this key is already stored (another request committed it first)."""
+
+    def __init__(self, message: str = "Already recorded") -> None:
+        super().__init__(message)

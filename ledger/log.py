@@ -1,7 +1,12 @@
-"""The EventLog protocol and the envelope every recorded event carries.
+"""The storage port: what the rest of taskledger needs from a database, as protocols.
 
-The domain never sees SQL: the decider works on events, the log stores them. One SQLite
-implementation lives in ``ledger.sqlite_log``; a PostgreSQL one would implement the same protocol.
+The domain never sees SQL: the decider works on events, a backend stores them. A backend is
+three objects: the ``EventLog`` (events, blobs, transactions, the write turn), the
+``TaskViews`` (the read models' tables: one row per task, the claim queue, the event feed) and
+the ``Records`` (API keys and idempotency outcomes). The embedded SQLite backend lives in
+``ledger.sqlite``; a backend is done when it passes the contract suite in
+``tests/backends/``. ``tx`` is a backend's transaction handle: what ``transaction()`` yields;
+a read given ``tx=None`` uses a read connection of the backend's choosing.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ledger.events import AnyEvent, BlobRef
+from ledger.state import TaskState
 
 
 def stream_id_for(task_id: str) -> str:
@@ -56,8 +62,37 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     hash: str = ""
 
 
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event row exactly as stored (its data still encoded): what the hash chain covers,
+    what ``verify`` rechecks and what an export carries."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: str
+    recorded_at: str
+    actor_key_id: str | None
+    actor_role: str
+    request_id: str | None
+    idempotency_key: str | None
+    hash: str
+
+    def chained(self) -> dict[str, Any]:
+        """The fields ``ledger.chain.chain_hash`` covers (everything but the hash)."""
+        fields = msgspec.structs.asdict(self)
+        del fields["hash"]
+        return fields
+
+
 class EventLog(Protocol):
-    """An append-only log of events in streams, with a global position order."""
+    """An append-only log of events in streams, with a global position order, and the blobs
+    the events refer to."""
+
+    def write_turn(self) -> AbstractContextManager[None]:
+        """This process's turn to write (other processes on the same database wait); a
+        transaction opened inside it does not wait again."""
+        ...
 
     def transaction(self) -> AbstractContextManager[Any]:
         """An exclusive write transaction; yields the handle the other calls take as ``tx``."""
@@ -66,6 +101,10 @@ class EventLog(Protocol):
     def savepoint(self, tx: Any, name: str) -> AbstractContextManager[None]:
         """A nested unit of ``tx`` that undoes only its own writes on error; raises
         TransactionRolledBack if the database has abandoned the whole of ``tx``."""
+        ...
+
+    def read_snapshot(self) -> AbstractContextManager[Any]:
+        """A read handle on which every read sees the database as of one moment."""
         ...
 
     def append(
@@ -81,17 +120,139 @@ class EventLog(Protocol):
         ...
 
     def read_stream(
-        self, stream_id: str, *, until_version: int | None = None
+        self, stream_id: str, *, until_version: int | None = None, tx: Any = None
     ) -> list[RecordedEvent]: ...
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]: ...
 
     def iter_all(self, after: int = 0, batch: int = 10_000) -> Iterator[RecordedEvent]: ...
 
+    def iter_stored(self, after: int = 0, *, tx: Any = None) -> Iterator[StoredEvent]:
+        """Stored event rows in position order, as they are on disk."""
+        ...
+
+    def iter_by_stream(self, *, tx: Any = None) -> Iterator[tuple[str, int, str]]:
+        """``(stream_id, position, data)`` of every event, stream by stream, each stream in
+        version order: what folding every task afresh walks."""
+        ...
+
+    def last_position(self) -> int: ...
+
     def put_blob(self, task_id: str, data: bytes, *, tx: Any) -> BlobRef: ...
 
-    def get_blob(self, ref: BlobRef) -> bytes | None: ...
+    def get_blob(self, ref: BlobRef, *, tx: Any = None) -> bytes | None: ...
 
-    def purge_blobs(self, task_id: str, *, tx: Any) -> int: ...
+    def purge_blobs(self, task_id: str, *, tx: Any) -> int:
+        """Drop the task's references and every blob no other task refers to."""
+        ...
+
+    def iter_blobs(self, *, tx: Any = None) -> Iterator[tuple[str, bytes, list[str]]]:
+        """Every stored blob: its address, its bytes and the tasks that refer to it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TaskQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of tasks, newest first: those visible at ``at`` (see decider.visible_until)."""
+
+    at: datetime
+    owner: str | None = None
+    limit: int | None = None
+    offset: int = 0
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class FeedQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Events in position order after a cursor: all, one owner's tasks, some types, one task."""
+
+    after: int = 0
+    limit: int = 100
+    owner: str | None = None
+    types: tuple[str, ...] = ()
+    task_id: str | None = None
+
+
+class TaskViews(Protocol):
+    """The read models' storage: one row per task holding its folded state (with the columns
+    the queries need), the claim queue, and the event feed."""
+
+    def load_task(self, task_id: str, *, tx: Any = None) -> TaskState | None: ...
+
+    def save_task(self, tx: Any, state: TaskState) -> None: ...
+
+    def list_tasks(self, query: TaskQuery, *, tx: Any = None) -> list[TaskState]: ...
+
+    def stored_states(self, *, tx: Any = None) -> Iterator[tuple[str, TaskState]]: ...
+
+    def due_leases(self, at: datetime, limit: int = 500) -> list[str]:
+        """Tasks whose lease ran out at or before ``at``."""
+        ...
+
+    def due_expiries(self, at: datetime, limit: int = 500) -> list[str]:
+        """Live tasks no longer visible at ``at``: finished and past expires_at."""
+        ...
+
+    def queue_head(self, *, tx: Any = None) -> str | None: ...
+
+    def enqueue(self, tx: Any, task_id: str, position: int) -> None: ...
+
+    def dequeue(self, tx: Any, task_id: str) -> None: ...
+
+    def queue_entries(self, *, tx: Any = None) -> list[tuple[str, int]]: ...
+
+    def feed(self, query: FeedQuery, *, tx: Any = None) -> list[RecordedEvent]: ...
+
+    def clear(self, tx: Any) -> None:
+        """Empty the task rows and the queue (before a rebuild)."""
+        ...
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    owner: str
+    role: str
+    created_at: str
+    revoked_at: str | None = None
+
+
+class StoredOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a command answered, kept for a retry with the same Idempotency-Key."""
+
+    fingerprint: str
+    outcome: bytes
+
+
+class Records(Protocol):
+    """The application's own records: API keys (stored hashed) and idempotency outcomes."""
+
+    def add_key(self, record: KeyRecord, key_hash: str) -> None: ...
+
+    def find_key(self, key_id: str) -> tuple[KeyRecord, str] | None:
+        """The key's record and its stored hash."""
+        ...
+
+    def list_keys(self) -> list[KeyRecord]: ...
+
+    def revoke_key(self, key_id: str, at: str) -> bool: ...
+
+    def count_keys(self) -> int: ...
+
+    def find_outcome(
+        self, key_id: str, idempotency_key: str, *, tx: Any = None
+    ) -> StoredOutcome | None: ...
+
+    def record_outcome(
+        self, tx: Any, key_id: str, idempotency_key: str, outcome: StoredOutcome, at: str
+    ) -> None:
+        """Keep ``outcome``; DuplicateRecord if this key already has one."""
+        ...
+
+
+class Backend(Protocol):
+    log: EventLog
+    views: TaskViews
+    records: Records
 
     def close(self) -> None: ...

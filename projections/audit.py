@@ -10,19 +10,18 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from ledger import codec
 from ledger.chain import GENESIS, chain_hash
 from ledger.decider import evolve, initial_state
-from ledger.log import task_id_of
+from ledger.log import EventLog, TaskViews, task_id_of
 from ledger.state import TaskState
 from projections.queue import queue_position
-from projections.store import Store
 
 Progress = Callable[[int], None]
 
@@ -61,7 +60,8 @@ class UndecodableEvent(Exception):
 
 
 def fold_streams(
-    conn: sqlite3.Connection,
+    log: EventLog,
+    tx: Any = None,
     progress: Progress | None = None,
     on_bad_event: Callable[[UndecodableEvent], None] | None = None,
 ) -> Iterator[Folded]:
@@ -69,9 +69,7 @@ def fold_streams(
 
     An event that cannot be decoded raises UndecodableEvent, or, with ``on_bad_event``, is
     reported there and skipped."""
-    rows = conn.execute(
-        "SELECT stream_id, position, data FROM events ORDER BY stream_id, version"
-    )
+    rows = log.iter_by_stream(tx=tx)
     current_stream: str | None = None
     state: TaskState | None = None
     position_in_queue: int | None = None
@@ -100,39 +98,35 @@ def fold_streams(
         yield Folded(state, position_in_queue)
 
 
-def check_chain(store: Store, progress: Progress | None = None) -> list[Difference]:
+def check_chain(log: EventLog, tx: Any, progress: Progress | None = None) -> list[Difference]:
     """Recompute every event's hash. Each event is checked against the stored hash of the one
     before it, so an edit is reported at exactly the events it touched."""
     differences = []
     previous = GENESIS
-    for row in store.log.iter_rows():
-        stored = row.pop("hash")
-        expected = chain_hash(previous, **row)  # type: ignore[arg-type]
-        if expected != stored:
+    for row in log.iter_stored(tx=tx):
+        if chain_hash(previous, **row.chained()) != row.hash:
             differences.append(
                 Difference(
                     kind="chain",
-                    position=row["position"],  # type: ignore[arg-type]
-                    task_id=task_id_of(str(row["stream_id"])),
-                    detail=f"event at position {row['position']} does not match its hash "
+                    position=row.position,
+                    task_id=task_id_of(row.stream_id),
+                    detail=f"event at position {row.position} does not match its hash "
                     "(its data or envelope was altered, or an event before it was removed)",
                 )
             )
-        previous = stored  # type: ignore[assignment]
+        previous = row.hash
         if progress:
             progress(1)
     return differences
 
 
-def check_blobs(store: Store) -> list[Difference]:
+def check_blobs(log: EventLog, tx: Any) -> list[Difference]:
     """Every stored blob must still hash to its address; an altered one is reported for each
     task that refers to it."""
     differences = []
-    conn = store.log.reader()
-    for sha, data in conn.execute("SELECT sha256, data FROM blobs"):
-        if hashlib.sha256(bytes(data)).hexdigest() == sha:
+    for sha, data, owners in log.iter_blobs(tx=tx):
+        if hashlib.sha256(data).hexdigest() == sha:
             continue
-        owners = [r[0] for r in conn.execute("SELECT task_id FROM blob_refs WHERE sha256 = ?", (sha,))]
         for task_id in owners or [None]:
             differences.append(
                 Difference("blob", f"blob {sha} does not match its sha256 (its content was altered)", task_id)
@@ -140,38 +134,39 @@ def check_blobs(store: Store) -> list[Difference]:
     return differences
 
 
-def verify(store: Store, progress: Progress | None = None) -> list[Difference]:
+def verify(
+    log: EventLog, views: TaskViews, progress: Progress | None = None
+) -> list[Difference]:
     """Every difference between the log and the projections, every broken chain link, every
     event that cannot be decoded and every blob that no longer matches its address; all read
     from one snapshot, so writers running meanwhile cause no false differences."""
-    with store.log.read_snapshot():
-        return _verify(store, progress)
+    with log.read_snapshot() as tx:
+        return _verify(log, views, tx, progress)
 
 
-def _verify(store: Store, progress: Progress | None = None) -> list[Difference]:
-    differences = check_chain(store, progress) + check_blobs(store)
-    conn = store.log.reader()
+def _verify(
+    log: EventLog, views: TaskViews, tx: Any, progress: Progress | None = None
+) -> list[Difference]:
+    differences = check_chain(log, tx, progress) + check_blobs(log, tx)
 
     def bad_event(error: UndecodableEvent) -> None:
         differences.append(Difference("event", str(error), error.task_id, error.position))
 
-    projected = {
-        row[0]: row[1] for row in conn.execute("SELECT task_id, state FROM tasks")
-    }
-    queued = dict(store.queue.entries(conn))
+    projected = dict(views.stored_states(tx=tx))
+    queued = dict(views.queue_entries(tx=tx))
     seen: set[str] = set()
-    for folded in fold_streams(conn, progress, bad_event):
+    for folded in fold_streams(log, tx, progress, bad_event):
         task_id = folded.state.task_id
         seen.add(task_id)
         stored = projected.get(task_id)
         if stored is None:
             differences.append(Difference("task", "no row in the tasks projection", task_id))
-        elif codec.decode_state(stored) != folded.state:
+        elif stored != folded.state:
             differences.append(
                 Difference(
                     "task",
                     "tasks projection row differs from the fold of its events: "
-                    + _diff(codec.decode_state(stored), folded.state),
+                    + _diff(stored, folded.state),
                     task_id,
                 )
             )
@@ -200,16 +195,15 @@ def _diff(stored: TaskState, folded: TaskState) -> str:
     return "; ".join(fields)
 
 
-def rebuild(store: Store, progress: Progress | None = None) -> int:
+def rebuild(log: EventLog, views: TaskViews, progress: Progress | None = None) -> int:
     """Drop and rebuild the tasks and queue projections from the log in one transaction (or
     inside the caller's, if one is open); returns how many tasks were written."""
     count = 0
-    with store.log.transaction() as tx:
-        store.tasks.clear(tx)
-        store.queue.clear(tx)
-        for folded in fold_streams(tx, progress):
-            store.tasks.upsert(tx, folded.state)
+    with log.transaction() as tx:
+        views.clear(tx)
+        for folded in fold_streams(log, tx, progress):
+            views.save_task(tx, folded.state)
             if folded.queue_position is not None:
-                store.queue.put(tx, folded.state.task_id, folded.queue_position)
+                views.enqueue(tx, folded.state.task_id, folded.queue_position)
             count += 1
     return count

@@ -1,10 +1,12 @@
 """Group commit: one writer thread per process turns many concurrent commands into few
 transactions.
 
-Callers ``submit`` a Request and get a Future (or, on an event loop, ``await submit_async``). The writer takes every request waiting at that
-moment (up to ``max_batch``), runs them through ``CommandHandler.execute_batch`` in one
-transaction with one fsync, then resolves all their futures. A command the decider refuses gets
-its error; the rest of its batch commits.
+Callers ``submit`` a Request and get a Future (or, on an event loop, ``await submit_async``).
+The writer takes its process's write turn, then every request waiting at that moment (up to
+``max_batch``), runs them through ``CommandHandler.execute_batch`` in one transaction with one
+fsync, then resolves all their futures. A command the decider refuses gets its error; the rest
+of its batch commits. This is event-loop machinery (futures settled with one loop wake-up per
+batch, loops parked while a batch runs), so it lives beside the API, not in ``ledger``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import asyncio
 import queue
 import threading
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Self
 
 from ledger.handler import CommandHandler, Outcome, Request
@@ -21,12 +22,12 @@ from ledger.handler import CommandHandler, Outcome, Request
 
 class Writer:
     def __init__(
-        self, handler: CommandHandler, *, max_batch: int = 256, pause_limit: float = 0.05
+        self, handler: CommandHandler, *, max_batch: int = 256, park_limit: float = 0.05
     ) -> None:
         self.handler = handler
         self.max_batch = max_batch
-        #: The longest an event loop is parked while a batch runs (see Pause).
-        self.pause_limit = pause_limit
+        #: The longest an event loop is parked while a batch runs (see Pause); 0 never parks.
+        self.park_limit = park_limit
         self._queue: queue.SimpleQueue[tuple[Request, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="taskledger-writer", daemon=True)
         self._started = False
@@ -63,10 +64,6 @@ class Writer:
             self._queue.put(None)
             self._thread.join(timeout)
 
-    def _turn(self) -> AbstractContextManager[Any]:
-        turn = getattr(self.handler.log, "write_turn", None)
-        return turn() if turn is not None else nullcontext()
-
     def _run(self) -> None:
         while True:
             first = self._queue.get()
@@ -76,9 +73,9 @@ class Writer:
             try:
                 # Wait for this process's turn to write first, then collect the batch: what
                 # arrives while another process holds the database joins this transaction.
-                with self._turn():
+                with self.handler.log.write_turn():
                     batch, stopping = take_more(self._queue, first, self.max_batch)
-                    with Pause.loops_of(batch, self.pause_limit) as pause:
+                    with Pause.loops_of(batch, self.park_limit) as pause:
                         results = self.handler.execute_batch(
                             [request for request, _ in batch],
                             begun=pause.start, before_commit=pause.end,
@@ -125,6 +122,8 @@ class Pause:
 
     @classmethod
     def loops_of(cls, batch: list[tuple[Any, Any]], longest: float) -> Pause:
+        if longest <= 0:
+            return cls(set(), 0)
         return cls({f.get_loop() for _, f in batch if isinstance(f, asyncio.Future)}, longest)
 
     def start(self) -> None:

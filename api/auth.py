@@ -1,0 +1,64 @@
+"""Authentication and authorisation for the HTTP adapter.
+
+``KeyAuthentication`` puts the caller (``api.policy.Caller``) on ``request.user``; a route's
+permission is an **async** guard made by ``guard(use_case)`` from the one policy table (Litestar 2
+runs sync guards on a thread). Also the two per-request facts the handlers pass on to the
+service: the request id and the base of absolute URLs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar.connection import ASGIConnection
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.types import Guard
+
+from api.policy import UseCase, authorize
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.handlers.base import BaseRouteHandler
+
+    from api.service import TaskLedger
+
+#: Paths that need no key: the health check and the API's own documentation.
+PUBLIC = ["^/health$", "^/$", "^/docs"]
+
+
+class KeyAuthentication(AbstractAuthenticationMiddleware):
+    """``Authorization: <key>`` or ``Authorization: Bearer <key>`` -> the caller; InvalidKey
+    (401) or RateLimited (429) otherwise."""
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        service: TaskLedger = connection.app.state.service
+        caller = service.authenticate(connection.headers.get("authorization"))
+        return AuthenticationResult(user=caller, auth=None)
+
+
+def guard(use_case: UseCase) -> Guard:
+    """An async guard letting through the roles ``api.policy.POLICY`` allows ``use_case``."""
+
+    async def allowed(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        authorize(use_case, connection.user)
+
+    allowed.__name__ = f"may_{use_case.name.lower()}"
+    return allowed
+
+
+def request_id(request: Request[Any, Any, Any]) -> str | None:
+    """This request's id (the log line's, and the events' envelope's)."""
+    return request.scope.get("state", {}).get("request_id")
+
+
+def base_url(request: Request[Any, Any, Any]) -> str:
+    """Where this service is reached, for absolute URLs in responses: ``--public-url`` if set,
+    else the request's own scheme and Host."""
+    public = request.app.state.service.settings.public_url
+    if public:
+        return str(public).rstrip("/")
+    scope = request.scope
+    host = request.headers.get("host")
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")

@@ -1,0 +1,96 @@
+"""The composition root: the one place that builds the backend, the projections, the command
+handler, the group-commit writer, the read pool and the service, and takes them down again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ledger.commands import AnyCommand
+from ledger.decider import fold
+from ledger.handler import CommandHandler, CommandSource
+from ledger.log import Backend, RecordedEvent, stream_id_for
+from ledger.sqlite import SqliteBackend
+from ledger.state import TaskState
+from projections.queue import QueueProjection
+from projections.tasks import TasksProjection
+
+if TYPE_CHECKING:
+    from api.service import TaskLedger
+    from api.settings import Settings
+
+
+class Store:
+    """The ledger on one backend (the embedded SQLite file by default): the log, the read
+    models' views, the application's records, the inline projections and the command handler
+    that writes to all of them in one transaction. Synchronous: the CLI and tests use it as is;
+    the service drives it through the writer and the read pool."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        clock: Callable[[], datetime] | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.backend: Backend = backend or SqliteBackend(
+            path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+        )
+        self.path = Path(path)
+        self.log = self.backend.log
+        self.views = self.backend.views
+        self.records = self.backend.records
+        self.tasks = TasksProjection(self.views)
+        self.queue = QueueProjection(self.views)
+        self.handler = CommandHandler(self.log, self.tasks, [self.tasks, self.queue], clock=clock)
+
+    def state(self, task_id: str) -> TaskState | None:
+        """The projected state of a task (one indexed row), or None if it was never created."""
+        return self.views.load_task(task_id)
+
+    def replay(self, task_id: str, *, until_version: int | None = None) -> TaskState | None:
+        """The task's state folded afresh from its events (up to ``until_version``)."""
+        events = self.log.read_stream(stream_id_for(task_id), until_version=until_version)
+        return fold(e.event for e in events) if events else None
+
+    def history(self, task_id: str) -> list[RecordedEvent]:
+        return self.log.read_stream(stream_id_for(task_id))
+
+    def claim_source(self, make_command: Callable[[str], AnyCommand | None]) -> CommandSource:
+        """A command source that picks the head of the queue inside the write transaction
+        (``make_command`` may still decline it by returning None)."""
+
+        def pick(tx: Any) -> AnyCommand | None:
+            task_id = self.views.queue_head(tx=tx)
+            return make_command(task_id) if task_id is not None else None
+
+        return pick
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_service(settings: Settings) -> TaskLedger:
+    """The service over ``settings.db_path``, its writer thread and read pool running."""
+    from api.groupcommit import Writer
+    from api.keys import Gate, RateLimiter
+    from api.readpool import ReadPool
+    from api.service import TaskLedger, now
+
+    store = Store(settings.db_path, synchronous=settings.synchronous, clock=now)
+    writer = Writer(store.handler, park_limit=settings.park_ms / 1000)
+    writer.start()
+    limiter = None
+    if settings.rate_limit_per_second:
+        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    return TaskLedger(store, writer, ReadPool(), Gate(store.records, limiter), settings)
+
+
+def close_service(service: TaskLedger) -> None:
+    service.reads.close()
+    service.writer.stop()
+    service.store.close()

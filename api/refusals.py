@@ -1,0 +1,29 @@
+"""Requests the service refuses for reasons of their own (not task rules, which are the
+decider's ``LedgerError``s). Each message is what a person reads in the 4xx body."""
+
+from __future__ import annotations
+
+
+class BadRequest(Exception):
+    """A request a person must fix (400)."""
+
+
+class InvalidKey(Exception):
+    """The presented API key is missing, malformed, unknown or revoked (401)."""
+
+
+class RateLimited(Exception):
+    """Too many requests for this key (429); ``retry_after`` is how many seconds to wait."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Rate limit exceeded; retry later")
+        self.retry_after = retry_after
+
+
+class IdempotencyMismatch(Exception):
+    """The Idempotency-Key was already used with a different request (422)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Idempotency-Key was already used with a different request; use a new key"
+        )

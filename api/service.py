@@ -1,0 +1,231 @@
+"""The application service: one method per use case, no transport in it.
+
+Each method takes the caller (an authenticated key), and for commands the Idempotency-Key and
+the request id, as plain arguments, and returns domain values (``TaskView``, ``Finished``,
+recorded events), never bytes. It asks ``api.policy`` whether the caller may, stamps the
+command's time (the decider never reads a clock), runs commands through group commit with their
+envelope, and keeps each outcome for an idempotent retry in the same transaction. The HTTP
+adapter, the command line and the tests call the same methods. It imports nothing from Litestar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from api.contract import DEFAULT_CONFIGURATION, check_file_name, normalise_fields
+from api.core import Finished, TaskView, now
+from api.ids import new_task_id
+from api.policy import Caller, Grant, UseCase, authorize
+from api.refusals import BadRequest
+from api.work import WorkerCases
+from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
+from ledger.decider import fold, merge_configuration
+from ledger.errors import TaskNotFound
+from ledger.events import EVENT_TAGS, blob_ref
+from ledger.log import FeedQuery, RecordedEvent, TaskQuery
+from ledger.state import TaskState
+
+MAX_LIST_LIMIT = 1000
+#: Past this the offset (page - 1) * limit no longer fits a 64-bit integer.
+MAX_PAGE = 2**31 - 1
+MAX_FEED_LIMIT = 1000
+
+class TaskLedger(WorkerCases):
+    """The use cases (the workers' in ``api.work``)."""
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        caller: Caller,
+        *,
+        file: bytes,
+        file_name: str | None = None,
+        configuration: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> TaskView:
+        authorize(UseCase.CREATE, caller)
+        file_name = check_file_name(file_name)
+        if not file:
+            raise BadRequest("File is empty")
+        fields = normalise_fields(configuration or {})
+        defaults = {**DEFAULT_CONFIGURATION, "expires_in": self.settings.default_expires_in}
+        merged = merge_configuration(defaults, fields)
+        ref = blob_ref(file)
+        command = CreateTask(
+            task_id=new_task_id(), at=self.clock(), owner=caller.owner, configuration=merged,
+            file=ref, file_name=file_name, expires_in=merged.get("expires_in"),
+        )
+        fp = (ref.sha256, file_name, fields)
+        return await self._run(
+            UseCase.CREATE, caller, command, TaskView, self._view, fp,
+            idempotency_key, request_id, blobs=(file,),
+        )
+
+    async def get(
+        self,
+        caller: Caller,
+        task_id: str,
+        *,
+        as_of_version: int | None = None,
+        as_of: datetime | None = None,
+    ) -> TaskView:
+        """The task now, or as it was after its N-th event, or as it was at a time."""
+        if as_of_version is None and as_of is None:
+            grant = authorize(UseCase.GET, caller)
+            return await self.reads.run(self._read_now, grant, task_id, self.clock())
+        grant = authorize(UseCase.GET_AS_OF, caller)
+        if as_of_version is not None and as_of is not None:
+            raise BadRequest("Give as_of_version or as_of, not both")
+        if as_of is not None and as_of.tzinfo is None:
+            raise BadRequest("as_of must be an RFC 3339 time with a time zone")
+        if as_of_version is not None and as_of_version < 1:
+            raise BadRequest("Invalid request: as_of_version: must be a whole number, 1 or more")
+        return await self.reads.run(
+            self._read_as_of, grant, task_id, as_of_version, as_of, self.clock()
+        )
+
+    def _read_now(self, grant: Grant, task_id: str, at: datetime) -> TaskView:
+        state = self.store.state(task_id)
+        if state is None or not grant.sees(state, at):
+            raise TaskNotFound()
+        return TaskView(state=state, output=self._output(state))
+
+    def _read_as_of(
+        self, grant: Grant, task_id: str, version: int | None, when: datetime | None, at: datetime
+    ) -> TaskView:
+        if not grant.sees(self.store.state(task_id), at):
+            raise TaskNotFound()
+        events = self.store.history(task_id)
+        if version is not None:
+            if version > len(events):
+                raise BadRequest(
+                    f"as_of_version must be between 1 and {len(events)} for this task"
+                )
+            events = events[:version]
+        if when is not None:
+            events = [e for e in events if e.recorded_at <= when]
+            if not events:
+                raise TaskNotFound("Task not found: it did not exist yet at that time")
+        state = fold(e.event for e in events)
+        return TaskView(state=state, output=self._output(state))
+
+    async def list_tasks(
+        self,
+        caller: Caller,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[TaskView]:
+        """A page of the caller's tasks, newest first (every owner's for an admin)."""
+        grant = authorize(UseCase.LIST, caller)
+        if page is not None and limit is None:
+            raise BadRequest("Limit is required when page is provided")
+        if page is not None and page < 1:
+            raise BadRequest("page must be 1 or more")
+        if page is not None and page > MAX_PAGE:
+            raise BadRequest(f"page must be at most {MAX_PAGE}")
+        if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        for name, when in (("start", start), ("end", end)):
+            if when is not None and when.tzinfo is None:
+                raise BadRequest(f"{name} must be an RFC 3339 time with a time zone")
+        offset = (page - 1) * limit if page is not None and limit is not None else 0
+        query = TaskQuery(
+            at=self.clock(), owner=grant.owner, limit=limit, offset=offset, start=start, end=end
+        )
+        return await self.reads.run(self._list, query)
+
+    def _list(self, query: TaskQuery) -> list[TaskView]:
+        states = self.store.views.list_tasks(query)
+        return [TaskView(state=s, output=self._output(s)) for s in states]
+
+    async def update(
+        self,
+        caller: Caller,
+        task_id: str,
+        configuration: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> TaskView:
+        grant = authorize(UseCase.UPDATE, caller)
+        fields = normalise_fields(configuration)
+        command = UpdateTask(
+            task_id=task_id, at=self.clock(), owner=grant.owner, configuration=fields
+        )
+        return await self._run(
+            UseCase.UPDATE, caller, command, TaskView, self._view, (task_id, fields),
+            idempotency_key, request_id,
+        )
+
+    async def cancel(
+        self,
+        caller: Caller,
+        task_id: str,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> TaskView:
+        grant = authorize(UseCase.CANCEL, caller)
+        command = CancelTask(task_id=task_id, at=self.clock(), owner=grant.owner)
+        return await self._run(
+            UseCase.CANCEL, caller, command, TaskView, self._bare, (task_id,),
+            idempotency_key, request_id,
+        )
+
+    async def delete(
+        self,
+        caller: Caller,
+        task_id: str,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> TaskView:
+        grant = authorize(UseCase.DELETE, caller)
+        command = DeleteTask(task_id=task_id, at=self.clock(), owner=grant.owner)
+        return await self._run(
+            UseCase.DELETE, caller, command, TaskView, self._bare, (task_id,),
+            idempotency_key, request_id,
+        )
+
+    # -- audit -------------------------------------------------------------------------------
+
+    async def history(self, caller: Caller, task_id: str) -> list[RecordedEvent]:
+        """The task's events, oldest first (an admin's include deleted and expired tasks)."""
+        grant = authorize(UseCase.HISTORY, caller)
+        return await self.reads.run(self._history, grant, task_id, self.clock())
+
+    def _history(self, grant: Grant, task_id: str, at: datetime) -> list[RecordedEvent]:
+        if not grant.sees(self.store.state(task_id), at):
+            raise TaskNotFound()
+        return self.store.history(task_id)
+
+    async def feed(
+        self,
+        caller: Caller,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        types: Sequence[str] = (),
+        task_id: str | None = None,
+    ) -> list[RecordedEvent]:
+        """Events in position order after ``after`` (only the caller's tasks' for a user)."""
+        grant = authorize(UseCase.FEED, caller)
+        unknown = sorted(set(types) - set(EVENT_TAGS))
+        if unknown:
+            raise BadRequest(f"Unknown event type {unknown[0]!r}; known: {', '.join(EVENT_TAGS)}")
+        if not 1 <= limit <= MAX_FEED_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_FEED_LIMIT}")
+        query = FeedQuery(
+            after=after, limit=limit, owner=grant.owner, types=tuple(types), task_id=task_id
+        )
+        return await self.reads.run(self.store.views.feed, query)
+
+
+__all__ = ["Finished", "TaskLedger", "TaskView", "now"]

@@ -1,0 +1,41 @@
+"""The embedded SQLite backend: one file holds the log, its blobs, the read models' tables and
+the application's records. One module per concern: ``connection`` (pragmas, the events schema,
+error mapping), ``lock`` (the cross-process write lock), ``log`` (the EventLog), ``blobs``,
+``views`` (the read models' tables), ``records`` (keys and idempotency outcomes) and
+``transfer`` (export, import, backup)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ledger.sqlite import records, views
+from ledger.sqlite.log import SqliteLog
+from ledger.sqlite.records import SqliteRecords
+from ledger.sqlite.views import SqliteViews
+
+
+class SqliteBackend:
+    """``ledger.log.Backend`` on one SQLite file (created with its schema if new)."""
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+    ) -> None:
+        self.log = SqliteLog(
+            path,
+            synchronous=synchronous,
+            busy_timeout_ms=busy_timeout_ms,
+            schemas=(views.SCHEMA, records.SCHEMA),
+            migrations=views.MIGRATIONS,
+        )
+        self.views = SqliteViews(self.log)
+        self.records = SqliteRecords(self.log)
+
+    @property
+    def path(self) -> Path:
+        return self.log.path
+
+    def close(self) -> None:
+        self.log.close()
+
+
+__all__ = ["SqliteBackend", "SqliteLog", "SqliteRecords", "SqliteViews"]

@@ -1,0 +1,357 @@
+"""The SQLite EventLog: WAL, ``synchronous=FULL`` by default, append-only by trigger.
+
+* ``events.position`` is ``INTEGER PRIMARY KEY AUTOINCREMENT``: a position is never reused, even
+  after the newest event's row is gone (it never is: triggers forbid UPDATE and DELETE).
+* ``UNIQUE(stream_id, version)`` gives optimistic concurrency; the driver's IntegrityError becomes
+  ConcurrencyConflict here and nowhere else.
+* Writes go through one connection per process, serialised by a lock, inside ``BEGIN IMMEDIATE``;
+  several processes on one file take turns through ``ledger.sqlite.lock``'s ``flock`` before
+  they begin. SQLite's own lock still guards against writers that don't take the side lock.
+* Reads use a connection per thread and never wait for the writer (WAL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC
+from pathlib import Path
+import sqlite_utils
+
+from ledger import codec
+from ledger.chain import GENESIS, chain_hash
+from ledger.errors import ConcurrencyConflict, StorageUnavailable, TransactionRolledBack
+from ledger.events import AnyEvent, BlobRef, tag_of
+from ledger.log import Envelope, RecordedEvent, StoredEvent
+from ledger.sqlite import blobs
+from ledger.sqlite.connection import EVENT_COLUMNS, SCHEMA, connect, row_to_recorded, storage_error
+from ledger.sqlite.lock import ProcessWriteLock
+
+
+class SqliteLog:
+    """The EventLog on one SQLite file. ``schemas`` are the other tables' CREATE ... IF NOT
+    EXISTS scripts, run in the same transaction as the log's own schema; ``migrations`` run
+    before them, in a transaction of their own (each checks whether it is needed)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        schemas: Sequence[str] = (),
+        migrations: Sequence[Callable[[sqlite3.Connection], None]] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        self._write_lock = threading.RLock()
+        self._process_lock = ProcessWriteLock(self.path, busy_timeout_ms / 1000)
+        #: (last position, its hash, its recorded_at) as this transaction left them: appends
+        #: after the first in one transaction skip two reads. Only valid while the write
+        #: transaction that set it is open (cleared at BEGIN, COMMIT, ROLLBACK, ROLLBACK TO).
+        self._head: tuple[int, str, str] | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        script = "BEGIN IMMEDIATE;" + SCHEMA + "".join(schemas) + "COMMIT;"
+        with self._write_lock:
+            try:
+                if migrations:
+                    self._writer.execute("BEGIN IMMEDIATE")
+                    for migrate in migrations:
+                        migrate(self._writer)
+                    self._writer.execute("COMMIT")
+                self._writer.executescript(script)
+            except sqlite3.Error as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise storage_error(exc) from exc
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """This process's turn to write: the in-process write lock and the cross-process one.
+        Transactions opened inside it don't wait again. The group-commit writer takes its turn
+        before it collects a batch, so commands that arrive while another process writes join
+        this batch instead of waiting for the next."""
+        with self._write_lock:
+            try:
+                self._process_lock.acquire()
+            except OSError as exc:
+                raise StorageUnavailable(
+                    f"The database cannot be written right now (write lock {exc})"
+                ) from exc
+            try:
+                yield
+            finally:
+                self._process_lock.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the write connection; ROLLBACK on any error."""
+        with self._write_lock:
+            conn = self._writer
+            if conn.in_transaction:  # nested: the outer transaction commits
+                yield conn
+                return
+            self._head = None
+            with self.write_turn():
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise storage_error(exc) from exc
+                try:
+                    yield conn
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise storage_error(exc) from exc
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._head = None
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise storage_error(exc) from exc
+
+    @contextmanager
+    def savepoint(self, tx: sqlite3.Connection, name: str) -> Iterator[None]:
+        """A nested unit inside ``tx``: on error only its own writes are undone, and driver
+        errors about the disk come out as StorageUnavailable.
+
+        On some errors (a full disk, an I/O error) SQLite rolls back the whole transaction, not
+        just the statement. Then there is no savepoint to return to, the units before this one
+        are undone as well, and anything run next would run outside the transaction:
+        TransactionRolledBack says so, and the caller must give up the whole transaction."""
+        tx.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException as exc:
+            self._head = None
+            if not tx.in_transaction:
+                cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__
+                raise TransactionRolledBack(
+                    f"The database cannot be written right now ({cause or exc})"
+                ) from exc
+            tx.execute(f"ROLLBACK TO {name}")
+            tx.execute(f"RELEASE {name}")
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc) from exc
+            raise
+        tx.execute(f"RELEASE {name}")
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection inside one read transaction: every read sees the
+        database as of one moment, however long the walk takes (verify, export)."""
+        conn = self.reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """A sqlite-utils view of the database, for tooling (not the hot path)."""
+        return sqlite_utils.Database(self.reader())
+
+    # -- events -----------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[AnyEvent],
+        envelope: Envelope,
+        *,
+        tx: sqlite3.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        if tx is None:
+            with self.transaction() as own:
+                return self.append(stream_id, expected_version, events, envelope, tx=own)
+        (current,) = tx.execute(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        if current != expected_version:
+            raise ConcurrencyConflict(
+                f"Stream {stream_id} is at version {current}, not {expected_version}"
+            )
+        position, previous, last_recorded_at = self._head or self._chain_head(tx)
+        # recorded_at never goes backwards along the log, whatever the clocks of several writer
+        # processes say, so "the log as of time T" is always a prefix of it.
+        stamp = codec.timestamp(envelope.recorded_at)
+        if stamp >= last_recorded_at:
+            recorded_at, when = stamp, envelope.recorded_at.astimezone(UTC)
+        else:
+            recorded_at, when = last_recorded_at, codec.parse_timestamp(last_recorded_at)
+        recorded: list[RecordedEvent] = []
+        for offset, event in enumerate(events, start=1):
+            version = expected_version + offset
+            position += 1
+            row = {
+                "position": position,
+                "stream_id": stream_id,
+                "version": version,
+                "type": tag_of(type(event)),
+                "data": codec.encode_str(event),
+                "recorded_at": recorded_at,
+                "actor_key_id": envelope.actor.key_id,
+                "actor_role": envelope.actor.role,
+                "request_id": envelope.request_id,
+                "idempotency_key": envelope.idempotency_key,
+            }
+            previous = chain_hash(previous, **row)
+            self.insert_row(tx, {**row, "hash": previous})
+            recorded.append(
+                RecordedEvent(
+                    position=position,
+                    stream_id=stream_id,
+                    version=version,
+                    recorded_at=when,
+                    actor=envelope.actor,
+                    request_id=envelope.request_id,
+                    idempotency_key=envelope.idempotency_key,
+                    event=event,
+                    hash=previous,
+                )
+            )
+        self._head = (position, previous, recorded_at)
+        return recorded
+
+    def _chain_head(self, tx: sqlite3.Connection) -> tuple[int, str, str]:
+        """The last position ever handed out (AUTOINCREMENT's counter, so positions are never
+        reused), and the hash and recorded_at of the newest event."""
+        seq = tx.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        last = tx.execute(
+            "SELECT hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        return (seq[0] if seq else 0), *(last if last else (GENESIS, ""))
+
+    def insert_row(self, tx: sqlite3.Connection, row: dict[str, object]) -> None:
+        """Insert one stored event row as is (append computes it; import copies it)."""
+        self._head = None
+        try:
+            tx.execute(
+                "INSERT INTO events (position, stream_id, version, type, data, recorded_at,"
+                " actor_key_id, actor_role, request_id, idempotency_key, hash)"
+                " VALUES (:position, :stream_id, :version, :type, :data, :recorded_at,"
+                " :actor_key_id, :actor_role, :request_id, :idempotency_key, :hash)",
+                row,
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ConcurrencyConflict(
+                f"Stream {row['stream_id']} already has version {row['version']}"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from exc
+
+    def iter_stored(
+        self, after: int = 0, *, tx: sqlite3.Connection | None = None, batch: int = 10_000
+    ) -> Iterator[StoredEvent]:
+        """Stored event rows in position order, as they are on disk (for verify and export)."""
+        conn = tx or self.reader()
+        while True:
+            rows = conn.execute(
+                "SELECT position, stream_id, version, type, data, recorded_at, actor_key_id,"
+                " actor_role, request_id, idempotency_key, hash FROM events WHERE position > ?"
+                " ORDER BY position LIMIT ?",
+                (after, batch),
+            ).fetchall()
+            for r in rows:
+                yield StoredEvent(
+                    position=r[0], stream_id=r[1], version=r[2], type=r[3], data=r[4],
+                    recorded_at=r[5], actor_key_id=r[6], actor_role=r[7], request_id=r[8],
+                    idempotency_key=r[9], hash=r[10],
+                )
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def iter_by_stream(self, *, tx: sqlite3.Connection | None = None) -> Iterator[tuple[str, int, str]]:
+        conn = tx or self.reader()
+        yield from conn.execute(
+            "SELECT stream_id, position, data FROM events ORDER BY stream_id, version"
+        )
+
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        until_version: int | None = None,
+        tx: sqlite3.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        conn = tx or self.reader()
+        rows = conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version <= ?"
+            " ORDER BY version",
+            (stream_id, until_version if until_version is not None else 2**62),
+        ).fetchall()
+        return [row_to_recorded(row) for row in rows]
+
+    def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        rows = self.reader().execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [row_to_recorded(row) for row in rows]
+
+    def iter_all(self, after: int = 0, batch: int = 10_000) -> Iterator[RecordedEvent]:
+        while True:
+            page = self.read_all(after, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].position
+
+    def last_position(self) -> int:
+        (value,) = self.reader().execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
+        return value
+
+    # -- blobs (ledger.sqlite.blobs) ----------------------------------------------------------
+
+    def put_blob(self, task_id: str, data: bytes, *, tx: sqlite3.Connection) -> BlobRef:
+        return blobs.put_blob(tx, task_id, data)
+
+    def get_blob(self, ref: BlobRef, *, tx: sqlite3.Connection | None = None) -> bytes | None:
+        return blobs.get_blob(tx or self.reader(), ref)
+
+    def purge_blobs(self, task_id: str, *, tx: sqlite3.Connection) -> int:
+        return blobs.purge_blobs(tx, task_id)
+
+    def iter_blobs(
+        self, *, tx: sqlite3.Connection | None = None
+    ) -> Iterator[tuple[str, bytes, list[str]]]:
+        return blobs.iter_blobs(tx or self.reader())
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+            self._process_lock.close()
+        self._local = threading.local()

@@ -1,0 +1,201 @@
+"""The read models' tables in SQLite: ``tasks`` (one row per task: its folded state and the
+columns the queries filter on), ``queue`` (claimable tasks in FIFO order) and the event feed.
+
+Which tasks a query may show is decided by the domain, not here: the row's ``visible_until``
+column is ``decider.visible_until(state)`` (when a live task stops being visible: a finished
+task at its ``expires_at``), and the queries only compare it with the time they are given.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime
+
+from ledger import codec
+from ledger.decider import visible_until
+from ledger.events import PROCESSING
+from ledger.log import FeedQuery, RecordedEvent, TaskQuery, stream_id_for
+from ledger.sqlite.connection import EVENT_COLUMNS, row_to_recorded
+from ledger.sqlite.log import SqliteLog
+from ledger.state import TaskState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    visible_until TEXT,
+    lease_until TEXT,
+    gone TEXT,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_owner_created ON tasks (owner, created_at, task_id)
+    WHERE gone IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at, task_id) WHERE gone IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (lease_until)
+    WHERE gone IS NULL AND lease_until IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_visible_until ON tasks (visible_until)
+    WHERE gone IS NULL AND visible_until IS NOT NULL;
+CREATE TABLE IF NOT EXISTS queue (
+    task_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_fifo ON queue (position);
+"""
+
+
+def _ts(value: datetime | None) -> str | None:
+    return codec.timestamp(value) if value is not None else None
+
+
+def add_visible_until(conn: sqlite3.Connection) -> None:
+    """Migration: a ``tasks`` table from before ``visible_until`` gets the column, filled from
+    each row's state (its old ``expires_at`` column and index are no longer used)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if not columns or "visible_until" in columns:
+        return
+    conn.execute("ALTER TABLE tasks ADD COLUMN visible_until TEXT")
+    conn.execute("DROP INDEX IF EXISTS tasks_expiry")
+    rows = conn.execute("SELECT task_id, state FROM tasks").fetchall()
+    for task_id, state in rows:
+        until = _ts(visible_until(codec.decode_state(state)))
+        conn.execute("UPDATE tasks SET visible_until = ? WHERE task_id = ?", (until, task_id))
+
+
+MIGRATIONS = (add_visible_until,)
+
+
+class SqliteViews:
+    """``ledger.log.TaskViews`` on the SQLite file of a ``SqliteLog``."""
+
+    def __init__(self, log: SqliteLog) -> None:
+        self._log = log
+
+    def _conn(self, tx: sqlite3.Connection | None) -> sqlite3.Connection:
+        return tx if tx is not None else self._log.reader()
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def load_task(self, task_id: str, *, tx: sqlite3.Connection | None = None) -> TaskState | None:
+        row = self._conn(tx).execute(
+            "SELECT state FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        return codec.decode_state(row[0]) if row else None
+
+    def save_task(self, tx: sqlite3.Connection, state: TaskState) -> None:
+        tx.execute(
+            "INSERT INTO tasks (task_id, owner, status, created_at, visible_until, lease_until,"
+            " gone, version, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (task_id) DO UPDATE SET owner = excluded.owner,"
+            " status = excluded.status, created_at = excluded.created_at,"
+            " visible_until = excluded.visible_until, lease_until = excluded.lease_until,"
+            " gone = excluded.gone, version = excluded.version, state = excluded.state",
+            (
+                state.task_id,
+                state.owner,
+                state.status,
+                _ts(state.created_at),
+                _ts(visible_until(state)),
+                _ts(state.lease_until) if state.status == PROCESSING else None,
+                state.gone,
+                state.version,
+                codec.encode_str(state),
+            ),
+        )
+
+    def list_tasks(
+        self, query: TaskQuery, *, tx: sqlite3.Connection | None = None
+    ) -> list[TaskState]:
+        where = ["gone IS NULL", "(visible_until IS NULL OR visible_until > ?)"]
+        params: list[object] = [codec.timestamp(query.at)]
+        if query.owner is not None:
+            where.append("owner = ?")
+            params.append(query.owner)
+        if query.start is not None:
+            where.append("created_at >= ?")
+            params.append(codec.timestamp(query.start))
+        if query.end is not None:
+            where.append("created_at <= ?")
+            params.append(codec.timestamp(query.end))
+        sql = (
+            f"SELECT state FROM tasks WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, task_id DESC LIMIT ? OFFSET ?"
+        )
+        params += [query.limit if query.limit is not None else -1, query.offset]
+        return [codec.decode_state(row[0]) for row in self._conn(tx).execute(sql, params)]
+
+    def stored_states(
+        self, *, tx: sqlite3.Connection | None = None
+    ) -> Iterator[tuple[str, TaskState]]:
+        for task_id, state in self._conn(tx).execute("SELECT task_id, state FROM tasks"):
+            yield task_id, codec.decode_state(state)
+
+    def due_leases(self, at: datetime, limit: int = 500) -> list[str]:
+        rows = self._log.reader().execute(
+            "SELECT task_id FROM tasks WHERE gone IS NULL AND lease_until IS NOT NULL"
+            " AND lease_until <= ? ORDER BY lease_until LIMIT ?",
+            (codec.timestamp(at), limit),
+        )
+        return [row[0] for row in rows]
+
+    def due_expiries(self, at: datetime, limit: int = 500) -> list[str]:
+        rows = self._log.reader().execute(
+            "SELECT task_id FROM tasks WHERE gone IS NULL AND visible_until IS NOT NULL"
+            " AND visible_until <= ? ORDER BY visible_until LIMIT ?",
+            (codec.timestamp(at), limit),
+        )
+        return [row[0] for row in rows]
+
+    # -- queue ------------------------------------------------------------------------------
+
+    def queue_head(self, *, tx: sqlite3.Connection | None = None) -> str | None:
+        row = self._conn(tx).execute(
+            "SELECT task_id FROM queue ORDER BY position LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def enqueue(self, tx: sqlite3.Connection, task_id: str, position: int) -> None:
+        tx.execute(
+            "INSERT OR REPLACE INTO queue (task_id, position) VALUES (?, ?)", (task_id, position)
+        )
+
+    def dequeue(self, tx: sqlite3.Connection, task_id: str) -> None:
+        tx.execute("DELETE FROM queue WHERE task_id = ?", (task_id,))
+
+    def queue_entries(self, *, tx: sqlite3.Connection | None = None) -> list[tuple[str, int]]:
+        rows = self._conn(tx).execute("SELECT task_id, position FROM queue ORDER BY position")
+        return [(r[0], r[1]) for r in rows]
+
+    def clear(self, tx: sqlite3.Connection) -> None:
+        tx.execute("DELETE FROM tasks")
+        tx.execute("DELETE FROM queue")
+
+    # -- the event feed ---------------------------------------------------------------------
+
+    def feed(
+        self, query: FeedQuery, *, tx: sqlite3.Connection | None = None
+    ) -> list[RecordedEvent]:
+        """Keyset paging on the events' primary key: a page's cost does not grow with the log."""
+        columns = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+        where = ["e.position > ?"]
+        params: list[object] = [query.after]
+        if query.task_id is not None:
+            where.append("e.stream_id = ?")
+            params.append(stream_id_for(query.task_id))
+        if query.types:
+            where.append(f"e.type IN ({', '.join('?' * len(query.types))})")
+            params.extend(query.types)
+        join = ""
+        if query.owner is not None:
+            join = "JOIN tasks t ON t.task_id = substr(e.stream_id, 6)"
+            where.append("t.owner = ?")
+            params.append(query.owner)
+        sql = (
+            f"SELECT {columns} FROM events e {join} WHERE {' AND '.join(where)}"
+            " ORDER BY e.position LIMIT ?"
+        )
+        params.append(query.limit)
+        return [row_to_recorded(row) for row in self._conn(tx).execute(sql, params)]
