@@ -868,27 +868,3 @@ def run(
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                        help="server process counts to run each server with")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.events, args.seconds = 3000, 0.5
-    report = run(events=args.events, seconds=args.seconds, concurrency=args.concurrency,
-                 out=args.out, small_events=min(10_000, args.events),
-                 get_requests=300 if args.quick else 3000, workers=args.workers)
-    print(markdown(report))
-
-
-if __name__ == "__main__":
-    main()

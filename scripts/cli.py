@@ -10,25 +10,11 @@ from pathlib import Path
 import click
 
 from api import keys as key_store
-from api.settings import Settings, default_db_path
+from api.settings import Settings
 from ledger.errors import LedgerError
 from projections.store import Store
-
-DB_HELP = "SQLite database file (default ./taskledger.db, or $TASKLEDGER_DB)."
-
-
-def db_option(func):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--db",
-        "db_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help=DB_HELP,
-    )(func)
-
-
-def resolve_db(db_path: Path | None) -> Path:
-    return db_path if db_path is not None else default_db_path()
+from scripts import ops
+from scripts.options import db_option, resolve_db
 
 
 def open_keys_connection(db_path: Path) -> sqlite3.Connection:
@@ -257,15 +243,22 @@ def worker(
     sys.exit(runner.run())
 
 
-def main() -> None:
-    import scripts.ops  # noqa: F401 - registers the operator commands on the group
+# The operator commands live in scripts.ops (which does not import this module); they are
+# registered here, next to the group, so ``from scripts.cli import cli`` has every command.
+cli.add_command(ops.replay)
+cli.add_command(ops.history)
+cli.add_command(ops.tail)
+cli.add_command(ops.verify)
+cli.add_command(ops.rebuild)
+cli.add_command(ops.export)
+cli.add_command(ops.import_)
+cli.add_command(ops.backup)
+cli.add_command(ops.bench)
 
+
+def main() -> None:
     cli()
 
 
 if __name__ == "__main__":
-    # Run through the imported module, so ``python -m scripts.cli`` sees the same click group
-    # that scripts.ops registers its commands on.
-    from scripts.cli import main as run_main
-
-    run_main()
+    main()

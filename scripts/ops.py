@@ -1,7 +1,11 @@
 """Operator commands: replay, history, tail, verify, rebuild, export, import, backup.
 
 Each prints a table on a terminal and JSON lines otherwise, and shows a progress bar (on a
-terminal) for work that walks the whole log.
+terminal) for work that walks the whole log. ``bench`` (the benchmark; its measuring code is in
+scripts.bench) is here too.
+
+All are plain click commands: scripts.cli adds them to the ``taskledger`` group. This module
+does not import scripts.cli.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ledger.log import RecordedEvent
 from ledger.sqlite_log import ImportRefused
 from projections import audit, feed
 from projections.store import Store
-from scripts.cli import cli, db_option, resolve_db
+from scripts.options import db_option, resolve_db
 
 err = Console(stderr=True)
 
@@ -96,7 +100,7 @@ def parse_until(value: str | None) -> tuple[int | None, datetime | None]:
     return None, when
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.argument("task_id")
 @click.option("--until", "until", default=None, help="Stop after this version, or at this RFC 3339 time.")
@@ -138,7 +142,7 @@ def replay(db_path: Path | None, task_id: str, until: str | None) -> None:
         Console().print(table)
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.argument("task_id")
 def history(db_path: Path | None, task_id: str) -> None:
@@ -171,7 +175,7 @@ def print_events(events: list[RecordedEvent]) -> None:
     Console().print(table)
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.option("--after", default=None, type=int, help="Start after this position (default: the last 20 events).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
@@ -197,7 +201,7 @@ def tail(db_path: Path | None, after: int | None, follow: bool) -> None:
         time.sleep(0.5)
 
 
-@cli.command()
+@click.command()
 @db_option
 def verify(db_path: Path | None) -> None:
     """Fold every stream again, compare with the stored projections, and check the hash chain.
@@ -226,7 +230,7 @@ def verify(db_path: Path | None) -> None:
     err.print(f"OK: {total} events, hash chain intact, projections match the log")
 
 
-@cli.command()
+@click.command()
 @db_option
 def rebuild(db_path: Path | None) -> None:
     """Drop every projection and rebuild it from the log, in one transaction.
@@ -247,7 +251,7 @@ def rebuild(db_path: Path | None) -> None:
     err.print(f"Rebuilt {tasks} tasks from {event_count(store)} events")
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here instead of stdout.")
 def export(db_path: Path | None, output: Path | None) -> None:
@@ -270,7 +274,7 @@ def export(db_path: Path | None, output: Path | None) -> None:
             out.close()
 
 
-@cli.command("import")
+@click.command("import")
 @db_option
 @click.argument("source", type=click.File("r"))
 def import_(db_path: Path | None, source: Any) -> None:
@@ -303,7 +307,7 @@ def import_(db_path: Path | None, source: Any) -> None:
     err.print(f"Imported {count} events ({tasks} tasks) into {store.path}")
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
 def backup(db_path: Path | None, destination: Path) -> None:
@@ -321,7 +325,7 @@ def backup(db_path: Path | None, destination: Path) -> None:
     err.print(f"Backed up {store.path} to {destination}")
 
 
-@cli.command()
+@click.command()
 @click.option("--events", default=1_000_000, show_default=True, type=int, help="Size of the log for the in-process figures.")
 @click.option("--seconds", default=5.0, show_default=True, type=float, help="Length of each HTTP scenario.")
 @click.option("--concurrency", multiple=True, type=int, default=(1, 32), show_default=True, help="Concurrent clients (repeat the option for several).")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-import scripts.ops  # noqa: F401 - registers the operator commands
 from scripts.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,37 @@ def all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.
 
 
 COMMANDS = all_commands(cli)
+
+
+EVERY_COMMAND = [
+    "backup", "bench", "export", "history", "import", "keys", "rebuild", "replay", "serve", "tail",
+    "verify", "worker",
+]
+
+
+def fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter (nothing imported yet) and return its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_importing_the_group_alone_gives_every_command():
+    # Every command is registered where the group is defined (datasette's habit): nothing else
+    # has to be imported first for its side effect.
+    out = fresh_python("from scripts.cli import cli; print(sorted(cli.commands))")
+    assert out.strip() == repr(EVERY_COMMAND)
+
+
+def test_the_command_modules_do_not_import_the_group():
+    # No import cycle: scripts.ops (and the options it shares with scripts.cli) stand alone.
+    out = fresh_python(
+        "import sys, scripts.ops, scripts.options, scripts.bench; print('scripts.cli' in sys.modules)"
+    )
+    assert out.strip() == "False"
 
 
 def test_the_command_line_has_the_commands_the_issues_ask_for():
