@@ -1,6 +1,6 @@
 """The decider: ``decide(command, state) -> events`` and ``evolve(state, event) -> state``.
 
-Pure: no clock, no uuid, no I/O. Every rule of DESIGN.md lives here and nowhere else.
+Pure: no clock, no uuid, no I/O. Every rule of docs/design.md lives here and nowhere else.
 """
 
 from __future__ import annotations
