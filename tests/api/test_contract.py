@@ -1,5 +1,5 @@
-"""Every row of DESIGN.md's HTTP contract, over real HTTP against ``taskledger serve``:
-status code and body, for success and for each documented error."""
+"""Every row of the HTTP contract (docs/api.md's routes, docs/design.md's rules), over real HTTP
+against ``taskledger serve``: status code and body, for success and for each documented error."""
 
 from __future__ import annotations
 

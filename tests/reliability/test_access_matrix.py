@@ -1,4 +1,5 @@
-"""Access: every route x every caller answers as DESIGN.md (and the README's role rules) say.
+"""Access: every route x every caller answers as docs/design.md (the access policy) and
+docs/api.md's role rules say.
 
 Callers: alice (a user, the task's owner), bob (another user), a worker key, an admin key, no
 key, and a revoked key. Each cell of the matrix gets a task of its own in the state the route

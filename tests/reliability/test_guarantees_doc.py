@@ -1,5 +1,5 @@
-"""The README's "Guarantees" section and this folder agree: every test it names exists, and every
-test module here is named there."""
+"""The "Guarantees" section of docs/guarantees.md and this folder agree: every test it names
+exists, and every test module here is named there."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ HERE = ROOT / "tests" / "reliability"
 
 
 def named_tests() -> list[tuple[str, str]]:
-    section = (ROOT / "README.md").read_text().split("\n## Guarantees\n", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "guarantees.md").read_text()
+    section = text.split("\n## Guarantees\n", 1)[1].split("\n## ", 1)[0]
     found, module = [], None
     for file, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)`", section):
         module = file or module
@@ -27,7 +28,9 @@ def test_every_test_the_guarantees_name_exists():
     for module, name in named:
         tree = ast.parse((HERE / module).read_text())
         functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-        assert name in functions, f"README names {module}::{name}, which does not exist"
+        assert name in functions, (
+            f"docs/guarantees.md names {module}::{name}, which does not exist"
+        )
 
 
 def test_every_reliability_module_is_named_in_the_guarantees():
