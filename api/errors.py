@@ -89,7 +89,7 @@ def body_problem(message: str) -> str:
     """Litestar's word on a JSON body, in the words this API has always used."""
     if message == "'data'":
         return "Request body is empty; expected a JSON object"
-    if message.startswith("Expected `object`"):
+    if message.startswith(("Expected `object`", "Expected `object | null`")):
         return "Request body must be a JSON object"
     return message
 

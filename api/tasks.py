@@ -97,13 +97,13 @@ class TaskController(Controller):
         request: HttpRequest,
         service: Service,
         task_id: FromPath[str],
-        data: JSONBody[UpdateBody],
+        data: JSONBody[UpdateBody | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> TaskResponse:
         view = await service.update(
             request.user,
             task_id,
-            data.as_dict(),
+            data.as_dict() if data is not None else {},
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
@@ -163,9 +163,16 @@ class TasksController(Controller):
         self,
         request: HttpRequest,
         service: Service,
-        page: Annotated[int | None, QueryParameter(description="Page number (needs limit)")] = None,
+        page: Annotated[
+            int | None,
+            QueryParameter(description="Page number (needs limit)", schema_extra={"minimum": 1}),
+        ] = None,
         limit: Annotated[
-            int | None, QueryParameter(description=f"Tasks per page, 1 to {MAX_LIST_LIMIT}")
+            int | None,
+            QueryParameter(
+                description="Tasks per page",
+                schema_extra={"minimum": 1, "maximum": MAX_LIST_LIMIT},
+            ),
         ] = None,
         start: Annotated[datetime | None, QueryParameter(description="Created at or after")] = None,
         end: Annotated[datetime | None, QueryParameter(description="Created at or before")] = None,

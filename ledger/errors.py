@@ -49,3 +49,7 @@ class DuplicateRecord(LedgerError):
 
     def __init__(self, message: str = "Already recorded") -> None:
         super().__init__(message)
+
+
+class ImportRefused(LedgerError):
+    """An export that cannot be imported as it is (broken chain, bad record, non-empty target)."""

@@ -11,9 +11,10 @@ a read given ``tx=None`` uses a read connection of the backend's choosing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -136,6 +137,11 @@ class EventLog(Protocol):
         version order: what folding every task afresh walks."""
         ...
 
+    def iter_data(self, *, tx: Any = None) -> Iterator[tuple[str, str]]:
+        """``(stream_id, data)`` of every event in position order: what a new projection
+        replays."""
+        ...
+
     def last_position(self) -> int: ...
 
     def put_blob(self, task_id: str, data: bytes, *, tx: Any) -> BlobRef: ...
@@ -251,8 +257,31 @@ class Records(Protocol):
 
 
 class Backend(Protocol):
+    """A whole backend: its three parts, and moving the whole ledger in and out of it."""
+
     log: EventLog
     views: TaskViews
     records: Records
+
+    def export_records(self) -> Iterator[dict[str, object]]:
+        """The whole log as records: a header, every stored event, every blob and blob
+        reference, and a footer (event count and last hash) to tell a whole export from one
+        cut short."""
+        ...
+
+    def import_records(
+        self,
+        records: Iterable[dict[str, object]],
+        *,
+        tx: Any,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Load an export into this empty backend inside ``tx``, checking the hash chain and
+        every blob; ImportRefused on the first fault (the transaction then writes nothing)."""
+        ...
+
+    def backup(self, destination: str | Path) -> None:
+        """A consistent copy of the whole database as of one moment, taken while it runs."""
+        ...
 
     def close(self) -> None: ...

@@ -493,7 +493,7 @@ def build_log(db: Path, events: int, *, batch: int = 500) -> dict[str, Any]:
     from ledger.events import blob_ref
     from ledger.handler import Request
     from ledger.log import Actor, Envelope
-    from projections.store import Store
+    from api.composition import Store
 
     store = Store(db)
     data = b"benchmark input " * 16
@@ -538,7 +538,7 @@ def append_unbatched(db: Path, count: int) -> dict[str, Any]:
     from ledger.commands import CreateTask
     from ledger.events import blob_ref
     from ledger.log import Envelope
-    from projections.store import Store
+    from api.composition import Store
 
     store = Store(db)
     data = b"x"
@@ -563,36 +563,35 @@ def replay_log(store: Any) -> dict[str, Any]:
     from ledger.log import task_id_of
 
     states: dict[str, Any] = {}
-    rows = store.log.reader().execute("SELECT stream_id, data FROM events ORDER BY position")
-    for stream_id, data in rows:
+    for stream_id, data in store.log.iter_data():
         state = states.get(stream_id) or initial_state(task_id_of(stream_id))
         states[stream_id] = evolve(state, codec.decode_event(data))
     return states
 
 
 def measure_log(db: Path) -> dict[str, Any]:
+    from api.composition import Store
     from projections import audit
-    from projections.store import Store
 
     store = Store(db)
-    total = store.log.reader().execute("SELECT count(*) FROM events").fetchone()[0]
+    total = store.log.last_position()
     figures: dict[str, Any] = {"events": total}
     started = time.perf_counter()
     tasks = len(replay_log(store))
     seconds = time.perf_counter() - started
     figures["replay"] = {"tasks": tasks, "seconds": round(seconds, 2), "events_per_s": round(total / seconds)}
     started = time.perf_counter()
-    tasks = sum(1 for _ in audit.fold_streams(store.log.reader()))
+    tasks = sum(1 for _ in audit.fold_streams(store.log))
     seconds = time.perf_counter() - started
     figures["replay_by_stream"] = {"tasks": tasks, "seconds": round(seconds, 2),
                                    "events_per_s": round(total / seconds)}
     started = time.perf_counter()
-    differences = audit.verify(store)
+    differences = audit.verify(store.log, store.views)
     seconds = time.perf_counter() - started
     figures["verify"] = {"seconds": round(seconds, 2), "events_per_s": round(total / seconds),
                          "differences": len(differences)}
     started = time.perf_counter()
-    audit.rebuild(store)
+    audit.rebuild(store.log, store.views)
     seconds = time.perf_counter() - started
     figures["rebuild"] = {"seconds": round(seconds, 2), "events_per_s": round(total / seconds)}
     store.close()

@@ -94,12 +94,12 @@ def threads(seconds: float) -> None:
 
 
 def writer(batches: int) -> None:
-    from api.call import new_task_id
+    from api.ids import new_task_id
     from ledger.commands import CreateTask
     from ledger.events import blob_ref
     from ledger.handler import Request
     from ledger.log import Actor, Envelope
-    from projections.store import Store
+    from api.composition import Store
 
     work = Path(tempfile.mkdtemp(prefix="taskledger-profile-"))
     store = Store(work / "writer.db")

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
 import click
 
 from api import keys as key_store
+from api.composition import Store
+from api.policy import ROLES
 from api.settings import Settings
 from ledger.errors import LedgerError
-from projections.store import Store
 from scripts import ops
 from scripts.options import db_option, resolve_db
 
 
-def open_keys_connection(db_path: Path) -> sqlite3.Connection:
-    """Open the database (creating the ledger schema if new) for key management."""
-    Store(db_path).close()
-    conn = sqlite3.connect(str(db_path), isolation_level=None, timeout=10)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
+def open_store(db_path: Path) -> Store:
+    """The database (created with its schema if new), for key management."""
+    try:
+        return Store(db_path)
+    except (OSError, LedgerError) as exc:
+        raise click.ClickException(
+            f"Cannot open the database {db_path} for writing: {exc}. Check the path, its "
+            "permissions and the free space."
+        ) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,6 +48,7 @@ def cli() -> None:
 @click.option("--rate-limit", default=None, type=float, help="Requests per second allowed per key, per server process (off by default).")
 @click.option("--rate-limit-burst", default=20, show_default=True, type=int, help="Requests a key may make at once before --rate-limit applies.")
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes sharing the database (each with its own group-commit writer).")
+@click.option("--park-ms", default=50.0, show_default=True, type=click.FloatRange(min=0), help="Longest the writer parks the event loop while a batch's commands run (0: never).")
 @click.option("--log-json/--log-console", default=None, help="Log format (default: console on a terminal, JSON otherwise).")
 def serve(
     db_path: Path | None,
@@ -60,6 +64,7 @@ def serve(
     rate_limit: float | None,
     rate_limit_burst: int,
     workers: int,
+    park_ms: float,
     log_json: bool | None,
 ) -> None:
     """Run the HTTP API.
@@ -72,28 +77,27 @@ def serve(
     """
     import uvicorn
 
-    from api import create_app
+    from api.app import create_app
     from api.requestlog import configure_logging
 
     db = resolve_db(db_path)
+    store = open_store(db)
     try:
-        conn = open_keys_connection(db)
-        try:
-            if key_store.count_keys(conn) == 0:
-                record, key = key_store.create_key(conn, "admin", "admin")
-                click.echo(
-                    f"No API keys yet: created an admin key (id {record.key_id}). "
-                    "It is shown only once:",
-                    err=True,
-                )
-                click.echo(key)
-        finally:
-            conn.close()
-    except (sqlite3.Error, LedgerError) as exc:
+        if store.records.count_keys() == 0:
+            record, key = key_store.create_key(store.records, "admin", "admin")
+            click.echo(
+                f"No API keys yet: created an admin key (id {record.key_id}). "
+                "It is shown only once:",
+                err=True,
+            )
+            click.echo(key)
+    except LedgerError as exc:
         raise click.ClickException(
             f"Cannot open the database {db} for writing: {exc}. Check the path, its permissions "
             "and the free space."
         ) from None
+    finally:
+        store.close()
     configure_logging(json=log_json)
     settings = Settings(
         db_path=db,
@@ -106,6 +110,7 @@ def serve(
         sweep_interval=sweep_interval,
         rate_limit_per_second=rate_limit,
         rate_limit_burst=rate_limit_burst,
+        park_ms=park_ms,
     )
     click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
     if workers > 1:
@@ -137,7 +142,7 @@ def keys() -> None:
 @keys.command("create")
 @db_option
 @click.option("--owner", required=True, help="Whose tasks the key acts on.")
-@click.option("--role", type=click.Choice(key_store.ROLES), default="user", show_default=True, help="user: own tasks; worker: claim and finish any task; admin: everything.")
+@click.option("--role", type=click.Choice(ROLES), default="user", show_default=True, help="user: own tasks; worker: claim and finish any task; admin: everything.")
 def keys_create(db_path: Path | None, owner: str, role: str) -> None:
     """Create a key. The key is printed alone on the last line and never shown again.
 
@@ -145,13 +150,13 @@ def keys_create(db_path: Path | None, owner: str, role: str) -> None:
 
         taskledger keys create --db ./taskledger.db --owner alice --role user
     """
-    conn = open_keys_connection(resolve_db(db_path))
+    store = open_store(resolve_db(db_path))
     try:
-        record, key = key_store.create_key(conn, owner, role)
+        record, key = key_store.create_key(store.records, owner, role)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     finally:
-        conn.close()
+        store.close()
     click.echo(f"Created {record.role} key {record.key_id} for {record.owner}.", err=True)
     click.echo(key)
 
@@ -165,11 +170,11 @@ def keys_list(db_path: Path | None) -> None:
 
         taskledger keys list --db ./taskledger.db
     """
-    conn = open_keys_connection(resolve_db(db_path))
+    store = open_store(resolve_db(db_path))
     try:
-        records = key_store.list_keys(conn)
+        records = store.records.list_keys()
     finally:
-        conn.close()
+        store.close()
     if not sys.stdout.isatty():
         for r in records:
             click.echo(json.dumps({"key_id": r.key_id, "owner": r.owner, "role": r.role, "created_at": r.created_at, "revoked_at": r.revoked_at}))
@@ -193,11 +198,11 @@ def keys_revoke(db_path: Path | None, key_id: str) -> None:
 
         taskledger keys revoke --db ./taskledger.db 3f9a1c2b7d4e
     """
-    conn = open_keys_connection(resolve_db(db_path))
+    store = open_store(resolve_db(db_path))
     try:
-        revoked = key_store.revoke_key(conn, key_id)
+        revoked = key_store.revoke_key(store.records, key_id)
     finally:
-        conn.close()
+        store.close()
     if not revoked:
         raise click.ClickException(f"No active key with id {key_id}")
     click.echo(f"Revoked key {key_id}.")

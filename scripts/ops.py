@@ -27,11 +27,10 @@ from rich.table import Table
 
 from ledger import codec
 from ledger.decider import evolve, initial_state
-from ledger.errors import LedgerError
-from ledger.log import RecordedEvent
-from ledger.sqlite_log import ImportRefused
-from projections import audit, feed
-from projections.store import Store
+from ledger.errors import ImportRefused, LedgerError
+from api.composition import Store
+from ledger.log import FeedQuery, RecordedEvent
+from projections import audit
 from scripts.options import db_option, resolve_db
 
 err = Console(stderr=True)
@@ -83,7 +82,7 @@ def progress_bar(label: str, total: int) -> Iterator[Any]:
 
 
 def event_count(store: Store) -> int:
-    return store.log.reader().execute("SELECT count(*) FROM events").fetchone()[0]
+    return store.log.last_position()
 
 
 def parse_until(value: str | None) -> tuple[int | None, datetime | None]:
@@ -187,10 +186,9 @@ def tail(db_path: Path | None, after: int | None, follow: bool) -> None:
         taskledger tail --db ./taskledger.db --follow
     """
     store = open_store(db_path)
-    conn = store.log.reader()
     cursor = after if after is not None else max(0, store.log.last_position() - 20)
     while True:
-        found = feed.page(conn, after=cursor, limit=500)
+        found = store.views.feed(FeedQuery(after=cursor, limit=500))
         if found:
             print_events(found)
             cursor = found[-1].position
@@ -215,7 +213,7 @@ def verify(db_path: Path | None) -> None:
     store = open_store(db_path)
     total = event_count(store)
     with progress_bar("verifying", 2 * total) as advance:
-        differences = audit.verify(store, advance)
+        differences = audit.verify(store.log, store.views, advance)
     for difference in differences:
         if as_json_lines():
             emit(difference.as_dict())
@@ -242,7 +240,7 @@ def rebuild(db_path: Path | None) -> None:
     store = open_store(db_path)
     try:
         with progress_bar("rebuilding", event_count(store)) as advance:
-            tasks = audit.rebuild(store, advance)
+            tasks = audit.rebuild(store.log, store.views, advance)
     except audit.UndecodableEvent as exc:
         raise click.ClickException(
             f"Cannot rebuild: {exc} (task {exc.task_id}); nothing was changed. "
@@ -265,7 +263,7 @@ def export(db_path: Path | None, output: Path | None) -> None:
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115
     try:
         with progress_bar("exporting", event_count(store)) as advance:
-            for record in store.log.export_records():
+            for record in store.backend.export_records():
                 out.write(json.dumps(record, separators=(",", ":")) + "\n")
                 if record["kind"] == "event":
                     advance(1)
@@ -298,8 +296,8 @@ def import_(db_path: Path | None, source: Any) -> None:
 
     try:
         with progress_bar("importing", 0) as advance, store.log.transaction() as tx:
-            count = store.log.import_records(records(), tx=tx, progress=advance)
-            tasks = audit.rebuild(store)
+            count = store.backend.import_records(records(), tx=tx, progress=advance)
+            tasks = audit.rebuild(store.log, store.views)
     except ImportRefused as exc:
         raise click.ClickException(f"Import refused: {exc.message}") from None
     except (audit.UndecodableEvent, LedgerError) as exc:
@@ -319,7 +317,7 @@ def backup(db_path: Path | None, destination: Path) -> None:
     """
     store = open_store(db_path)
     try:
-        store.log.backup(destination)
+        store.backend.backup(destination)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     err.print(f"Backed up {store.path} to {destination}")

@@ -8,7 +8,7 @@ import pytest
 
 from ledger.events import BlobRef
 from ledger.log import Actor, Envelope
-from projections.store import Store
+from api.composition import Store
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -6,9 +6,11 @@ error mapping), ``lock`` (the cross-process write lock), ``log`` (the EventLog),
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-from ledger.sqlite import records, views
+from ledger.sqlite import records, transfer, views
 from ledger.sqlite.log import SqliteLog
 from ledger.sqlite.records import SqliteRecords
 from ledger.sqlite.views import SqliteViews
@@ -33,6 +35,21 @@ class SqliteBackend:
     @property
     def path(self) -> Path:
         return self.log.path
+
+    def export_records(self) -> Iterator[dict[str, object]]:
+        return transfer.export_records(self.log)
+
+    def import_records(
+        self,
+        records: Iterable[dict[str, object]],
+        *,
+        tx: Any,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        return transfer.import_records(self.log, records, tx=tx, progress=progress)
+
+    def backup(self, destination: str | Path) -> None:
+        transfer.backup(self.log, destination)
 
     def close(self) -> None:
         self.log.close()

@@ -294,6 +294,10 @@ class SqliteLog:
             "SELECT stream_id, position, data FROM events ORDER BY stream_id, version"
         )
 
+    def iter_data(self, *, tx: sqlite3.Connection | None = None) -> Iterator[tuple[str, str]]:
+        conn = tx or self.reader()
+        yield from conn.execute("SELECT stream_id, data FROM events ORDER BY position")
+
     def read_stream(
         self,
         stream_id: str,

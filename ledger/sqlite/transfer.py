@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ledger.chain import GENESIS, chain_hash
-from ledger.errors import LedgerError
+from ledger.errors import ImportRefused
 from ledger.events import blob_ref
 from ledger.sqlite.connection import connect
 
@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from ledger.sqlite.log import SqliteLog
 
 EXPORT_FORMAT = "taskledger-export"
-
-
-class ImportRefused(LedgerError):
-    """An export file that cannot be imported as it is (broken chain, bad record, non-empty db)."""
 
 def export_records(log: SqliteLog) -> Iterator[dict[str, object]]:
     """The whole log as records: a header, every event row as stored (hash included), then

@@ -18,7 +18,7 @@ import pytest
 from ledger.commands import ClaimTask, CompleteTask, FailTask
 from ledger.events import blob_ref
 from ledger.log import Actor, Envelope, stream_id_for
-from projections.store import Store
+from api.composition import Store
 from tests.support import chunkr_output
 
 FILE = base64.b64encode(b"hello, ledger\n").decode()

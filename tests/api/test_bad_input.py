@@ -14,7 +14,7 @@ from ledger.log import task_id_of
 GOOD_FILE = base64.b64encode(b"hi").decode()
 NOT_A_UUID = "not-a-uuid"
 DEEP = 5000
-TABLES = ("events", "blobs", "blob_refs", "tasks", "idempotency")
+TABLES = ("events", "blobs", "blob_refs", "tasks", "idempotency_outcomes")
 
 
 def body(**fields) -> bytes:

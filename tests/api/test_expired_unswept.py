@@ -12,7 +12,7 @@ import httpx
 from ledger.commands import ClaimTask, CompleteTask
 from ledger.events import blob_ref
 from ledger.log import Envelope
-from projections.store import Store
+from api.composition import Store
 from tests.server import Server
 
 

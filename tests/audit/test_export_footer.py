@@ -11,8 +11,8 @@ import pytest
 from ledger.commands import CancelTask, CreateTask
 from ledger.events import blob_ref
 from ledger.log import Envelope
-from ledger.sqlite_log import ImportRefused
-from projections.store import Store
+from ledger.errors import ImportRefused
+from api.composition import Store
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def load(tmp_path, records):
         with target.log.transaction() as tx:
             return target.log.import_records(records, tx=tx)
     finally:
-        events = target.log.reader().execute("SELECT count(*) FROM events").fetchone()[0]
+        events = target.log.last_position()
         target.close()
         load.events_left = events
 

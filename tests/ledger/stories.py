@@ -32,7 +32,7 @@ T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 ID = "0b7c6f2e-5d1a-4c8e-9f3a-2e6d8c4b1a90"
 OWNER = "alice"
 WORKER = "w1"
-EXPIRES_IN = 60
+EXPIRES_IN = 3600  # longer than every story, so a task expires only where a test says so
 CONFIG = {
     "chunk_processing": {"target_length": 512, "ignore_headers_and_footers": True},
     "ocr_strategy": "All",
@@ -162,8 +162,8 @@ def check_consistent(store) -> dict[str, list]:
                 entered = None
         if entered is not None:
             expected_queue.append((task_id, entered))
-    rows = store.tasks.all_ids(store.log.reader())
+    rows = sorted(task_id for task_id, _ in store.views.stored_states())
     assert sorted(rows) == sorted(task_id_of(s) for s in streams), "a tasks row without events"
     expected_queue.sort(key=lambda entry: entry[1])
-    assert store.queue.entries(store.log.reader()) == expected_queue
+    assert store.views.queue_entries() == expected_queue
     return streams

@@ -19,8 +19,8 @@ from ledger.errors import ConcurrencyConflict, LedgerError
 from ledger.events import Cancelled, Claimed, TaskCreated
 from ledger.handler import Request
 from ledger.log import stream_id_for
-from ledger.sqlite_log import SqliteLog
-from projections.store import Store
+from ledger.sqlite.log import SqliteLog
+from api.composition import Store
 from stories import FILE, FILE_BYTES, at, check_consistent, created, envelope, new_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ def assert_one_winner_per_task(store, ids, results) -> dict[str, int]:
                                         lease_until=at(40), attempt=1)
             assert store.state(task_id).status == "Processing"
     check_consistent(store)  # projection == fold for every stream, queue now empty
-    assert store.queue.entries(store.log.reader()) == []
+    assert store.views.queue_entries() == []
     return wins
 
 
@@ -161,7 +161,7 @@ from datetime import UTC, datetime, timedelta
 from ledger.commands import CancelTask, ClaimTask
 from ledger.errors import LedgerError
 from ledger.log import Actor, Envelope
-from projections.store import Store
+from api.composition import Store
 
 path, role, ids_file = sys.argv[1:]
 ids = json.loads(open(ids_file).read())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ledger.events import TaskCreated
 from ledger.log import stream_id_for
-from projections.store import Store
+from api.composition import Store
 from stories import check_consistent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ from ledger.commands import ClaimTask, CompleteTask, CreateTask, CancelTask
 from ledger.events import BlobRef
 from ledger.handler import Request
 from ledger.log import Actor, Envelope
-from projections.store import Store
+from api.composition import Store
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 round_ = int(sys.argv[2])

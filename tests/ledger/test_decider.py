@@ -3,6 +3,8 @@ events (folded afterwards to check the command's effect) or this exact error."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from ledger.commands import (
@@ -83,6 +85,7 @@ def state_of(given):
 
 # -- when: one command of each kind -------------------------------------------------------------
 
+SWEPT = at(100 + EXPIRES_IN)
 WHEN = {
     "CreateTask": CreateTask(task_id=ID, at=NOW, owner=OWNER, configuration=CONFIG, file=FILE,
                              file_name="doc.pdf", expires_in=EXPIRES_IN),
@@ -95,7 +98,8 @@ WHEN = {
     "CompleteTask": CompleteTask(task_id=ID, at=NOW, worker_id=WORKER, output=OUTPUT2),
     "FailTask": FailTask(task_id=ID, at=NOW, worker_id=WORKER, error="kaput"),
     "ExpireLease": ExpireLease(task_id=ID, at=NOW),
-    "ExpireTask": ExpireTask(task_id=ID, at=NOW),
+    # Past every finished story's expires_at (the other commands come before it).
+    "ExpireTask": ExpireTask(task_id=ID, at=SWEPT),
 }
 
 
@@ -134,7 +138,7 @@ E_RELEASE = [LeaseExpired(task_id=ID, at=NOW, worker_id=WORKER, attempt=1, reaso
 E_COMPLETE = [Succeeded(task_id=ID, at=NOW, worker_id=WORKER, output=OUTPUT2)]
 E_FAIL = [Failed(task_id=ID, at=NOW, worker_id=WORKER, error="kaput")]
 E_LEASE_EXPIRED = [LeaseExpired(task_id=ID, at=NOW, worker_id=WORKER, attempt=1)]
-E_EXPIRED = [Expired(task_id=ID, at=NOW)]
+E_EXPIRED = [Expired(task_id=ID, at=SWEPT)]
 
 #            never      new                          pending update               Processing                    Succeeded                    Failed                       Cancelled                    deleted    expired
 THEN = {
@@ -414,8 +418,9 @@ def test_release_requeues_without_using_up_an_attempt():
 def test_expire_task_waits_for_expires_at():
     state = state_of([created(), claimed(), succeeded(t=2)])
     assert state.expires_at == at(2 + EXPIRES_IN)
-    assert decide(ExpireTask(task_id=ID, at=at(61.5)), state) == []
-    assert decide(ExpireTask(task_id=ID, at=at(62)), state) == [Expired(task_id=ID, at=at(62))]
+    due = at(2 + EXPIRES_IN)
+    assert decide(ExpireTask(task_id=ID, at=due - timedelta(seconds=0.5)), state) == []
+    assert decide(ExpireTask(task_id=ID, at=due), state) == [Expired(task_id=ID, at=due)]
 
 
 def test_a_task_without_expires_in_never_expires():
@@ -426,8 +431,9 @@ def test_a_task_without_expires_in_never_expires():
 
 def test_a_pending_update_does_not_expire_on_the_old_expiry():
     state = state_of(GIVEN["Starting (pending update)"])
-    assert state.expires_at == at(62)  # still the finished run's, but the task is Starting again
-    assert decide(ExpireTask(task_id=ID, at=at(1000)), state) == []
+    # still the finished run's, but the task is Starting again
+    assert state.expires_at == at(2 + EXPIRES_IN)
+    assert decide(ExpireTask(task_id=ID, at=at(10 * EXPIRES_IN)), state) == []
 
 
 # -- configuration merge ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from ledger.commands import CancelTask, CreateTask
 from ledger.errors import TaskNotFound
 from ledger.handler import Request
 from ledger.log import stream_id_for
-from ledger.writer import Writer
+from api.groupcommit import Writer
 
 
 def create_request(task_id, data=b"file", after_append=None):
@@ -68,7 +68,7 @@ def test_a_failure_after_writing_reruns_the_batch_with_savepoints(store):
 def test_appends_in_later_transactions_continue_the_chain(store):
     for _ in range(3):
         store.handler.execute_batch([create_request(new_id(), new_id().encode()) for _ in range(4)])
-    rows = list(store.log.iter_rows())
+    rows = [r.chained() | {"hash": r.hash} for r in store.log.iter_stored()]
     assert [r["position"] for r in rows] == list(range(1, 13))
     check_consistent(store)
 
@@ -145,7 +145,7 @@ class Ticker:
 
 
 def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
-    writer = Writer(store.handler, pause_limit=30)  # no cap in the way of what is tested here
+    writer = Writer(store.handler, park_limit=30)  # no cap in the way of what is tested here
     ticker = Ticker()
     during: list[int] = []
     at_commit: list[int] = []
@@ -173,7 +173,7 @@ def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
 
 
 def test_a_long_batch_parks_the_loop_only_for_the_limit(store):
-    writer = Writer(store.handler, pause_limit=0.05)
+    writer = Writer(store.handler, park_limit=0.05)
     ticker = Ticker()
     seen: list[int] = []
 
@@ -217,7 +217,7 @@ def test_a_failed_batch_never_leaves_the_loop_parked(store):
 def test_an_escaping_error_never_leaves_the_loop_parked(store):
     # The batch ends by an error no handler catches (before COMMIT, so the before_commit hook
     # never runs): only the writer's own clean-up can let the loop go.
-    writer = Writer(store.handler, pause_limit=30)
+    writer = Writer(store.handler, park_limit=30)
     ticker = Ticker()
     seen: list[int] = []
 

@@ -44,7 +44,7 @@ def test_a_command_failing_after_its_append_is_undone_alone(store):
     assert store.log.get_blob(blob(b"file b")) is None
     assert store.log.get_blob(blob(b"file a")) == b"file a"
     assert [r.position for r in results[0].recorded + results[2].recorded] == [1, 2]
-    assert [t for t, _ in store.queue.entries(store.log.reader())] == [a, c]
+    assert [t for t, _ in store.views.queue_entries()] == [a, c]
     check_consistent(store)
 
 

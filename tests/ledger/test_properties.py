@@ -28,7 +28,7 @@ from ledger.commands import (
 from ledger.errors import LedgerError
 from ledger.handler import NothingToDo, Request
 from ledger.log import stream_id_for
-from projections.store import Store
+from api.composition import Store
 from stories import FILE_BYTES, at, blob, check_consistent, envelope
 
 TASKS = [str(uuid.UUID(int=n + 1)) for n in range(4)]
@@ -139,7 +139,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(["w1", "w2"]), dt=st.integers(0, 40))
     def claim_the_head_of_the_queue(self, worker, dt):
         self.tick(dt)
-        queue = self.store.queue.entries(self.store.log.reader())
+        queue = self.store.views.queue_entries()
         source = self.store.claim_source(
             lambda task_id: ClaimTask(task_id=task_id, at=at(self.now), worker_id=worker,
                                       lease_until=at(self.now + 30)))

@@ -120,7 +120,7 @@ def test_a_failed_update_restores_every_field_and_says_the_update_failed(store, 
     assert (after.prior, after.worker_id, after.lease_until) == (None, None, None)
     assert after == store.replay(task_id)
     check_consistent(store)
-    assert store.queue.entries(store.log.reader()) == []
+    assert store.views.queue_entries() == []
 
 
 def test_an_update_that_times_out_restores_the_prior_state(store):
@@ -151,7 +151,7 @@ def test_an_update_that_times_out_restores_the_prior_state(store):
     assert (after.prior, after.worker_id, after.lease_until) == (None, None, None)
     assert after == store.replay(task_id)
     check_consistent(store)
-    assert store.queue.entries(store.log.reader()) == []
+    assert store.views.queue_entries() == []
     assert run(store, ExpireLease(task_id=task_id, at=at(1000))).recorded == []
 
 

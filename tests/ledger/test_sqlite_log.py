@@ -13,7 +13,7 @@ from ledger.commands import CancelTask, ClaimTask, CompleteTask, CreateTask, Del
 from ledger.errors import TaskAlreadyExists
 from ledger.events import Cancelled, Deleted, Expired, TaskCreated
 from ledger.log import SYSTEM, Actor, Envelope, RecordedEvent, stream_id_for
-from ledger.sqlite_log import SqliteLog
+from ledger.sqlite.log import SqliteLog
 from stories import FILE, FILE_BYTES, at, blob, cancelled, claimed, created, envelope, new_id, succeeded
 
 

@@ -15,7 +15,7 @@ from ledger.commands import (
     ExtendLease,
 )
 from ledger.events import BlobRef
-from ledger.log import Actor, Envelope
+from ledger.log import TaskQuery, Actor, Envelope
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 FILE = BlobRef(sha256=hashlib.sha256(b"f").hexdigest(), size=1)
@@ -48,17 +48,17 @@ def test_list_is_newest_first_per_owner_and_skips_deleted_and_expired(store):
     run(store, CancelTask(task_id="a2", at=at(6)))  # expires_at = at(16)
     run(store, CancelTask(task_id="a4", at=at(6)))
     run(store, DeleteTask(task_id="a4", at=at(7)))
-    conn = store.log.reader()
-    list_ = store.tasks.list
+    def list_(**query):
+        return store.views.list_tasks(TaskQuery(at=query.pop("now"), **query))
 
-    assert ids(list_(conn, owner="alice", now=at(10))) == ["a3", "a2", "a1"]
-    assert ids(list_(conn, owner="alice", now=at(16))) == ["a3", "a1"]  # a2 expired by now
-    assert ids(list_(conn, owner="bob", now=at(10))) == ["b1"]
-    assert ids(list_(conn, owner=None, now=at(10))) == ["a3", "a2", "b1", "a1"]
-    assert ids(list_(conn, owner="alice", now=at(10), limit=2)) == ["a3", "a2"]
-    assert ids(list_(conn, owner="alice", now=at(10), limit=2, offset=2)) == ["a1"]
-    assert ids(list_(conn, owner=None, now=at(10), start=at(2), end=at(3))) == ["a2", "b1"]
-    assert ids(list_(conn, owner="carol", now=at(10))) == []
+    assert ids(list_(owner="alice", now=at(10))) == ["a3", "a2", "a1"]
+    assert ids(list_(owner="alice", now=at(16))) == ["a3", "a1"]  # a2 expired by now
+    assert ids(list_(owner="bob", now=at(10))) == ["b1"]
+    assert ids(list_(owner=None, now=at(10))) == ["a3", "a2", "b1", "a1"]
+    assert ids(list_(owner="alice", now=at(10), limit=2)) == ["a3", "a2"]
+    assert ids(list_(owner="alice", now=at(10), limit=2, offset=2)) == ["a1"]
+    assert ids(list_(owner=None, now=at(10), start=at(2), end=at(3))) == ["a2", "b1"]
+    assert ids(list_(owner="carol", now=at(10))) == []
 
 
 def test_due_leases_and_due_expiries(store):
@@ -68,20 +68,19 @@ def test_due_leases_and_due_expiries(store):
     run(store, ClaimTask(task_id="p2", at=at(10), worker_id="w", lease_until=at(30)))
     run(store, ClaimTask(task_id="s1", at=at(10), worker_id="w", lease_until=at(20)))
     run(store, CompleteTask(task_id="s1", at=at(11), worker_id="w", output=FILE))
-    conn = store.log.reader()
 
     # Ordered by lease end; a finished task holds no lease; a Starting one never had one.
-    assert store.tasks.due_leases(conn, at(29)) == []
-    assert store.tasks.due_leases(conn, at(30)) == ["p2"]
-    assert store.tasks.due_leases(conn, at(50)) == ["p2", "p1"]
-    assert store.tasks.due_leases(conn, at(50), limit=1) == ["p2"]
+    assert store.views.due_leases(at(29)) == []
+    assert store.views.due_leases(at(30)) == ["p2"]
+    assert store.views.due_leases(at(50)) == ["p2", "p1"]
+    assert store.views.due_leases(at(50), limit=1) == ["p2"]
     run(store, ExtendLease(task_id="p2", at=at(25), worker_id="w", lease_until=at(60)))
-    assert store.tasks.due_leases(conn, at(50)) == ["p1"]
+    assert store.views.due_leases(at(50)) == ["p1"]
 
     # Only terminal tasks expire, from their finish time.
-    assert store.tasks.due_expiries(conn, at(110)) == []
-    assert store.tasks.due_expiries(conn, at(111)) == ["s1"]
-    assert store.tasks.due_expiries(conn, at(10_000)) == ["s1"]
-    run(store, DeleteTask(task_id="s1", at=at(112)))
-    assert store.tasks.due_expiries(conn, at(10_000)) == []
-    assert store.tasks.all_ids(conn) == ["p1", "p2", "q1", "s1"]
+    assert store.views.due_expiries(at(110)) == []
+    assert store.views.due_expiries(at(111)) == ["s1"]
+    assert store.views.due_expiries(at(10_000)) == ["s1"]
+    run(store, DeleteTask(task_id="s1", at=at(110)))  # before it expires: then it is gone
+    assert store.views.due_expiries(at(10_000)) == []
+    assert sorted(t for t, _ in store.views.stored_states()) == ["p1", "p2", "q1", "s1"]

@@ -23,7 +23,7 @@ from reliability_support import FILE, add_key, query, revoke
 from ledger.commands import ClaimTask, CompleteTask
 from ledger.events import blob_ref
 from ledger.log import Actor, Envelope
-from projections.store import Store
+from api.composition import Store
 from tests.server import Server
 
 CALLERS = ("alice", "bob", "worker", "admin", "none", "revoked")
@@ -350,7 +350,7 @@ def test_the_database_and_the_log_hold_no_plaintext_key(world):
         assert secret.encode() not in blobs, f"{name}'s key secret is stored in plain text"
     dump = "\n".join(
         str(row)
-        for table in ("api_keys", "events", "idempotency")
+        for table in ("api_keys", "events", "idempotency_outcomes")
         for row in query(db, f"SELECT * FROM {table}")
     )
     for key in filter(None, world.keys.values()):

@@ -52,10 +52,10 @@ from ledger.errors import StorageUnavailable
 from ledger.events import blob_ref
 from ledger.handler import Request
 from ledger.log import Actor, Envelope
-from projections.store import Store
+from api.composition import Store
 
 MESSAGE = "The database cannot be written right now"
-TABLES = ("events", "tasks", "queue", "blobs", "blob_refs", "idempotency")
+TABLES = ("events", "tasks", "queue", "blobs", "blob_refs", "idempotency_outcomes")
 NO_LIMIT = 1_073_741_823  # SQLite's default max_page_count
 
 
@@ -158,7 +158,7 @@ def test_a_full_database_answers_503_keeps_reads_and_recovers(app_server):
             assert counts(db)["events"] == before["events"] + appended
 
             assert_reads_work(app_server, user, starting[0])
-            assert query(db, "SELECT count(*) FROM idempotency")[0][0] == 0
+            assert query(db, "SELECT count(*) FROM idempotency_outcomes")[0][0] == 0
             assert_log_sound(db)
 
         # The condition clears: the same request, retried with its Idempotency-Key, goes through.
