@@ -14,6 +14,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.types import Guard
 
 from api.policy import UseCase, authorize
+from api.refusals import InvalidKey, RateLimited
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -26,19 +27,28 @@ PUBLIC = ["^/health$", "^/$", "^/docs"]
 
 
 class KeyAuthentication(AbstractAuthenticationMiddleware):
-    """``Authorization: <key>`` or ``Authorization: Bearer <key>`` -> the caller; InvalidKey
-    (401) or RateLimited (429) otherwise."""
+    """``Authorization: <key>`` or ``Authorization: Bearer <key>`` -> the caller on
+    ``request.user``. A refusal (InvalidKey: 401, RateLimited: 429) is kept as ``request.auth``
+    and raised by the route's guard, inside the route, so that its response goes through the
+    same error table, request log line and X-Request-Id as every other answer (an error raised
+    in a middleware would be answered outside them)."""
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         service: TaskLedger = connection.app.state.service
-        caller = service.authenticate(connection.headers.get("authorization"))
+        try:
+            caller = service.authenticate(connection.headers.get("authorization"))
+        except (InvalidKey, RateLimited) as refused:
+            return AuthenticationResult(user=None, auth=refused)
         return AuthenticationResult(user=caller, auth=None)
 
 
 def guard(use_case: UseCase) -> Guard:
-    """An async guard letting through the roles ``api.policy.POLICY`` allows ``use_case``."""
+    """An async guard letting through the authenticated callers whose role
+    ``api.policy.POLICY`` allows ``use_case``."""
 
     async def allowed(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        if connection.user is None:
+            raise connection.auth
         authorize(use_case, connection.user)
 
     allowed.__name__ = f"may_{use_case.name.lower()}"

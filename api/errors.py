@@ -123,8 +123,11 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         message = validation_message(exc) or message
     if exc.status_code == 400 and message.startswith(("JSON is malformed", "Input data was")):
         message = f"Request body is not valid JSON: {message}"
+    elif exc.status_code == 400 and message.startswith("Invalid UTF-8"):
+        message = "Request body is not valid JSON: a string is not valid UTF-8"
     elif exc.status_code == 400 and message.startswith("Number out of range"):
-        message = f"Invalid request body: {message}"
+        # msgspec finds it before the body meets its type, so it cannot say which field.
+        message = "Invalid request body: a number is out of range"
     if exc.status_code == 413:
         message = "Request body is too large"
     return text(message, exc.status_code, exc.headers)

@@ -31,6 +31,7 @@ from api.schemas import (
     render_view,
 )
 from api.tasks import HttpRequest, IdempotencyKey, Service
+from ledger.handler import NothingToDo
 
 FINISH = responses(*WRITE, 409, 413)
 
@@ -70,7 +71,7 @@ class WorkerController(Controller):
         service: Service,
         data: JSONBody[ClaimBody],
         idempotency_key: IdempotencyKey = None,
-    ) -> Response[ClaimedTaskResponse | None]:
+    ) -> ClaimedTaskResponse:
         gone = watch_disconnect(request) if data.wait_seconds > 0 else None
         try:
             if gone is not None:
@@ -90,8 +91,8 @@ class WorkerController(Controller):
             if gone is not None:
                 gone.cancel()
         if view is None:
-            return Response(content=None, status_code=204)
-        return Response(content=render_claimed(view, base_url(request)))
+            raise NothingToDo()  # 204, by the error table
+        return render_claimed(view, base_url(request))
 
     @post(
         "/task/{task_id:str}/heartbeat",

@@ -47,7 +47,10 @@ class SqliteLog:
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
-        self._writer = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        try:
+            self._writer = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from exc
         self._write_lock = threading.RLock()
         self._process_lock = ProcessWriteLock(self.path, busy_timeout_ms / 1000)
         #: (last position, its hash, its recorded_at) as this transaction left them: appends

@@ -33,8 +33,8 @@ def _export_records(log: SqliteLog, conn: sqlite3.Connection) -> Iterator[dict[s
     yield {"kind": "header", "format": EXPORT_FORMAT, "version": 1}
     events, last_hash = 0, GENESIS
     for row in log.iter_stored(tx=conn):
-        events, last_hash = events + 1, row["hash"]
-        yield {"kind": "event", **row}
+        events, last_hash = events + 1, row.hash
+        yield {"kind": "event", **row.chained(), "hash": row.hash}
     for sha, size, data in conn.execute("SELECT sha256, size, data FROM blobs ORDER BY sha256"):
         yield {
             "kind": "blob",

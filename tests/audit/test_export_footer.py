@@ -27,7 +27,7 @@ def records(tmp_path):
             env, blobs=[data],
         )
         store.handler.execute(CancelTask(task_id=task_id, at=datetime.now(UTC)), env)
-    exported = list(store.log.export_records())
+    exported = list(store.backend.export_records())
     store.close()
     return exported
 
@@ -36,7 +36,7 @@ def load(tmp_path, records):
     target = Store(tmp_path / f"target-{uuid.uuid4().hex}.db")
     try:
         with target.log.transaction() as tx:
-            return target.log.import_records(records, tx=tx)
+            return target.backend.import_records(records, tx=tx)
     finally:
         events = target.log.last_position()
         target.close()

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from api import keys as key_store
+from api.composition import Store
 from tests.support import wait_for  # noqa: F401 - for the test modules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,21 +44,20 @@ FILE = base64.b64encode(b"hello reliability\n").decode()
 def add_key(db: Path, owner: str, role: str = "user") -> str:
     """A new key, written straight into the database (what ``taskledger keys create`` does,
     without a subprocess per key). The database must already exist (a server has started)."""
-    conn = sqlite3.connect(str(db), isolation_level=None, timeout=30)
+    store = Store(db, busy_timeout_ms=30_000)
     try:
-        conn.execute("PRAGMA busy_timeout = 30000")
-        _, key = key_store.create_key(conn, owner, role)
+        _, key = key_store.create_key(store.records, owner, role)
     finally:
-        conn.close()
+        store.close()
     return key
 
 
 def revoke(db: Path, key: str) -> None:
-    conn = sqlite3.connect(str(db), isolation_level=None, timeout=30)
+    store = Store(db, busy_timeout_ms=30_000)
     try:
-        assert key_store.revoke_key(conn, key.split("_")[1])
+        assert key_store.revoke_key(store.records, key.split("_")[1])
     finally:
-        conn.close()
+        store.close()
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -113,7 +113,7 @@ def assert_log_sound(db: Path) -> None:
 
 class InProcessServer:
     """``create_app(settings)`` served by uvicorn in a background thread of the test process, on
-    a free 127.0.0.1 port; ``runtime`` is the running app's Runtime (its store, its writer
+    a free 127.0.0.1 port; ``service`` is the running app's TaskLedger (its store, its writer
     connection)."""
 
     def __init__(self, settings: Any) -> None:
@@ -138,8 +138,8 @@ class InProcessServer:
         return self
 
     @property
-    def runtime(self) -> Any:
-        return self.app.state.runtime
+    def service(self) -> Any:
+        return self.app.state.service
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -106,7 +106,7 @@ def assert_reads_work(server: InProcessServer, client: httpx.Client, task_id: st
 
 
 def test_a_full_database_answers_503_keeps_reads_and_recovers(app_server):
-    db, log = app_server.runtime.store.path, app_server.runtime.store.log
+    db, log = app_server.service.store.path, app_server.service.store.log
     alice, worker = add_key(db, "alice"), add_key(db, "pool", "worker")
     with app_server.client(alice) as user, app_server.client(worker) as w:
         starting = [
@@ -221,7 +221,7 @@ def immutable(*paths):
 
 
 def test_a_file_that_cannot_be_written_answers_503_keeps_reads_and_recovers(app_server):
-    db = app_server.runtime.store.path
+    db = app_server.service.store.path
     alice, worker = add_key(db, "alice"), add_key(db, "pool", "worker")
     with app_server.client(alice) as user, app_server.client(worker) as w:
         first, second, cancelled = (
@@ -249,7 +249,7 @@ def test_a_file_that_cannot_be_written_answers_503_keeps_reads_and_recovers(app_
 
 
 def test_sqlite_read_only_state_answers_503_and_recovers(app_server):
-    db, log = app_server.runtime.store.path, app_server.runtime.store.log
+    db, log = app_server.service.store.path, app_server.service.store.log
     alice = add_key(db, "alice")
     with app_server.client(alice) as user:
         task_id = user.post("/task/parse", json={"file": FILE}).json()["task_id"]

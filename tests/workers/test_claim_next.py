@@ -123,7 +123,8 @@ def test_an_idempotent_retry_replays_the_finish_and_claims_no_second_task(ledger
 def test_claim_next_is_in_the_schema_and_checked(ledger):
     spec = ledger.worker.get(f"{ledger.url}/docs/openapi.json").json()
     complete = spec["paths"]["/api/v1/task/{task_id}/complete"]["post"]
-    body_schema = complete["requestBody"]["content"]["application/json"]["schema"]
+    body_ref = complete["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body_schema = spec["components"]["schemas"][body_ref.rsplit("/", 1)[-1]]
     assert body_schema["properties"]["claim_next"]["type"] == "boolean"
     ok_ref = complete["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     ok_schema = spec["components"]["schemas"][ok_ref.rsplit("/", 1)[-1]]

@@ -1,0 +1,273 @@
+"""TaskViews contract: task rows (folded states), the task list and its visibility, due leases
+and expiries, the claim queue, the event feed, and clear."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend_support import (
+    append,
+    at,
+    cancelled,
+    claimed,
+    created,
+    deleted,
+    expired,
+    extended,
+    failed,
+    succeeded,
+    update_requested,
+    write_task,
+)
+from ledger.decider import fold, is_visible
+from ledger.log import FeedQuery, TaskQuery, stream_id_for
+
+# -- task rows ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [created("a", 0)],
+        [created("a", 0, expires_in=None), claimed("a", 1)],
+        [created("a", 0), claimed("a", 1), succeeded("a", 2), update_requested("a", 3)],
+        [created("a", 0), claimed("a", 1), failed("a", 2), deleted("a", 4)],
+    ],
+    ids=["starting", "processing", "pending-update", "deleted"],
+)
+def test_save_task_then_load_task_gives_the_state_back(backend, events):
+    state = fold(events)
+    with backend.log.transaction() as tx:
+        backend.views.save_task(tx, state)
+    assert backend.views.load_task("a") == state
+    assert list(backend.views.stored_states()) == [("a", state)]
+
+
+def test_save_task_replaces_the_row_and_load_task_of_an_unknown_task_is_none(backend):
+    write_task(backend, [created("a", 0)])
+    later = write_task(backend, [created("b", 0), claimed("b", 1)])
+    with backend.log.transaction() as tx:
+        backend.views.save_task(tx, fold([created("a", 0), cancelled("a", 1)]))
+    assert backend.views.load_task("a") == fold([created("a", 0), cancelled("a", 1)])
+    assert backend.views.load_task("b") == later
+    assert backend.views.load_task("nobody") is None
+    assert sorted(t for t, _ in backend.views.stored_states()) == ["a", "b"]
+
+
+# -- list_tasks -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tasks(backend):
+    """Six tasks, created at t = 0, 10, ... 60 (E at 50 is deleted)."""
+    stories = [
+        [created("A", 0)],
+        [created("B", 10, owner="bob")],
+        [created("C", 20, expires_in=100), claimed("C", 21), succeeded("C", 22)],  # until 122
+        # succeeded (until 132), then an update is pending: not finished, so never expires
+        [created("D", 30, expires_in=100), claimed("D", 31), succeeded("D", 32),
+         update_requested("D", 40)],
+        [created("E", 50), cancelled("E", 51), deleted("E", 52)],
+        [created("F", 60, owner="bob", expires_in=10), claimed("F", 61), failed("F", 62)],
+    ]
+    return {events[0].task_id: write_task(backend, events) for events in stories}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (dict(at=at(71)), "FDCBA"),
+        (dict(at=at(72)), "DCBA"),  # F stops at its expires_at
+        (dict(at=at(121)), "DCBA"),
+        (dict(at=at(122)), "DBA"),
+        (dict(at=at(10_000)), "DBA"),  # a pending update is listed, however late
+        (dict(at=at(71), owner="alice"), "DCA"),
+        (dict(at=at(71), owner="bob"), "FB"),
+        (dict(at=at(71), owner="carol"), ""),
+        (dict(at=at(71), limit=2), "FD"),
+        (dict(at=at(71), limit=2, offset=2), "CB"),
+        (dict(at=at(71), limit=10, offset=4), "A"),
+        (dict(at=at(71), offset=3), "BA"),
+        (dict(at=at(71), offset=5), ""),
+        (dict(at=at(71), start=at(10), end=at(30)), "DCB"),  # both ends included
+        (dict(at=at(71), start=at(11)), "FDC"),
+        (dict(at=at(71), end=at(9)), "A"),
+        (dict(at=at(71), owner="alice", start=at(10), limit=1, offset=1), "C"),
+    ],
+)
+def test_list_tasks(backend, tasks, query, expected):
+    query = TaskQuery(**query)
+    listed = backend.views.list_tasks(query)
+    assert "".join(state.task_id for state in listed) == expected
+    assert all(state == tasks[state.task_id] for state in listed)
+
+
+@pytest.mark.parametrize("seconds", [0, 21, 71, 72, 121, 122, 200])
+def test_list_tasks_shows_exactly_the_tasks_the_decider_calls_visible(backend, tasks, seconds):
+    visible = {t for t, state in tasks.items() if is_visible(state, at(seconds))}
+    listed = backend.views.list_tasks(TaskQuery(at=at(seconds)))
+    assert {state.task_id for state in listed} == visible
+
+
+# -- due leases and expiries ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def leases(backend):
+    write_task(backend, [created("L30", 0), claimed("L30", 0, lease=30)])
+    write_task(backend, [created("L10", 0), claimed("L10", 0, lease=10)])
+    write_task(backend, [created("L50", 0), claimed("L50", 0, lease=5), extended("L50", 1, until=50)])
+    write_task(backend, [created("done", 0), claimed("done", 0, lease=1), succeeded("done", 1)])
+    write_task(backend, [created("queued", 0)])
+
+
+@pytest.mark.parametrize(
+    ("seconds", "limit", "expected"),
+    [(9, 500, []), (10, 500, ["L10"]), (29, 500, ["L10"]), (30, 500, ["L10", "L30"]),
+     (100, 500, ["L10", "L30", "L50"]), (100, 2, ["L10", "L30"]), (100, 1, ["L10"])],
+)
+def test_due_leases_in_order_of_their_end(backend, leases, seconds, limit, expected):
+    assert backend.views.due_leases(at(seconds), limit) == expected
+
+
+@pytest.fixture
+def expiries(backend):
+    write_task(backend, [created("X12", 0, expires_in=10), claimed("X12", 1), succeeded("X12", 2)])
+    write_task(backend, [created("X7", 0, expires_in=5), claimed("X7", 1), failed("X7", 2)])
+    write_task(backend, [created("X101", 0, expires_in=100), cancelled("X101", 1)])
+    write_task(backend, [created("pending", 0, expires_in=1), claimed("pending", 1),
+                         succeeded("pending", 2), update_requested("pending", 2.5)])
+    write_task(backend, [created("forever", 0, expires_in=None), cancelled("forever", 1)])
+    write_task(backend, [created("gone", 0, expires_in=1), cancelled("gone", 1), expired("gone", 3)])
+    write_task(backend, [created("queued", 0, expires_in=1)])
+
+
+@pytest.mark.parametrize(
+    ("seconds", "limit", "expected"),
+    [(6, 500, []), (7, 500, ["X7"]), (11, 500, ["X7"]), (12, 500, ["X7", "X12"]),
+     (10_000, 500, ["X7", "X12", "X101"]), (10_000, 2, ["X7", "X12"])],
+)
+def test_due_expiries_in_order_of_their_end(backend, expiries, seconds, limit, expected):
+    assert backend.views.due_expiries(at(seconds), limit) == expected
+
+
+# -- the queue ------------------------------------------------------------------------------------
+
+
+def test_the_queue_is_fifo_by_position(backend):
+    assert backend.views.queue_head() is None
+    assert backend.views.queue_entries() == []
+    with backend.log.transaction() as tx:
+        for task_id, position in (("a", 5), ("b", 3), ("c", 9)):
+            backend.views.enqueue(tx, task_id, position)
+    assert backend.views.queue_entries() == [("b", 3), ("a", 5), ("c", 9)]
+    assert backend.views.queue_head() == "b"
+    with backend.log.transaction() as tx:
+        backend.views.dequeue(tx, "b")
+        backend.views.dequeue(tx, "not-queued")
+    assert backend.views.queue_head() == "a"
+    with backend.log.transaction() as tx:
+        backend.views.enqueue(tx, "d", 1)
+        backend.views.dequeue(tx, "a")
+    assert backend.views.queue_entries() == [("d", 1), ("c", 9)]
+    assert backend.views.queue_head() == "d"
+    with backend.log.transaction() as tx:
+        backend.views.dequeue(tx, "d")
+        backend.views.dequeue(tx, "c")
+    assert backend.views.queue_head() is None
+    assert backend.views.queue_entries() == []
+
+
+# -- the feed -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def feed_log(backend):
+    """A (alice): created, claimed, succeeded; B (bob): created, cancelled; C (alice): created;
+    interleaved A1 B1 A2 C1 B2 A3. Returns each event by its label."""
+    story = [("A1", created("A", 0)), ("B1", created("B", 1, owner="bob")),
+             ("A2", claimed("A", 2)), ("C1", created("C", 3)), ("B2", cancelled("B", 4)),
+             ("A3", succeeded("A", 5))]
+    recorded, versions = {}, {}
+    for label, event in story:
+        task_id = event.task_id
+        (recorded[label],) = append(backend, task_id, [event], expected=versions.get(task_id, 0))
+        versions[task_id] = versions.get(task_id, 0) + 1
+    with backend.log.transaction() as tx:
+        for task_id in versions:
+            events = [e.event for e in recorded.values() if e.stream_id == stream_id_for(task_id)]
+            backend.views.save_task(tx, fold(events))
+    return recorded
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (dict(), "A1 B1 A2 C1 B2 A3"),
+        (dict(limit=2), "A1 B1"),
+        (dict(after="B1", limit=2), "A2 C1"),
+        (dict(after="A3"), ""),
+        (dict(owner="alice"), "A1 A2 C1 A3"),
+        (dict(owner="bob"), "B1 B2"),
+        (dict(owner="carol"), ""),
+        (dict(types=("task_created",)), "A1 B1 C1"),
+        (dict(types=("claimed", "succeeded")), "A2 A3"),
+        (dict(types=("expired",)), ""),
+        (dict(task_id="A"), "A1 A2 A3"),
+        (dict(task_id="A", after="A2"), "A3"),
+        (dict(owner="alice", types=("task_created",), after="A1"), "C1"),
+        (dict(owner="alice", task_id="B"), ""),
+        (dict(owner="alice", limit=2, after="A1"), "A2 C1"),
+    ],
+)
+def test_feed(backend, feed_log, query, expected):
+    if "after" in query:
+        query["after"] = feed_log[query["after"]].position
+    page = backend.views.feed(FeedQuery(**query))
+    by_position = {e.position: label for label, e in feed_log.items()}
+    assert " ".join(by_position[e.position] for e in page) == expected
+    assert page == [feed_log[label] for label in expected.split()]
+
+
+# -- clear, and reads inside a transaction --------------------------------------------------------
+
+
+def test_clear_empties_the_task_rows_and_the_queue_and_keeps_the_log(backend):
+    write_task(backend, [created("a", 0)], queued=True)
+    write_task(backend, [created("b", 1), claimed("b", 2)])
+    last = backend.log.last_position()
+    with backend.log.transaction() as tx:
+        backend.views.clear(tx)
+    assert backend.views.load_task("a") is None
+    assert list(backend.views.stored_states()) == []
+    assert backend.views.list_tasks(TaskQuery(at=at(5))) == []
+    assert backend.views.queue_head() is None
+    assert backend.views.queue_entries() == []
+    assert backend.views.due_leases(at(1000)) == []
+    assert backend.log.last_position() == last
+    assert len(backend.log.read_all()) == 3
+
+
+def test_reads_with_tx_see_the_transactions_own_view_writes(backend, other):
+    write_task(backend, [created("old", 0)], queued=True)
+    query = TaskQuery(at=at(10))
+    with backend.log.transaction() as tx:
+        (event,) = append(backend, "new", [created("new", 5)], tx=tx)
+        state = fold([event.event])
+        backend.views.save_task(tx, state)
+        backend.views.enqueue(tx, "new", event.position)
+        backend.views.dequeue(tx, "old")
+        assert backend.views.load_task("new", tx=tx) == state
+        assert [s.task_id for s in backend.views.list_tasks(query, tx=tx)] == ["new", "old"]
+        assert sorted(t for t, _ in backend.views.stored_states(tx=tx)) == ["new", "old"]
+        assert backend.views.queue_head(tx=tx) == "new"
+        assert backend.views.queue_entries(tx=tx) == [("new", event.position)]
+        assert backend.views.feed(FeedQuery(task_id="new"), tx=tx) == [event]
+        assert backend.views.feed(FeedQuery(owner="alice", after=event.position - 1), tx=tx) == [event]
+        # another instance sees none of it before the commit
+        assert other.views.load_task("new") is None
+        assert other.views.queue_head() == "old"
+        assert [s.task_id for s in other.views.list_tasks(query)] == ["old"]
+        assert other.views.feed(FeedQuery(task_id="new")) == []
+    assert other.views.queue_head() == "new"
+    assert other.views.load_task("new") == state
