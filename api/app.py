@@ -58,7 +58,11 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            HealthController, TaskController, TasksController, WorkerController, AuditController
+            HealthController,
+            TaskController,
+            TasksController,
+            WorkerController,
+            AuditController,
         ],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -83,7 +83,10 @@ class AuditController(Controller):
     ) -> ServerSentEvent:
         if last_event_id is not None:
             last = last_event_id.strip()
-            if not (last.isascii() and last.isdigit() and len(last) <= 19) or int(last) > MAX_POSITION:
+            if (
+                not (last.isascii() and last.isdigit() and len(last) <= 19)
+                or int(last) > MAX_POSITION
+            ):
                 raise BadRequest("Last-Event-ID must be an event position")
             after = int(last)
         caller, types = request.user, type or ()

@@ -56,7 +56,9 @@ def check_file_name(name: str | None) -> str | None:
         return None
     if len(name) > MAX_FILE_NAME:
         raise BadRequest(f"file_name is longer than {MAX_FILE_NAME} characters")
-    if not name.isprintable() and any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
+    if not name.isprintable() and any(
+        unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name
+    ):
         raise BadRequest("file_name must not contain control characters")
     if "/" in name or "\\" in name:
         raise BadRequest("file_name must be a plain file name, without directories")
@@ -79,8 +81,18 @@ class Segment(msgspec.Struct, kw_only=True):
     page_number: int
     segment_id: str
     segment_type: Literal[
-        "Caption", "Footnote", "Formula", "ListItem", "Page", "PageFooter", "PageHeader",
-        "Picture", "SectionHeader", "Table", "Text", "Title",
+        "Caption",
+        "Footnote",
+        "Formula",
+        "ListItem",
+        "Page",
+        "PageFooter",
+        "PageHeader",
+        "Picture",
+        "SectionHeader",
+        "Table",
+        "Text",
+        "Title",
     ]
     confidence: float | None
 

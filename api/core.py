@@ -116,7 +116,14 @@ class ServiceCore:
         blobs: Sequence[bytes] = (),
     ) -> R:
         result, _ = await self._execute(
-            use_case, caller, command, result_type, build, parts, idempotency_key, request_id,
+            use_case,
+            caller,
+            command,
+            result_type,
+            build,
+            parts,
+            idempotency_key,
+            request_id,
             blobs=blobs,
         )
         return result
@@ -160,8 +167,9 @@ class ServiceCore:
         )
         name = type(command).__name__ if not callable(command) else "ClaimTask"
         note(command=name)
-        job = Request(command=command, envelope=envelope, blobs=tuple(blobs),
-                      after_append=after_append)
+        job = Request(
+            command=command, envelope=envelope, blobs=tuple(blobs), after_append=after_append
+        )
         try:
             outcome = await self.writer.submit_async(job)
         except DuplicateRecord:
@@ -172,8 +180,11 @@ class ServiceCore:
         except Exception as exc:
             note(outcome=type(exc).__name__)
             raise
-        note(task_id=outcome.after.task_id, events=len(outcome.recorded),
-             outcome="appended" if outcome.recorded else "unchanged")
+        note(
+            task_id=outcome.after.task_id,
+            events=len(outcome.recorded),
+            outcome="appended" if outcome.recorded else "unchanged",
+        )
         self._notify(outcome)
         return outcome.extra, False
 
@@ -196,4 +207,3 @@ class ServiceCore:
         if outcome.recorded and claimable(outcome.after):
             changed, self.queue_changed = self.queue_changed, asyncio.Event()
             changed.set()
-

@@ -113,7 +113,9 @@ def validation_message(exc: ValidationException) -> str | None:
             else:
                 parts.append(f"Invalid request body: {reason} - at `$.{key}`")
         else:
-            parts.append(f"Invalid request: {key}: {reason}" if key else f"Invalid request: {reason}")
+            parts.append(
+                f"Invalid request: {key}: {reason}" if key else f"Invalid request: {reason}"
+            )
     return "; ".join(parts) or None
 
 

@@ -78,9 +78,10 @@ class Writer:
                     with Pause.loops_of(batch, self.park_limit) as pause:
                         results = self.handler.execute_batch(
                             [request for request, _ in batch],
-                            begun=pause.start, before_commit=pause.end,
+                            begun=pause.start,
+                            before_commit=pause.end,
                         )
-            except BaseException as exc:  # noqa: BLE001 - every caller must hear of it
+            except BaseException as exc:
                 results = [exc] * len(batch)
             self.batches += 1
             self.commands += len(batch)
@@ -113,9 +114,7 @@ class Pause:
     past its commands by then. A loop is never held longer than ``longest`` seconds (a batch of
     big blobs, say): then it runs again alongside the rest of the batch."""
 
-    def __init__(
-        self, loops: set[asyncio.AbstractEventLoop], longest: float = 0.05
-    ) -> None:
+    def __init__(self, loops: set[asyncio.AbstractEventLoop], longest: float = 0.05) -> None:
         self._loops = loops
         self._longest = longest
         self._release = threading.Event()

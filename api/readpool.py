@@ -53,7 +53,7 @@ class ReadPool:
             for fn, args, future in jobs:
                 try:
                     settled.append((future, fn(*args), False))
-                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+                except BaseException as exc:
                     settled.append((future, exc, True))
             deliver(settled)
             if stopping:

@@ -24,6 +24,4 @@ class IdempotencyMismatch(Exception):
     """The Idempotency-Key was already used with a different request (422)."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "Idempotency-Key was already used with a different request; use a new key"
-        )
+        super().__init__("Idempotency-Key was already used with a different request; use a new key")

@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -30,7 +31,9 @@ def _json_line(event: dict[str, Any], **_: Any) -> bytes:
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def add_request_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def add_request_id(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Every line logged while serving a request carries its request id."""
     fields = log_fields.get()
     if fields is not None:
@@ -93,7 +96,10 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", encoded_id)]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", ()), (b"x-request-id", encoded_id)],
+                }
             await send(message)
 
         try:

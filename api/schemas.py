@@ -34,7 +34,9 @@ class LlmProcessing(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unk
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
 
 
-class ConfigurationFields(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+class ConfigurationFields(
+    msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
     """The Chunkr configuration fields a create or update may set (the SDK's Configuration)."""
 
     chunk_processing: ChunkProcessing | None = None
@@ -232,9 +234,9 @@ def render_finished(finished: Finished, base_url: str) -> FinishedTaskResponse:
     nxt = finished.next
     return FinishedTaskResponse(
         **msgspec.structs.asdict(task),
-        next=msgspec.UNSET if nxt is msgspec.UNSET else (
-            None if nxt is None else render_claimed(nxt, base_url)
-        ),
+        next=msgspec.UNSET
+        if nxt is msgspec.UNSET
+        else (None if nxt is None else render_claimed(nxt, base_url)),
     )
 
 

@@ -25,12 +25,12 @@ from ledger.decider import fold, merge_configuration
 from ledger.errors import TaskNotFound
 from ledger.events import EVENT_TAGS, blob_ref
 from ledger.log import FeedQuery, RecordedEvent, TaskQuery
-from ledger.state import TaskState
 
 MAX_LIST_LIMIT = 1000
 #: Past this the offset (page - 1) * limit no longer fits a 64-bit integer.
 MAX_PAGE = 2**31 - 1
 MAX_FEED_LIMIT = 1000
+
 
 class TaskLedger(WorkerCases):
     """The use cases (the workers' in ``api.work``)."""
@@ -56,13 +56,25 @@ class TaskLedger(WorkerCases):
         merged = merge_configuration(defaults, fields)
         ref = blob_ref(file)
         command = CreateTask(
-            task_id=new_task_id(), at=self.clock(), owner=caller.owner, configuration=merged,
-            file=ref, file_name=file_name, expires_in=merged.get("expires_in"),
+            task_id=new_task_id(),
+            at=self.clock(),
+            owner=caller.owner,
+            configuration=merged,
+            file=ref,
+            file_name=file_name,
+            expires_in=merged.get("expires_in"),
         )
         fp = (ref.sha256, file_name, fields)
         return await self._run(
-            UseCase.CREATE, caller, command, TaskView, self._view, fp,
-            idempotency_key, request_id, blobs=(file,),
+            UseCase.CREATE,
+            caller,
+            command,
+            TaskView,
+            self._view,
+            fp,
+            idempotency_key,
+            request_id,
+            blobs=(file,),
         )
 
     async def get(
@@ -102,9 +114,7 @@ class TaskLedger(WorkerCases):
         events = self.store.history(task_id)
         if version is not None:
             if version > len(events):
-                raise BadRequest(
-                    f"as_of_version must be between 1 and {len(events)} for this task"
-                )
+                raise BadRequest(f"as_of_version must be between 1 and {len(events)} for this task")
             events = events[:version]
         if when is not None:
             events = [e for e in events if e.recorded_at <= when]
@@ -160,8 +170,14 @@ class TaskLedger(WorkerCases):
             task_id=task_id, at=self.clock(), owner=grant.owner, configuration=fields
         )
         return await self._run(
-            UseCase.UPDATE, caller, command, TaskView, self._view, (task_id, fields),
-            idempotency_key, request_id,
+            UseCase.UPDATE,
+            caller,
+            command,
+            TaskView,
+            self._view,
+            (task_id, fields),
+            idempotency_key,
+            request_id,
         )
 
     async def cancel(
@@ -175,8 +191,14 @@ class TaskLedger(WorkerCases):
         grant = authorize(UseCase.CANCEL, caller)
         command = CancelTask(task_id=task_id, at=self.clock(), owner=grant.owner)
         return await self._run(
-            UseCase.CANCEL, caller, command, TaskView, self._bare, (task_id,),
-            idempotency_key, request_id,
+            UseCase.CANCEL,
+            caller,
+            command,
+            TaskView,
+            self._bare,
+            (task_id,),
+            idempotency_key,
+            request_id,
         )
 
     async def delete(
@@ -190,8 +212,14 @@ class TaskLedger(WorkerCases):
         grant = authorize(UseCase.DELETE, caller)
         command = DeleteTask(task_id=task_id, at=self.clock(), owner=grant.owner)
         return await self._run(
-            UseCase.DELETE, caller, command, TaskView, self._bare, (task_id,),
-            idempotency_key, request_id,
+            UseCase.DELETE,
+            caller,
+            command,
+            TaskView,
+            self._bare,
+            (task_id,),
+            idempotency_key,
+            request_id,
         )
 
     # -- audit -------------------------------------------------------------------------------

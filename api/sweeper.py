@@ -41,6 +41,6 @@ async def run_sweepers(service: TaskLedger) -> None:
             await sweep_once(service)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failed sweep is retried next interval
+        except Exception as exc:
             log.warning("sweep_error", error_type=type(exc).__name__, error=str(exc))
         await asyncio.sleep(interval)

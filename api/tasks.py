@@ -24,7 +24,9 @@ Service = NamedDependency[TaskLedger]
 HttpRequest = Request[Caller, None, State]
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", description="Retry safely: the first outcome is replayed"),
+    HeaderParameter(
+        name="Idempotency-Key", description="Retry safely: the first outcome is replayed"
+    ),
 ]
 ChunkrFlag = Annotated[bool, QueryParameter(description="Accepted for Chunkr compatibility")]
 
@@ -71,7 +73,9 @@ class TaskController(Controller):
         request: HttpRequest,
         service: Service,
         task_id: FromPath[str],
-        include_chunks: Annotated[bool, QueryParameter(description="Include the output's chunks")] = True,
+        include_chunks: Annotated[
+            bool, QueryParameter(description="Include the output's chunks")
+        ] = True,
         base64_urls: ChunkrFlag = False,
         as_of_version: Annotated[
             int | None, QueryParameter(ge=1, description="The task as it was after its N-th event")
@@ -80,9 +84,7 @@ class TaskController(Controller):
             datetime | None, QueryParameter(description="The task as it was at this time")
         ] = None,
     ) -> TaskResponse:
-        view = await service.get(
-            request.user, task_id, as_of_version=as_of_version, as_of=as_of
-        )
+        view = await service.get(request.user, task_id, as_of_version=as_of_version, as_of=as_of)
         return render_view(view, base_url(request), include_chunks)
 
     @patch(
@@ -176,11 +178,11 @@ class TasksController(Controller):
         ] = None,
         start: Annotated[datetime | None, QueryParameter(description="Created at or after")] = None,
         end: Annotated[datetime | None, QueryParameter(description="Created at or before")] = None,
-        include_chunks: Annotated[bool, QueryParameter(description="Include outputs' chunks")] = False,
+        include_chunks: Annotated[
+            bool, QueryParameter(description="Include outputs' chunks")
+        ] = False,
         base64_urls: ChunkrFlag = False,
     ) -> list[TaskResponse]:
-        views = await service.list_tasks(
-            request.user, page=page, limit=limit, start=start, end=end
-        )
+        views = await service.list_tasks(request.user, page=page, limit=limit, start=start, end=end)
         url = base_url(request)
         return [render_view(view, url, include_chunks) for view in views]

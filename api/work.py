@@ -63,8 +63,14 @@ class WorkerCases(ServiceCore):
                     raise NothingToDo()
                 first = False
                 return await self._run(
-                    UseCase.CLAIM, caller, source, TaskView, self._bare, parts,
-                    idempotency_key, request_id,
+                    UseCase.CLAIM,
+                    caller,
+                    source,
+                    TaskView,
+                    self._bare,
+                    parts,
+                    idempotency_key,
+                    request_id,
                 )
             except NothingToDo:
                 if not await self.wait_for_work(changed, gone, deadline):
@@ -86,8 +92,14 @@ class WorkerCases(ServiceCore):
         until = at + timedelta(seconds=self.lease_for(lease_seconds))
         command = ExtendLease(task_id=task_id, at=at, worker_id=worker_id, lease_until=until)
         return await self._run(
-            UseCase.HEARTBEAT, caller, command, TaskView, self._bare,
-            (task_id, worker_id, lease_seconds), idempotency_key, request_id,
+            UseCase.HEARTBEAT,
+            caller,
+            command,
+            TaskView,
+            self._bare,
+            (task_id, worker_id, lease_seconds),
+            idempotency_key,
+            request_id,
         )
 
     async def complete(
@@ -120,8 +132,16 @@ class WorkerCases(ServiceCore):
 
         parts = (task_id, worker_id, output, claim_next, lease_seconds)
         return await self._finish(
-            UseCase.COMPLETE, caller, command, build, parts, idempotency_key, request_id,
-            claim_next, lease_seconds, blobs=(data,),
+            UseCase.COMPLETE,
+            caller,
+            command,
+            build,
+            parts,
+            idempotency_key,
+            request_id,
+            claim_next,
+            lease_seconds,
+            blobs=(data,),
         )
 
     async def fail(
@@ -144,8 +164,15 @@ class WorkerCases(ServiceCore):
 
         parts = (task_id, worker_id, error, claim_next, lease_seconds)
         return await self._finish(
-            UseCase.FAIL, caller, command, build, parts, idempotency_key, request_id,
-            claim_next, lease_seconds,
+            UseCase.FAIL,
+            caller,
+            command,
+            build,
+            parts,
+            idempotency_key,
+            request_id,
+            claim_next,
+            lease_seconds,
         )
 
     async def release(
@@ -161,8 +188,14 @@ class WorkerCases(ServiceCore):
         authorize(UseCase.RELEASE, caller)
         command = ReleaseTask(task_id=task_id, at=self.clock(), worker_id=worker_id)
         return await self._run(
-            UseCase.RELEASE, caller, command, TaskView, self._view, (task_id, worker_id),
-            idempotency_key, request_id,
+            UseCase.RELEASE,
+            caller,
+            command,
+            TaskView,
+            self._view,
+            (task_id, worker_id),
+            idempotency_key,
+            request_id,
         )
 
     async def read_input(self, caller: Caller, task_id: str) -> tuple[str, bytes]:
@@ -202,7 +235,14 @@ class WorkerCases(ServiceCore):
             )
         next_lease = self.lease_for(lease_seconds) if claim_next else 0
         finished, replayed = await self._execute(
-            use_case, caller, command, Finished, build, parts, idempotency_key, request_id,
+            use_case,
+            caller,
+            command,
+            Finished,
+            build,
+            parts,
+            idempotency_key,
+            request_id,
             blobs=blobs,
         )
         if not claim_next or replayed:
@@ -228,7 +268,7 @@ class WorkerCases(ServiceCore):
         except NothingToDo:
             own["outcome"] = "NothingToDo"
             return None
-        except Exception as exc:  # noqa: BLE001 - the finish stands; see the docstring
+        except Exception as exc:
             own["outcome"] = type(exc).__name__
             return None
         finally:
@@ -253,7 +293,9 @@ class WorkerCases(ServiceCore):
                 return None
             at = self.clock()
             return ClaimTask(
-                task_id=task_id, at=at, worker_id=worker_id,
+                task_id=task_id,
+                at=at,
+                worker_id=worker_id,
                 lease_until=at + timedelta(seconds=seconds),
             )
 
@@ -297,4 +339,3 @@ class WorkerCases(ServiceCore):
             *(self.run_system(c) for c in commands), return_exceptions=True
         )
         return list(zip(commands, outcomes, strict=True))
-

@@ -8,7 +8,7 @@ only its own tasks; workers and admins pass ``None`` and may act on any task.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -79,16 +79,16 @@ class ExpireTask(Command):
     """Sweeper: a terminal task is past its ``expires_at``."""
 
 
-AnyCommand = Union[
-    CreateTask,
-    UpdateTask,
-    CancelTask,
-    DeleteTask,
-    ClaimTask,
-    ExtendLease,
-    ReleaseTask,
-    CompleteTask,
-    FailTask,
-    ExpireLease,
-    ExpireTask,
-]
+AnyCommand = (
+    CreateTask
+    | UpdateTask
+    | CancelTask
+    | DeleteTask
+    | ClaimTask
+    | ExtendLease
+    | ReleaseTask
+    | CompleteTask
+    | FailTask
+    | ExpireLease
+    | ExpireTask
+)

@@ -117,8 +117,7 @@ def _holds_lease(worker_id: str, state: TaskState) -> None:
         )
     if state.worker_id != worker_id:
         raise LeaseLost(
-            f"Worker {worker_id} does not hold the lease on this task: "
-            "it is held by another worker"
+            f"Worker {worker_id} does not hold the lease on this task: it is held by another worker"
         )
 
 
@@ -209,7 +208,9 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
             ]
         case CompleteTask():
             _holds_lease(command.worker_id, state)
-            return [Succeeded(task_id=tid, at=at, worker_id=command.worker_id, output=command.output)]
+            return [
+                Succeeded(task_id=tid, at=at, worker_id=command.worker_id, output=command.output)
+            ]
         case FailTask():
             _holds_lease(command.worker_id, state)
             return [Failed(task_id=tid, at=at, worker_id=command.worker_id, error=command.error)]
@@ -296,9 +297,7 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
         case Failed() | TimedOut():
             error = event.error if isinstance(event, Failed) else MSG_TIMED_OUT
             if state.prior is not None:
-                return state.restored(
-                    state.prior, version=v, message=update_failed_message(error)
-                )
+                return state.restored(state.prior, version=v, message=update_failed_message(error))
             return replace(
                 state,
                 version=v,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -95,21 +95,21 @@ class Deleted(Event, tag="deleted"):
     pass
 
 
-AnyEvent = Union[
-    TaskCreated,
-    UpdateRequested,
-    Claimed,
-    LeaseExtended,
-    LeaseExpired,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
-    Expired,
-    Deleted,
-]
+AnyEvent = (
+    TaskCreated
+    | UpdateRequested
+    | Claimed
+    | LeaseExtended
+    | LeaseExpired
+    | Succeeded
+    | Failed
+    | Cancelled
+    | TimedOut
+    | Expired
+    | Deleted
+)
 
-EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
 
 
 def tag_of(event_type: type[Event]) -> str:

@@ -160,12 +160,12 @@ class CommandHandler:
                                 results.append(self._run(tx, request))
                         except TransactionRolledBack:
                             raise
-                        except Exception as exc:  # noqa: BLE001 - handed back to its caller
+                        except Exception as exc:
                             results.append(exc)
                         continue
                     try:
                         planned = self._decide(tx, request)
-                    except Exception as exc:  # noqa: BLE001 - refused before writing anything
+                    except Exception as exc:
                         results.append(exc)
                         continue
                     try:
@@ -213,9 +213,7 @@ class CommandHandler:
                 projection.apply(tx, before, after, recorded)
             outcome = Outcome(before=before, after=after, recorded=recorded)
         if request.after_append is not None:
-            outcome = msgspec.structs.replace(
-                outcome, extra=request.after_append(tx, outcome)
-            )
+            outcome = msgspec.structs.replace(outcome, extra=request.after_append(tx, outcome))
         return outcome
 
 

@@ -79,7 +79,7 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None
     hash: str
 
-    def chained(self) -> dict[str, Any]:
+    def chained(self) -> dict[str, Any]:  # Any: the values are typed by the fields above
         """The fields ``ledger.chain.chain_hash`` covers (everything but the hash)."""
         fields = msgspec.structs.asdict(self)
         del fields["hash"]
@@ -259,9 +259,14 @@ class Records(Protocol):
 class Backend(Protocol):
     """A whole backend: its three parts, and moving the whole ledger in and out of it."""
 
-    log: EventLog
-    views: TaskViews
-    records: Records
+    @property
+    def log(self) -> EventLog: ...
+
+    @property
+    def views(self) -> TaskViews: ...
+
+    @property
+    def records(self) -> Records: ...
 
     def export_records(self) -> Iterator[dict[str, object]]:
         """The whole log as records: a header, every stored event, every blob and blob

@@ -75,6 +75,4 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         """This state with the snapshot's fields put back, the lease cleared, no pending update."""
         fields = msgspec.structs.asdict(prior)
         fields.update(overrides)
-        return msgspec.structs.replace(
-            self, **fields, prior=None, worker_id=None, lease_until=None
-        )
+        return msgspec.structs.replace(self, **fields, prior=None, worker_id=None, lease_until=None)

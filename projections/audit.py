@@ -127,16 +127,20 @@ def check_blobs(log: EventLog, tx: Any) -> list[Difference]:
     for sha, data, owners in log.iter_blobs(tx=tx):
         if hashlib.sha256(data).hexdigest() == sha:
             continue
-        for task_id in owners or [None]:
+        # A blob no task refers to any more is reported without a task.
+        targets: list[str | None] = [*owners] or [None]
+        for task_id in targets:
             differences.append(
-                Difference("blob", f"blob {sha} does not match its sha256 (its content was altered)", task_id)
+                Difference(
+                    "blob",
+                    f"blob {sha} does not match its sha256 (its content was altered)",
+                    task_id,
+                )
             )
     return differences
 
 
-def verify(
-    log: EventLog, views: TaskViews, progress: Progress | None = None
-) -> list[Difference]:
+def verify(log: EventLog, views: TaskViews, progress: Progress | None = None) -> list[Difference]:
     """Every difference between the log and the projections, every broken chain link, every
     event that cannot be decoded and every blob that no longer matches its address; all read
     from one snapshot, so writers running meanwhile cause no false differences."""

@@ -122,7 +122,13 @@ Op = Callable[[Connection], Awaitable[bool]]
 
 
 async def drive(
-    host: str, port: int, op: Op, *, concurrency: int, seconds: float, max_ops: int | None,
+    host: str,
+    port: int,
+    op: Op,
+    *,
+    concurrency: int,
+    seconds: float,
+    max_ops: int | None,
     stats: Stats,
 ) -> Stats:
     """Run ``op`` from ``concurrency`` clients until ``seconds`` pass or ``max_ops`` are done."""
@@ -159,13 +165,23 @@ def free_port() -> int:
 
 
 class Process:
-    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None,
-                 log: Path | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        workers: int = 1,
+    ) -> None:
         self.port = port
         self.workers = workers
-        self.log = open(log or os.devnull, "ab")  # noqa: SIM115
+        self.log = open(log or os.devnull, "ab")
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT, env={**os.environ, **(env or {})}
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
         self.wait_ready()
 
@@ -220,8 +236,21 @@ def start_taskledger(
 ) -> tuple[Process, str]:
     port = free_port()
     proc = Process(
-        [sys.executable, "-m", "scripts.cli", "serve", "--db", str(db), "--port", str(port),
-         "--synchronous", synchronous, "--log-json", "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "serve",
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--synchronous",
+            synchronous,
+            "--log-json",
+            "--workers",
+            str(workers),
+        ],
         port,
         log=log,
         workers=workers,
@@ -236,9 +265,22 @@ def start_taskledger(
 def start_uvicorn(factory: str, db: Path, workers: int = 1) -> Process:
     port = free_port()
     return Process(
-        [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log",
-         "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            factory,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--workers",
+            str(workers),
+        ],
         port,
         env={"BENCH_DB": str(db)},
         workers=workers,
@@ -247,9 +289,23 @@ def start_uvicorn(factory: str, db: Path, workers: int = 1) -> Process:
 
 def make_key(db: Path, owner: str, role: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", "keys", "create", "--db", str(db), "--owner", owner,
-         "--role", role],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "keys",
+            "create",
+            "--db",
+            str(db),
+            "--owner",
+            owner,
+            "--role",
+            role,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     ).stdout
     return out.strip().splitlines()[-1]
 
@@ -263,13 +319,20 @@ OUTPUT = {
             "segments": [
                 {
                     "bbox": {"left": 0, "top": 0, "width": 1, "height": 1},
-                    "page_height": 1, "page_width": 1, "page_number": 1, "segment_id": "s1",
-                    "segment_type": "Text", "confidence": None, "content": "benchmark input",
+                    "page_height": 1,
+                    "page_width": 1,
+                    "page_number": 1,
+                    "segment_id": "s1",
+                    "segment_type": "Text",
+                    "confidence": None,
+                    "content": "benchmark input",
                 }
             ],
         }
     ],
-    "file_name": "bench.txt", "page_count": 1, "pdf_url": None,
+    "file_name": "bench.txt",
+    "page_count": 1,
+    "pdf_url": None,
 }
 
 
@@ -309,12 +372,32 @@ def http_taskledger(
 
     try:
         for concurrency in concurrencies:
-            results.append(run_async(drive("127.0.0.1", port, create, concurrency=concurrency,
-                                           seconds=seconds, max_ops=None,
-                                           stats=Stats("create", "taskledger", concurrency))).summary())
-            results.append(run_async(drive("127.0.0.1", port, get, concurrency=concurrency,
-                                           seconds=seconds, max_ops=None,
-                                           stats=Stats("get", "taskledger", concurrency))).summary())
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        port,
+                        create,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=None,
+                        stats=Stats("create", "taskledger", concurrency),
+                    )
+                ).summary()
+            )
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        port,
+                        get,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=None,
+                        stats=Stats("get", "taskledger", concurrency),
+                    )
+                ).summary()
+            )
             # Cancel and claim each need fresh Starting tasks: queue them up untimed first.
             pending = list(reversed(ids))
             ids_for_cancel = pending[: len(pending) // 2]
@@ -325,14 +408,26 @@ def http_taskledger(
                 if not ids_for_cancel:
                     return False
                 task_id = ids_for_cancel.pop()
-                status, _ = await conn.request("GET", f"/api/v1/task/{task_id}/cancel", headers=user)
+                status, _ = await conn.request(
+                    "GET", f"/api/v1/task/{task_id}/cancel", headers=user
+                )
                 return status == 200
 
-            results.append(run_async(drive("127.0.0.1", port, cancel, concurrency=concurrency,
-                                           seconds=seconds, max_ops=len(ids_for_cancel),
-                                           stats=Stats("cancel", "taskledger", concurrency))).summary())
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        port,
+                        cancel,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=len(ids_for_cancel),
+                        stats=Stats("cancel", "taskledger", concurrency),
+                    )
+                ).summary()
+            )
 
-            complete_body_for = {}
+            complete_body_for: dict[str, bytes] = {}
 
             async def claim_complete(conn: Connection) -> bool:
                 wid = f"w{id(conn)}"
@@ -345,17 +440,38 @@ def http_taskledger(
                 payload = complete_body_for.setdefault(
                     wid, json.dumps({"worker_id": wid, "output": OUTPUT}).encode()
                 )
-                status, _ = await conn.request("POST", f"/api/v1/task/{task_id}/complete", payload, worker)
+                status, _ = await conn.request(
+                    "POST", f"/api/v1/task/{task_id}/complete", payload, worker
+                )
                 return status == 200
 
-            results.append(run_async(drive("127.0.0.1", port, claim_complete, concurrency=concurrency,
-                                           seconds=seconds, max_ops=claimable,
-                                           stats=Stats("claim+complete", "taskledger", concurrency))).summary())
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        port,
+                        claim_complete,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=claimable,
+                        stats=Stats("claim+complete", "taskledger", concurrency),
+                    )
+                ).summary()
+            )
 
             # The same cycle as a worker that asks complete to claim its next task (one request
             # per task instead of two). Untimed: queue up fresh tasks for it first.
-            run_async(drive("127.0.0.1", port, create, concurrency=concurrency, seconds=seconds,
-                            max_ops=None, stats=Stats("refill", "taskledger", concurrency)))
+            run_async(
+                drive(
+                    "127.0.0.1",
+                    port,
+                    create,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                    max_ops=None,
+                    stats=Stats("refill", "taskledger", concurrency),
+                )
+            )
             queued = len(ids)
             ids.clear()
             holding: dict[int, str] = {}
@@ -365,14 +481,20 @@ def http_taskledger(
                 task_id = holding.pop(id(conn), None)
                 if task_id is None:
                     status, body = await conn.request(
-                        "POST", "/api/v1/worker/claim", json.dumps({"worker_id": wid}).encode(),
+                        "POST",
+                        "/api/v1/worker/claim",
+                        json.dumps({"worker_id": wid}).encode(),
                         worker,
                     )
                     if status != 200:
                         return False
                     task_id = json.loads(body)["task_id"]
-                payload = json.dumps({"worker_id": wid, "output": OUTPUT, "claim_next": True}).encode()
-                status, body = await conn.request("POST", f"/api/v1/task/{task_id}/complete", payload, worker)
+                payload = json.dumps(
+                    {"worker_id": wid, "output": OUTPUT, "claim_next": True}
+                ).encode()
+                status, body = await conn.request(
+                    "POST", f"/api/v1/task/{task_id}/complete", payload, worker
+                )
                 if status != 200:
                     return False
                 following = json.loads(body)["next"]
@@ -380,17 +502,44 @@ def http_taskledger(
                     holding[id(conn)] = following["task_id"]
                 return True
 
-            results.append(run_async(drive("127.0.0.1", port, complete_claim_next,
-                                           concurrency=concurrency, seconds=seconds,
-                                           max_ops=max(0, queued - concurrency),
-                                           stats=Stats("claim+complete (claim_next)", "taskledger",
-                                                       concurrency))).summary())
-            results.append(run_async(drive("127.0.0.1", port, listing, concurrency=concurrency,
-                                           seconds=seconds, max_ops=None,
-                                           stats=Stats("list", "taskledger", concurrency))).summary())
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        port,
+                        complete_claim_next,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=max(0, queued - concurrency),
+                        stats=Stats("claim+complete (claim_next)", "taskledger", concurrency),
+                    )
+                ).summary()
+            )
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        port,
+                        listing,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=None,
+                        stats=Stats("list", "taskledger", concurrency),
+                    )
+                ).summary()
+            )
             # Refill ids for the next round's get.
-            run_async(drive("127.0.0.1", port, create, concurrency=8, seconds=seconds, max_ops=200,
-                            stats=Stats("refill", "taskledger", 8)))
+            run_async(
+                drive(
+                    "127.0.0.1",
+                    port,
+                    create,
+                    concurrency=8,
+                    seconds=seconds,
+                    max_ops=200,
+                    stats=Stats("refill", "taskledger", 8),
+                )
+            )
     finally:
         rss = proc.peak_rss_mb()
         proc.stop()
@@ -403,7 +552,9 @@ def with_workers(rows: list[dict], workers: int) -> list[dict]:
     return rows
 
 
-def http_floor(seconds: float, concurrencies: list[int], work: Path, workers: int = 1) -> list[dict]:
+def http_floor(
+    seconds: float, concurrencies: list[int], work: Path, workers: int = 1
+) -> list[dict]:
     proc = start_uvicorn("scripts.bench_floor:create_app", work / f"floor-{workers}.db", workers)
     body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
     ids: list[str] = []
@@ -421,12 +572,32 @@ def http_floor(seconds: float, concurrencies: list[int], work: Path, workers: in
     results = []
     try:
         for concurrency in concurrencies:
-            results.append(run_async(drive("127.0.0.1", proc.port, insert, concurrency=concurrency,
-                                           seconds=seconds, max_ops=None,
-                                           stats=Stats("insert (NORMAL)", "floor", concurrency))).summary())
-            results.append(run_async(drive("127.0.0.1", proc.port, read, concurrency=concurrency,
-                                           seconds=seconds, max_ops=None,
-                                           stats=Stats("read one row", "floor", concurrency))).summary())
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        proc.port,
+                        insert,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=None,
+                        stats=Stats("insert (NORMAL)", "floor", concurrency),
+                    )
+                ).summary()
+            )
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        proc.port,
+                        read,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=None,
+                        stats=Stats("read one row", "floor", concurrency),
+                    )
+                ).summary()
+            )
     finally:
         proc.stop()
     return with_workers(results, workers)
@@ -450,12 +621,32 @@ def http_peer(seconds: float, concurrencies: list[int], work: Path, workers: int
     results = []
     try:
         for concurrency in concurrencies:
-            results.append(run_async(drive("127.0.0.1", proc.port, create, concurrency=concurrency,
-                                           seconds=seconds, max_ops=None,
-                                           stats=Stats("create", "eventsourcing", concurrency))).summary())
-            results.append(run_async(drive("127.0.0.1", proc.port, get, concurrency=concurrency,
-                                           seconds=seconds, max_ops=None,
-                                           stats=Stats("get", "eventsourcing", concurrency))).summary())
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        proc.port,
+                        create,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=None,
+                        stats=Stats("create", "eventsourcing", concurrency),
+                    )
+                ).summary()
+            )
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        proc.port,
+                        get,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=None,
+                        stats=Stats("get", "eventsourcing", concurrency),
+                    )
+                ).summary()
+            )
             pending = list(reversed(ids))
             to_cancel, to_claim = pending[::2], pending[1::2]
             ids.clear()
@@ -466,18 +657,46 @@ def http_peer(seconds: float, concurrencies: list[int], work: Path, workers: int
                         return False
                     status, _ = await conn.request("POST", f"/tasks/{pool.pop()}/{action}")
                     return status == 200
+
                 return op
 
-            results.append(run_async(drive("127.0.0.1", proc.port, take(to_cancel, "cancel"),
-                                           concurrency=concurrency, seconds=seconds,
-                                           max_ops=len(to_cancel),
-                                           stats=Stats("cancel", "eventsourcing", concurrency))).summary())
-            results.append(run_async(drive("127.0.0.1", proc.port, take(to_claim, "claim"),
-                                           concurrency=concurrency, seconds=seconds,
-                                           max_ops=len(to_claim),
-                                           stats=Stats("claim", "eventsourcing", concurrency))).summary())
-            run_async(drive("127.0.0.1", proc.port, create, concurrency=8, seconds=seconds,
-                            max_ops=200, stats=Stats("refill", "eventsourcing", 8)))
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        proc.port,
+                        take(to_cancel, "cancel"),
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=len(to_cancel),
+                        stats=Stats("cancel", "eventsourcing", concurrency),
+                    )
+                ).summary()
+            )
+            results.append(
+                run_async(
+                    drive(
+                        "127.0.0.1",
+                        proc.port,
+                        take(to_claim, "claim"),
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        max_ops=len(to_claim),
+                        stats=Stats("claim", "eventsourcing", concurrency),
+                    )
+                ).summary()
+            )
+            run_async(
+                drive(
+                    "127.0.0.1",
+                    proc.port,
+                    create,
+                    concurrency=8,
+                    seconds=seconds,
+                    max_ops=200,
+                    stats=Stats("refill", "eventsourcing", 8),
+                )
+            )
     finally:
         proc.stop()
     return with_workers(results, workers)
@@ -489,11 +708,11 @@ def http_peer(seconds: float, concurrencies: list[int], work: Path, workers: int
 def build_log(db: Path, events: int, *, batch: int = 500) -> dict[str, Any]:
     """Fill a log with about ``events`` events (tasks created, claimed and succeeded) through the
     real command handler, ``batch`` commands per transaction; returns the append rate."""
+    from api.composition import Store
     from ledger.commands import ClaimTask, CompleteTask, CreateTask
     from ledger.events import blob_ref
     from ledger.handler import Request
     from ledger.log import Actor, Envelope
-    from api.composition import Store
 
     store = Store(db)
     data = b"benchmark input " * 16
@@ -507,20 +726,35 @@ def build_log(db: Path, events: int, *, batch: int = 500) -> dict[str, Any]:
         ids = [str(uuid.uuid4()) for _ in range(min(batch // 3 + 1, (events - written) // 3 + 1))]
         at = t0 + timedelta(seconds=written)
         requests = [
-            Request(command=CreateTask(task_id=i, at=at, owner=f"owner{n % 50}",
-                                       configuration={"chunk_processing": {"target_length": 512}},
-                                       file=ref, file_name="bench.txt"),
-                    envelope=env, blobs=(data,))
+            Request(
+                command=CreateTask(
+                    task_id=i,
+                    at=at,
+                    owner=f"owner{n % 50}",
+                    configuration={"chunk_processing": {"target_length": 512}},
+                    file=ref,
+                    file_name="bench.txt",
+                ),
+                envelope=env,
+                blobs=(data,),
+            )
             for n, i in enumerate(ids)
         ]
         requests += [
-            Request(command=ClaimTask(task_id=i, at=at, worker_id="w", lease_until=at + timedelta(minutes=5)),
-                    envelope=env)
+            Request(
+                command=ClaimTask(
+                    task_id=i, at=at, worker_id="w", lease_until=at + timedelta(minutes=5)
+                ),
+                envelope=env,
+            )
             for i in ids
         ]
         requests += [
-            Request(command=CompleteTask(task_id=i, at=at, worker_id="w", output=out_ref),
-                    envelope=env, blobs=(output,))
+            Request(
+                command=CompleteTask(task_id=i, at=at, worker_id="w", output=out_ref),
+                envelope=env,
+                blobs=(output,),
+            )
             for i in ids
         ]
         results = store.handler.execute_batch(requests)
@@ -530,15 +764,19 @@ def build_log(db: Path, events: int, *, batch: int = 500) -> dict[str, Any]:
         written += len(requests)
     seconds = time.perf_counter() - started
     store.close()
-    return {"events": written, "seconds": round(seconds, 2), "events_per_s": round(written / seconds)}
+    return {
+        "events": written,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(written / seconds),
+    }
 
 
 def append_unbatched(db: Path, count: int) -> dict[str, Any]:
     """One command per transaction (one fsync each): the cost group commit saves."""
+    from api.composition import Store
     from ledger.commands import CreateTask
     from ledger.events import blob_ref
     from ledger.log import Envelope
-    from api.composition import Store
 
     store = Store(db)
     data = b"x"
@@ -546,9 +784,15 @@ def append_unbatched(db: Path, count: int) -> dict[str, Any]:
     started = time.perf_counter()
     for _ in range(count):
         store.handler.execute(
-            CreateTask(task_id=str(uuid.uuid4()), at=datetime.now(UTC), owner="o", configuration={},
-                       file=blob_ref(data)),
-            env, blobs=[data],
+            CreateTask(
+                task_id=str(uuid.uuid4()),
+                at=datetime.now(UTC),
+                owner="o",
+                configuration={},
+                file=blob_ref(data),
+            ),
+            env,
+            blobs=[data],
         )
     seconds = time.perf_counter() - started
     store.close()
@@ -579,17 +823,27 @@ def measure_log(db: Path) -> dict[str, Any]:
     started = time.perf_counter()
     tasks = len(replay_log(store))
     seconds = time.perf_counter() - started
-    figures["replay"] = {"tasks": tasks, "seconds": round(seconds, 2), "events_per_s": round(total / seconds)}
+    figures["replay"] = {
+        "tasks": tasks,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(total / seconds),
+    }
     started = time.perf_counter()
     tasks = sum(1 for _ in audit.fold_streams(store.log))
     seconds = time.perf_counter() - started
-    figures["replay_by_stream"] = {"tasks": tasks, "seconds": round(seconds, 2),
-                                   "events_per_s": round(total / seconds)}
+    figures["replay_by_stream"] = {
+        "tasks": tasks,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(total / seconds),
+    }
     started = time.perf_counter()
     differences = audit.verify(store.log, store.views)
     seconds = time.perf_counter() - started
-    figures["verify"] = {"seconds": round(seconds, 2), "events_per_s": round(total / seconds),
-                         "differences": len(differences)}
+    figures["verify"] = {
+        "seconds": round(seconds, 2),
+        "events_per_s": round(total / seconds),
+        "differences": len(differences),
+    }
     started = time.perf_counter()
     audit.rebuild(store.log, store.views)
     seconds = time.perf_counter() - started
@@ -636,7 +890,9 @@ def get_latency(small: Path, large: Path, requests: int) -> tuple[dict[str, Any]
     try:
         for db in (small, large):
             conn = sqlite3.connect(db)
-            ids = [r[0] for r in conn.execute("SELECT task_id FROM tasks ORDER BY random() LIMIT 5000")]
+            ids = [
+                r[0] for r in conn.execute("SELECT task_id FROM tasks ORDER BY random() LIMIT 5000")
+            ]
             conn.close()
             proc, _ = start_taskledger(db)
             servers.append((proc, ids, {"Authorization": make_key(db, "bench-admin", "admin")}))
@@ -646,7 +902,7 @@ def get_latency(small: Path, large: Path, requests: int) -> tuple[dict[str, Any]
             conns = [Connection("127.0.0.1", proc.port) for proc, _, _ in servers]
             try:
                 for n in range(200 + requests):  # the first 200 of each warm up
-                    for i in ((0, 1) if n % 2 else (1, 0)):
+                    for i in (0, 1) if n % 2 else (1, 0):
                         _, ids, headers = servers[i]
                         started = time.perf_counter()
                         status, _ = await conns[i].request(
@@ -683,7 +939,7 @@ def versions() -> dict[str, str]:
     for name in ("litestar", "uvicorn", "msgspec", "eventsourcing", "taskledger"):
         try:
             found[name] = version(name)
-        except Exception:  # noqa: BLE001
+        except Exception:
             found[name] = "?"
     return found
 
@@ -693,7 +949,10 @@ def find(
 ) -> dict | None:
     for row in rows:
         if (row["target"], row["route"], row["concurrency"], row.get("processes", 1)) == (
-            target, route, concurrency, processes
+            target,
+            route,
+            concurrency,
+            processes,
         ):
             return row
     return None
@@ -729,31 +988,70 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     def best_of(
         *found: tuple[float | None, str], labels: tuple[str, ...]
     ) -> tuple[float | None, str]:
-        scored = [(value, f"{label}: {basis}") for (value, basis), label in zip(found, labels)
-                  if value is not None]
+        scored = [
+            (value, f"{label}: {basis}")
+            for (value, basis), label in zip(found, labels, strict=True)
+            if value is not None
+        ]
         if not scored:
             return None, ""
         return max(value for value, _ in scored), " / ".join(basis for _, basis in scored)
 
     checks = [
-        ("create vs eventsourcing create", *http_ratio(("taskledger", "create"), ("eventsourcing", "create")), 3.0, ">="),
-        ("create (FULL) vs floor insert (NORMAL)", *http_ratio(("taskledger", "create"), ("floor", "insert (NORMAL)")), 1.0, ">="),
-        ("claim+complete vs eventsourcing claim", *best_of(
-            http_ratio(("taskledger", "claim+complete"), ("eventsourcing", "claim")),
-            http_ratio(("taskledger", "claim+complete (claim_next)"), ("eventsourcing", "claim")),
-            labels=("two requests", "complete with claim_next")), 3.0, ">="),
-        ("get vs floor read one row", *http_ratio(("taskledger", "get"), ("floor", "read one row")), 0.9, ">="),
-        ("get p99 at N events / p99 at 10k", ratio(ip["get_large"]["p99_ms"], ip["get_small"]["p99_ms"]), "", 1.2, "<="),
+        (
+            "create vs eventsourcing create",
+            *http_ratio(("taskledger", "create"), ("eventsourcing", "create")),
+            3.0,
+            ">=",
+        ),
+        (
+            "create (FULL) vs floor insert (NORMAL)",
+            *http_ratio(("taskledger", "create"), ("floor", "insert (NORMAL)")),
+            1.0,
+            ">=",
+        ),
+        (
+            "claim+complete vs eventsourcing claim",
+            *best_of(
+                http_ratio(("taskledger", "claim+complete"), ("eventsourcing", "claim")),
+                http_ratio(
+                    ("taskledger", "claim+complete (claim_next)"), ("eventsourcing", "claim")
+                ),
+                labels=("two requests", "complete with claim_next"),
+            ),
+            3.0,
+            ">=",
+        ),
+        (
+            "get vs floor read one row",
+            *http_ratio(("taskledger", "get"), ("floor", "read one row")),
+            0.9,
+            ">=",
+        ),
+        (
+            "get p99 at N events / p99 at 10k",
+            ratio(ip["get_large"]["p99_ms"], ip["get_small"]["p99_ms"]),
+            "",
+            1.2,
+            "<=",
+        ),
         ("replay events/s", ip["log"]["replay"]["events_per_s"], "", 200_000, ">="),
-        ("replay vs eventsourcing notification read", ratio(ip["log"]["replay"]["events_per_s"], ip["peer_read"]["events_per_s"]), "", 2.0, ">="),
+        (
+            "replay vs eventsourcing notification read",
+            ratio(ip["log"]["replay"]["events_per_s"], ip["peer_read"]["events_per_s"]),
+            "",
+            2.0,
+            ">=",
+        ),
         ("verify seconds", ip["log"]["verify"]["seconds"], "", 15.0, "<="),
         ("server peak RSS MB with N events", ip["get_large"].get("peak_rss_mb"), "", 250.0, "<="),
     ]
     out = []
     for name, value, basis, goal, op in checks:
         met = value is not None and (value >= goal if op == ">=" else value <= goal)
-        out.append({"target": name, "value": value, "goal": f"{op} {goal}", "met": met,
-                    "basis": basis})
+        out.append(
+            {"target": name, "value": value, "goal": f"{op} {goal}", "met": met, "basis": basis}
+        )
     return out
 
 
@@ -809,8 +1107,15 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def run(
-    *, events: int, seconds: float, concurrency: list[int], out: Path, small_events: int = 10_000,
-    get_requests: int = 3000, keep: bool = False, echo: Callable[[str], None] = print,
+    *,
+    events: int,
+    seconds: float,
+    concurrency: list[int],
+    out: Path,
+    small_events: int = 10_000,
+    get_requests: int = 3000,
+    keep: bool = False,
+    echo: Callable[[str], None] = print,
     workers: list[int] = [1, 2],  # noqa: B006 - read only
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="taskledger-bench-"))
@@ -825,9 +1130,11 @@ def run(
             "server_processes": workers,
             "seconds_per_scenario": seconds,
             "events": events,
-            "pragmas": {"taskledger": "journal_mode=WAL, synchronous=FULL",
-                        "floor": "journal_mode=WAL, synchronous=NORMAL",
-                        "eventsourcing": "library defaults"},
+            "pragmas": {
+                "taskledger": "journal_mode=WAL, synchronous=FULL",
+                "floor": "journal_mode=WAL, synchronous=NORMAL",
+                "eventsourcing": "library defaults",
+            },
         }
     }
     try:

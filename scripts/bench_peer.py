@@ -68,8 +68,12 @@ def make_application(path: str) -> Tasks:
 
 
 def task_json(task: Task) -> dict:
-    return {"task_id": str(task.id), "status": task.status, "message": task.message,
-            "configuration": task.configuration}
+    return {
+        "task_id": str(task.id),
+        "status": task.status,
+        "message": task.message,
+        "configuration": task.configuration,
+    }
 
 
 def create_app() -> Litestar:
@@ -77,8 +81,9 @@ def create_app() -> Litestar:
 
     @post("/tasks", status_code=200, sync_to_thread=True)
     def create(data: dict) -> dict:
-        task_id = tasks.create("bench", {k: v for k, v in data.items() if k != "file"},
-                               str(data.get("file", "")))
+        task_id = tasks.create(
+            "bench", {k: v for k, v in data.items() if k != "file"}, str(data.get("file", ""))
+        )
         return {"task_id": str(task_id), "status": "Starting", "message": "Task queued"}
 
     @get("/tasks/{task_id:uuid}", sync_to_thread=True)

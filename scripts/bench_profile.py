@@ -55,8 +55,11 @@ def drive_creates(port: int, path: str, headers: dict[str, str], seconds: float)
         return status == 200
 
     stats = bench.Stats("create", "profile", 32)
-    bench.run_async(bench.drive("127.0.0.1", port, create, concurrency=32, seconds=seconds,
-                                max_ops=None, stats=stats))
+    bench.run_async(
+        bench.drive(
+            "127.0.0.1", port, create, concurrency=32, seconds=seconds, max_ops=None, stats=stats
+        )
+    )
     if stats.errors:
         raise RuntimeError(f"{stats.errors} creates failed")
     return len(stats.latencies)
@@ -78,42 +81,61 @@ def threads(seconds: float) -> None:
         if used > 0:
             tid = int(name.split()[0])
             role = "main thread: the event loop" if tid == proc.proc.pid else "a worker thread"
-            print(f"  thread {tid} ({role}): {used / elapsed:4.2f} cores, "
-                  f"{used / done * 1e6:.0f} us/request")
+            print(
+                f"  thread {tid} ({role}): {used / elapsed:4.2f} cores, "
+                f"{used / done * 1e6:.0f} us/request"
+            )
     floor = bench.start_uvicorn("scripts.bench_floor:create_app", work / "floor.db")
     try:
         drive_creates(floor.port, "/rows", {}, 1.0)
         before_cpu, started = sum(thread_cpu(floor.proc.pid).values()), time.perf_counter()
         done = drive_creates(floor.port, "/rows", {}, seconds)
-        used, elapsed = sum(thread_cpu(floor.proc.pid).values()) - before_cpu, time.perf_counter() - started
+        used, elapsed = (
+            sum(thread_cpu(floor.proc.pid).values()) - before_cpu,
+            time.perf_counter() - started,
+        )
     finally:
         floor.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"floor insert (NORMAL), 1 process, 32 clients: {done / elapsed:,.0f} req/s, "
-          f"{used / done * 1e6:.0f} us/request of CPU")
+    print(
+        f"floor insert (NORMAL), 1 process, 32 clients: {done / elapsed:,.0f} req/s, "
+        f"{used / done * 1e6:.0f} us/request of CPU"
+    )
 
 
 def writer(batches: int) -> None:
+    from api.composition import Store
     from api.ids import new_task_id
     from ledger.commands import CreateTask
     from ledger.events import blob_ref
     from ledger.handler import Request
     from ledger.log import Actor, Envelope
-    from api.composition import Store
+    from ledger.sqlite import SqliteBackend
 
     work = Path(tempfile.mkdtemp(prefix="taskledger-profile-"))
-    store = Store(work / "writer.db")
+    backend = SqliteBackend(work / "writer.db")  # its write connection is timed below
+    store = Store(backend.path, backend=backend)
     data = b"benchmark input " * 16
     ref = blob_ref(data)
 
     def batch(n: int = 32) -> list[Request]:
         at = datetime.now(UTC)
-        envelope = Envelope(recorded_at=at, actor=Actor(key_id="k", role="user"), request_id="r" * 32)
+        envelope = Envelope(
+            recorded_at=at, actor=Actor(key_id="k", role="user"), request_id="r" * 32
+        )
         return [
-            Request(command=CreateTask(task_id=new_task_id(), at=at, owner="o",
-                                       configuration={"chunk_processing": {"target_length": 512}},
-                                       file=ref, file_name="bench.txt"),
-                    envelope=envelope, blobs=(data,))
+            Request(
+                command=CreateTask(
+                    task_id=new_task_id(),
+                    at=at,
+                    owner="o",
+                    configuration={"chunk_processing": {"target_length": 512}},
+                    file=ref,
+                    file_name="bench.txt",
+                ),
+                envelope=envelope,
+                blobs=(data,),
+            )
             for _ in range(n)
         ]
 
@@ -126,8 +148,8 @@ def writer(batches: int) -> None:
     cpu = (time.thread_time() - started) / (batches * 32)
     print(f"handler alone: {cpu * 1e6:.0f} us of CPU per create (32 creates a transaction, FULL)")
 
-    real = store.log._writer
-    spent: collections.Counter[str] = collections.Counter()
+    real = backend.log._writer
+    spent: dict[str, float] = collections.defaultdict(float)
 
     class Timed:
         def __getattr__(self, name: str) -> Any:
@@ -140,17 +162,17 @@ def writer(batches: int) -> None:
             finally:
                 spent[sql.split("(")[0][:48]] += time.perf_counter() - t
 
-    store.log._writer = Timed()  # type: ignore[assignment]
+    backend.log._writer = Timed()  # type: ignore[assignment]
     for requests in [batch() for _ in range(batches)]:
         store.handler.execute_batch(requests)
-    store.log._writer = real
+    backend.log._writer = real
     print("time per create in each statement:")
-    for sql, seconds in spent.most_common():
+    for sql, seconds in sorted(spent.items(), key=lambda item: -item[1]):
         print(f"  {seconds / (batches * 32) * 1e6:6.1f} us  {sql}")
 
     real.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     real.execute("PRAGMA wal_autocheckpoint = 0")
-    wal = Path(f"{store.log.path}-wal")
+    wal = Path(f"{backend.path}-wal")
     size = wal.stat().st_size if wal.exists() else 0
     for requests in [batch() for _ in range(50)]:
         store.handler.execute_batch(requests)

@@ -38,18 +38,85 @@ def cli() -> None:
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
-@click.option("--public-url", default=None, help="Base of the absolute task_url (default: from each request's Host).")
-@click.option("--max-body-mb", default=32, show_default=True, type=int, help="Largest request body, in MiB (bigger gets 413).")
-@click.option("--synchronous", default="FULL", show_default=True, type=click.Choice(["FULL", "NORMAL"], case_sensitive=False), help="SQLite durability: FULL fsyncs every commit.")
-@click.option("--expires-in", "default_expires_in", default=None, type=int, help="Default expires_in (seconds) for tasks created without one.")
-@click.option("--lease-seconds", default=300, show_default=True, type=int, help="Lease a claim gets by default.")
-@click.option("--max-attempts", default=3, show_default=True, type=int, help="Claims before a task whose lease keeps expiring is timed out.")
-@click.option("--sweep-interval", default=1.0, show_default=True, type=float, help="Seconds between sweeps for expired leases and tasks (0 turns them off).")
-@click.option("--rate-limit", default=None, type=float, help="Requests per second allowed per key, per server process (off by default).")
-@click.option("--rate-limit-burst", default=20, show_default=True, type=int, help="Requests a key may make at once before --rate-limit applies.")
-@click.option("--workers", default=1, show_default=True, type=int, help="Server processes sharing the database (each with its own group-commit writer).")
-@click.option("--park-ms", default=50.0, show_default=True, type=click.FloatRange(min=0), help="Longest the writer parks the event loop while a batch's commands run (0: never).")
-@click.option("--log-json/--log-console", default=None, help="Log format (default: console on a terminal, JSON otherwise).")
+@click.option(
+    "--public-url",
+    default=None,
+    help="Base of the absolute task_url (default: from each request's Host).",
+)
+@click.option(
+    "--max-body-mb",
+    default=32,
+    show_default=True,
+    type=int,
+    help="Largest request body, in MiB (bigger gets 413).",
+)
+@click.option(
+    "--synchronous",
+    default="FULL",
+    show_default=True,
+    type=click.Choice(["FULL", "NORMAL"], case_sensitive=False),
+    help="SQLite durability: FULL fsyncs every commit.",
+)
+@click.option(
+    "--expires-in",
+    "default_expires_in",
+    default=None,
+    type=int,
+    help="Default expires_in (seconds) for tasks created without one.",
+)
+@click.option(
+    "--lease-seconds",
+    default=300,
+    show_default=True,
+    type=int,
+    help="Lease a claim gets by default.",
+)
+@click.option(
+    "--max-attempts",
+    default=3,
+    show_default=True,
+    type=int,
+    help="Claims before a task whose lease keeps expiring is timed out.",
+)
+@click.option(
+    "--sweep-interval",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Seconds between sweeps for expired leases and tasks (0 turns them off).",
+)
+@click.option(
+    "--rate-limit",
+    default=None,
+    type=float,
+    help="Requests per second allowed per key, per server process (off by default).",
+)
+@click.option(
+    "--rate-limit-burst",
+    default=20,
+    show_default=True,
+    type=int,
+    help="Requests a key may make at once before --rate-limit applies.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Server processes sharing the database (each with its own group-commit writer).",
+)
+@click.option(
+    "--park-ms",
+    default=50.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Longest the writer parks the event loop while a batch's commands run (0: never).",
+)
+@click.option(
+    "--log-json/--log-console",
+    default=None,
+    help="Log format (default: console on a terminal, JSON otherwise).",
+)
 def serve(
     db_path: Path | None,
     host: str,
@@ -142,7 +209,13 @@ def keys() -> None:
 @keys.command("create")
 @db_option
 @click.option("--owner", required=True, help="Whose tasks the key acts on.")
-@click.option("--role", type=click.Choice(ROLES), default="user", show_default=True, help="user: own tasks; worker: claim and finish any task; admin: everything.")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="user",
+    show_default=True,
+    help="user: own tasks; worker: claim and finish any task; admin: everything.",
+)
 def keys_create(db_path: Path | None, owner: str, role: str) -> None:
     """Create a key. The key is printed alone on the last line and never shown again.
 
@@ -177,7 +250,17 @@ def keys_list(db_path: Path | None) -> None:
         store.close()
     if not sys.stdout.isatty():
         for r in records:
-            click.echo(json.dumps({"key_id": r.key_id, "owner": r.owner, "role": r.role, "created_at": r.created_at, "revoked_at": r.revoked_at}))
+            click.echo(
+                json.dumps(
+                    {
+                        "key_id": r.key_id,
+                        "owner": r.owner,
+                        "role": r.role,
+                        "created_at": r.created_at,
+                        "revoked_at": r.revoked_at,
+                    }
+                )
+            )
         return
     from rich.console import Console
     from rich.table import Table
@@ -209,13 +292,42 @@ def keys_revoke(db_path: Path | None, key_id: str) -> None:
 
 
 @cli.command()
-@click.option("--url", required=True, envvar="TASKLEDGER_URL", help="The server, e.g. http://127.0.0.1:8000")
-@click.option("--key", required=True, envvar="TASKLEDGER_KEY", help="A worker key (taskledger keys create --role worker).")
-@click.option("--concurrency", default=1, show_default=True, type=int, help="Tasks worked on at once.")
-@click.option("--worker-id", default=None, help="Name in the ledger's history (default: host name + random suffix).")
-@click.option("--lease-seconds", default=60, show_default=True, type=int, help="Lease asked for on claim; heartbeats renew it every third of it.")
-@click.option("--processor", "processor_spec", default="scripts.processors:text_chunks", show_default=True, help="module:function that turns (bytes, file_name, configuration) into output.")
-@click.option("--log-json/--log-console", default=None, help="Log format (default: console on a terminal, JSON otherwise).")
+@click.option(
+    "--url", required=True, envvar="TASKLEDGER_URL", help="The server, e.g. http://127.0.0.1:8000"
+)
+@click.option(
+    "--key",
+    required=True,
+    envvar="TASKLEDGER_KEY",
+    help="A worker key (taskledger keys create --role worker).",
+)
+@click.option(
+    "--concurrency", default=1, show_default=True, type=int, help="Tasks worked on at once."
+)
+@click.option(
+    "--worker-id",
+    default=None,
+    help="Name in the ledger's history (default: host name + random suffix).",
+)
+@click.option(
+    "--lease-seconds",
+    default=60,
+    show_default=True,
+    type=int,
+    help="Lease asked for on claim; heartbeats renew it every third of it.",
+)
+@click.option(
+    "--processor",
+    "processor_spec",
+    default="scripts.processors:text_chunks",
+    show_default=True,
+    help="module:function that turns (bytes, file_name, configuration) into output.",
+)
+@click.option(
+    "--log-json/--log-console",
+    default=None,
+    help="Log format (default: console on a terminal, JSON otherwise).",
+)
 def worker(
     url: str,
     key: str,
@@ -243,7 +355,12 @@ def worker(
     except (ImportError, AttributeError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--processor") from None
     runner = Worker(
-        url, key, processor, worker_id=worker_id, concurrency=concurrency, lease_seconds=lease_seconds
+        url,
+        key,
+        processor,
+        worker_id=worker_id,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
     )
     sys.exit(runner.run())
 

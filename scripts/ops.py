@@ -25,10 +25,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from api.composition import Store
 from ledger import codec
 from ledger.decider import evolve, initial_state
 from ledger.errors import ImportRefused, LedgerError
-from api.composition import Store
 from ledger.log import FeedQuery, RecordedEvent
 from projections import audit
 from scripts.options import db_option, resolve_db
@@ -93,7 +93,9 @@ def parse_until(value: str | None) -> tuple[int | None, datetime | None]:
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter("give a version number or an RFC 3339 time", param_hint="--until") from None
+        raise click.BadParameter(
+            "give a version number or an RFC 3339 time", param_hint="--until"
+        ) from None
     if when.tzinfo is None:
         raise click.BadParameter("the time needs a time zone (e.g. Z)", param_hint="--until")
     return None, when
@@ -102,7 +104,9 @@ def parse_until(value: str | None) -> tuple[int | None, datetime | None]:
 @click.command()
 @db_option
 @click.argument("task_id")
-@click.option("--until", "until", default=None, help="Stop after this version, or at this RFC 3339 time.")
+@click.option(
+    "--until", "until", default=None, help="Stop after this version, or at this RFC 3339 time."
+)
 def replay(db_path: Path | None, task_id: str, until: str | None) -> None:
     """Step through a task's events, showing the state after each one.
 
@@ -168,15 +172,25 @@ def print_events(events: list[RecordedEvent]) -> None:
         record = event_record(recorded)
         actor = f"{record['actor']['role']}:{record['actor']['key_id'] or '-'}"
         table.add_row(
-            str(recorded.position), record["task_id"][:8], str(recorded.version), record["type"],
-            record["recorded_at"], actor, recorded.request_id or "",
+            str(recorded.position),
+            record["task_id"][:8],
+            str(recorded.version),
+            record["type"],
+            record["recorded_at"],
+            actor,
+            recorded.request_id or "",
         )
     Console().print(table)
 
 
 @click.command()
 @db_option
-@click.option("--after", default=None, type=int, help="Start after this position (default: the last 20 events).")
+@click.option(
+    "--after",
+    default=None,
+    type=int,
+    help="Start after this position (default: the last 20 events).",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
 def tail(db_path: Path | None, after: int | None, follow: bool) -> None:
     """Print the newest events of the whole log; --follow keeps going.
@@ -251,7 +265,13 @@ def rebuild(db_path: Path | None) -> None:
 
 @click.command()
 @db_option
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here instead of stdout.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write here instead of stdout.",
+)
 def export(db_path: Path | None, output: Path | None) -> None:
     """Write the whole log (events with envelopes and hashes, blobs) as JSON lines.
 
@@ -260,7 +280,7 @@ def export(db_path: Path | None, output: Path | None) -> None:
         taskledger export --db ./taskledger.db > events.jsonl
     """
     store = open_store(db_path)
-    out = open(output, "w") if output else sys.stdout  # noqa: SIM115
+    out = open(output, "w") if output else sys.stdout
     try:
         with progress_bar("exporting", event_count(store)) as advance:
             for record in store.backend.export_records():
@@ -324,14 +344,51 @@ def backup(db_path: Path | None, destination: Path) -> None:
 
 
 @click.command()
-@click.option("--events", default=1_000_000, show_default=True, type=int, help="Size of the log for the in-process figures.")
-@click.option("--seconds", default=5.0, show_default=True, type=float, help="Length of each HTTP scenario.")
-@click.option("--concurrency", multiple=True, type=int, default=(1, 32), show_default=True, help="Concurrent clients (repeat the option for several).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"), show_default=True, help="Where bench.json and bench.md go.")
-@click.option("--workers", multiple=True, type=int, default=(1, 2), show_default=True, help="Server processes to run each server with (repeat the option for several; counts above 1 run at the highest concurrency only).")
-@click.option("--quick", is_flag=True, help="Small sizes and short scenarios: a smoke test, not a measurement.")
+@click.option(
+    "--events",
+    default=1_000_000,
+    show_default=True,
+    type=int,
+    help="Size of the log for the in-process figures.",
+)
+@click.option(
+    "--seconds", default=5.0, show_default=True, type=float, help="Length of each HTTP scenario."
+)
+@click.option(
+    "--concurrency",
+    multiple=True,
+    type=int,
+    default=(1, 32),
+    show_default=True,
+    help="Concurrent clients (repeat the option for several).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="Where bench.json and bench.md go.",
+)
+@click.option(
+    "--workers",
+    multiple=True,
+    type=int,
+    default=(1, 2),
+    show_default=True,
+    help="Server processes to run each server with (repeat the option for several; counts"
+    " above 1 run at the highest concurrency only).",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Small sizes and short scenarios: a smoke test, not a measurement.",
+)
 def bench(
-    events: int, seconds: float, concurrency: tuple[int, ...], workers: tuple[int, ...], out: Path,
+    events: int,
+    seconds: float,
+    concurrency: tuple[int, ...],
+    workers: tuple[int, ...],
+    out: Path,
     quick: bool,
 ) -> None:
     """Measure taskledger side by side with a floor app and the eventsourcing library.
@@ -348,8 +405,13 @@ def bench(
     if quick:
         events, seconds = 3000, 0.5
     report = runner.run(
-        events=events, seconds=seconds, concurrency=list(concurrency), out=out,
-        small_events=min(10_000, events), get_requests=300 if quick else 3000,
-        echo=lambda line: err.print(line), workers=list(workers),
+        events=events,
+        seconds=seconds,
+        concurrency=list(concurrency),
+        out=out,
+        small_events=min(10_000, events),
+        get_requests=300 if quick else 3000,
+        echo=lambda line: err.print(line),
+        workers=list(workers),
     )
     click.echo(runner.markdown(report))

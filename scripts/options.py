@@ -6,6 +6,7 @@ Kept apart from scripts.cli so a command module never imports the module that de
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,7 +15,7 @@ from api.settings import default_db_path
 DB_HELP = "SQLite database file (default ./taskledger.db, or $TASKLEDGER_DB)."
 
 
-def db_option(func):  # type: ignore[no-untyped-def]
+def db_option(func: Any) -> Any:
     return click.option(
         "--db",
         "db_path",

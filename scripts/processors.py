@@ -64,7 +64,9 @@ def to_text(data: bytes, file_name: str | None) -> str:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ProcessingError("Unsupported file type") from None
-    if ext in (".html", ".htm") or (not ext and text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))):
+    if ext in (".html", ".htm") or (
+        not ext and text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+    ):
         parser = _TextOfHtml()
         parser.feed(text)
         return " ".join(parser.parts)
@@ -82,7 +84,9 @@ def target_length(configuration: dict[str, Any]) -> int:
     return max(1, int(value))
 
 
-def text_chunks(data: bytes, file_name: str | None, configuration: dict[str, Any]) -> dict[str, Any]:
+def text_chunks(
+    data: bytes, file_name: str | None, configuration: dict[str, Any]
+) -> dict[str, Any]:
     """The reference processor: chunks of ``target_length`` words, one Text segment each."""
     words = to_text(data, file_name).split()
     size = target_length(configuration)
@@ -90,7 +94,7 @@ def text_chunks(data: bytes, file_name: str | None, configuration: dict[str, Any
     for start in range(0, len(words), size):
         piece = words[start : start + size]
         content = " ".join(piece)
-        segment = {
+        segment: dict[str, Any] = {
             "bbox": {"left": 0.0, "top": 0.0, "width": PAGE_WIDTH, "height": PAGE_HEIGHT},
             "content": content,
             "text": content,

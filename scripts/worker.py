@@ -61,7 +61,9 @@ class Worker:
         if install_signals:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-        log.info("worker_started", worker_id=self.worker_id, url=self.base, concurrency=self.concurrency)
+        log.info(
+            "worker_started", worker_id=self.worker_id, url=self.base, concurrency=self.concurrency
+        )
         threads = [
             threading.Thread(target=self.loop, args=(f"{self.worker_id}/{n}",), daemon=True)
             for n in range(self.concurrency)
@@ -100,7 +102,9 @@ class Worker:
                 if response.status_code == 204:
                     continue
                 if response.status_code != 200:
-                    log.warning("claim_refused", status=response.status_code, body=response.text[:200])
+                    log.warning(
+                        "claim_refused", status=response.status_code, body=response.text[:200]
+                    )
                     self.stopping.wait(2)
                     continue
                 task = response.json()
@@ -151,7 +155,10 @@ class Worker:
             return response.json().get("next") if path != "release" else None
         if response is not None:
             log.warning(
-                "finish_refused", task_id=task_id, status=response.status_code, body=response.text[:200]
+                "finish_refused",
+                task_id=task_id,
+                status=response.status_code,
+                body=response.text[:200],
             )
         return None
 
@@ -172,7 +179,7 @@ class Worker:
             output = self.processor(response.content, file_name, task.get("configuration") or {})
         except ProcessingError as exc:
             return "fail", {"worker_id": slot_id, "error": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a broken processor fails the task, not the worker
+        except Exception as exc:
             log.exception("processor_error", task_id=task_id)
             return "fail", {"worker_id": slot_id, "error": f"Processing error: {exc}"}
         return "complete", {"worker_id": slot_id, "output": output}

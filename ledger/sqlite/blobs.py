@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from ledger.events import BlobRef, blob_ref
 
+
 def put_blob(tx: sqlite3.Connection, task_id: str, data: bytes) -> BlobRef:
     """Store ``data`` once by its sha256 and note that ``task_id`` refers to it."""
     ref = blob_ref(data)
@@ -19,10 +20,12 @@ def put_blob(tx: sqlite3.Connection, task_id: str, data: bytes) -> BlobRef:
     )
     return ref
 
+
 def get_blob(conn: sqlite3.Connection, ref: BlobRef) -> bytes | None:
     """The blob's bytes (None once purged)."""
     row = conn.execute("SELECT data FROM blobs WHERE sha256 = ?", (ref.sha256,)).fetchone()
     return bytes(row[0]) if row else None
+
 
 def purge_blobs(tx: sqlite3.Connection, task_id: str) -> int:
     """Drop the task's references and every blob no other task refers to. Events stay."""
@@ -41,5 +44,7 @@ def purge_blobs(tx: sqlite3.Connection, task_id: str) -> int:
 def iter_blobs(conn: sqlite3.Connection) -> Iterator[tuple[str, bytes, list[str]]]:
     """Every stored blob: its address, its bytes and the tasks that refer to it."""
     for sha, data in conn.execute("SELECT sha256, data FROM blobs ORDER BY sha256"):
-        owners = [r[0] for r in conn.execute("SELECT task_id FROM blob_refs WHERE sha256 = ?", (sha,))]
+        owners = [
+            r[0] for r in conn.execute("SELECT task_id FROM blob_refs WHERE sha256 = ?", (sha,))
+        ]
         yield sha, bytes(data), owners

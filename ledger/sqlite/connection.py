@@ -98,4 +98,3 @@ def row_to_recorded(row: tuple) -> RecordedEvent:
         event=codec.decode_event(data),
         hash=hash_,
     )
-

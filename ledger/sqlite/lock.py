@@ -123,4 +123,3 @@ class ProcessWriteLock:
             self._wait_fd = None
         self._fd = self._held = None
         self._depth = 0
-

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
+
 import sqlite_utils
 
 from ledger import codec
@@ -168,7 +169,9 @@ class SqliteLog:
         """This thread's read connection (opened on first use)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+            conn = connect(
+                self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms
+            )
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -212,20 +215,21 @@ class SqliteLog:
         for offset, event in enumerate(events, start=1):
             version = expected_version + offset
             position += 1
-            row = {
-                "position": position,
-                "stream_id": stream_id,
-                "version": version,
-                "type": tag_of(type(event)),
-                "data": codec.encode_str(event),
-                "recorded_at": recorded_at,
-                "actor_key_id": envelope.actor.key_id,
-                "actor_role": envelope.actor.role,
-                "request_id": envelope.request_id,
-                "idempotency_key": envelope.idempotency_key,
-            }
-            previous = chain_hash(previous, **row)
-            self.insert_row(tx, {**row, "hash": previous})
+            stored = StoredEvent(
+                position=position,
+                stream_id=stream_id,
+                version=version,
+                type=tag_of(type(event)),
+                data=codec.encode_str(event),
+                recorded_at=recorded_at,
+                actor_key_id=envelope.actor.key_id,
+                actor_role=envelope.actor.role,
+                request_id=envelope.request_id,
+                idempotency_key=envelope.idempotency_key,
+                hash="",
+            )
+            previous = chain_hash(previous, **stored.chained())
+            self.insert_row(tx, {**stored.chained(), "hash": previous})
             recorded.append(
                 RecordedEvent(
                     position=position,
@@ -283,15 +287,25 @@ class SqliteLog:
             ).fetchall()
             for r in rows:
                 yield StoredEvent(
-                    position=r[0], stream_id=r[1], version=r[2], type=r[3], data=r[4],
-                    recorded_at=r[5], actor_key_id=r[6], actor_role=r[7], request_id=r[8],
-                    idempotency_key=r[9], hash=r[10],
+                    position=r[0],
+                    stream_id=r[1],
+                    version=r[2],
+                    type=r[3],
+                    data=r[4],
+                    recorded_at=r[5],
+                    actor_key_id=r[6],
+                    actor_role=r[7],
+                    request_id=r[8],
+                    idempotency_key=r[9],
+                    hash=r[10],
                 )
             if len(rows) < batch:
                 return
             after = rows[-1][0]
 
-    def iter_by_stream(self, *, tx: sqlite3.Connection | None = None) -> Iterator[tuple[str, int, str]]:
+    def iter_by_stream(
+        self, *, tx: sqlite3.Connection | None = None
+    ) -> Iterator[tuple[str, int, str]]:
         conn = tx or self.reader()
         yield from conn.execute(
             "SELECT stream_id, position, data FROM events ORDER BY stream_id, version"
@@ -317,10 +331,14 @@ class SqliteLog:
         return [row_to_recorded(row) for row in rows]
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        rows = self.reader().execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        rows = (
+            self.reader()
+            .execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                (after, limit),
+            )
+            .fetchall()
+        )
         return [row_to_recorded(row) for row in rows]
 
     def iter_all(self, after: int = 0, batch: int = 10_000) -> Iterator[RecordedEvent]:

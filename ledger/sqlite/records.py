@@ -59,10 +59,15 @@ class SqliteRecords:
             )
 
     def find_key(self, key_id: str) -> tuple[KeyRecord, str] | None:
-        row = self._log.reader().execute(
-            "SELECT owner, role, created_at, revoked_at, key_hash FROM api_keys WHERE key_id = ?",
-            (key_id,),
-        ).fetchone()
+        row = (
+            self._log.reader()
+            .execute(
+                "SELECT owner, role, created_at, revoked_at, key_hash FROM api_keys"
+                " WHERE key_id = ?",
+                (key_id,),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         record = KeyRecord(

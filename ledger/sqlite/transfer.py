@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 
 EXPORT_FORMAT = "taskledger-export"
 
+
 def export_records(log: SqliteLog) -> Iterator[dict[str, object]]:
     """The whole log as records: a header, every event row as stored (hash included), then
     every blob and blob reference. ``import_records`` takes them back."""
     with log.read_snapshot() as conn:
         yield from _export_records(log, conn)
+
 
 def _export_records(log: SqliteLog, conn: sqlite3.Connection) -> Iterator[dict[str, object]]:
     yield {"kind": "header", "format": EXPORT_FORMAT, "version": 1}
@@ -49,13 +51,14 @@ def _export_records(log: SqliteLog, conn: sqlite3.Connection) -> Iterator[dict[s
     # The footer lets an import tell a whole export from one cut short.
     yield {"kind": "footer", "events": events, "last_hash": last_hash}
 
+
 def import_records(
     log: SqliteLog,
     records: Iterable[dict[str, object]],
     *,
     tx: sqlite3.Connection,
     progress: Callable[[int], None] | None = None,
-    ) -> int:
+) -> int:
     """Load exported records into this (empty) log inside ``tx``, checking the hash chain
     and every blob's sha256 as it goes. ImportRefused on the first fault: the caller's
     transaction then rolls back and nothing is written."""
@@ -115,6 +118,7 @@ def import_records(
         )
     return count
 
+
 def backup(log: SqliteLog, destination: str | Path) -> None:
     """An online, consistent copy of the whole database (SQLite's backup API): writers keep
     going while it runs, and the copy is the database as of one moment."""
@@ -130,4 +134,3 @@ def backup(log: SqliteLog, destination: str | Path) -> None:
             source.close()
     finally:
         target.close()
-

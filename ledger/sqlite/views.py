@@ -80,9 +80,11 @@ class SqliteViews:
     # -- tasks ------------------------------------------------------------------------------
 
     def load_task(self, task_id: str, *, tx: sqlite3.Connection | None = None) -> TaskState | None:
-        row = self._conn(tx).execute(
-            "SELECT state FROM tasks WHERE task_id = ?", (task_id,)
-        ).fetchone()
+        row = (
+            self._conn(tx)
+            .execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,))
+            .fetchone()
+        )
         return codec.decode_state(row[0]) if row else None
 
     def save_task(self, tx: sqlite3.Connection, state: TaskState) -> None:
@@ -152,9 +154,9 @@ class SqliteViews:
     # -- queue ------------------------------------------------------------------------------
 
     def queue_head(self, *, tx: sqlite3.Connection | None = None) -> str | None:
-        row = self._conn(tx).execute(
-            "SELECT task_id FROM queue ORDER BY position LIMIT 1"
-        ).fetchone()
+        row = (
+            self._conn(tx).execute("SELECT task_id FROM queue ORDER BY position LIMIT 1").fetchone()
+        )
         return row[0] if row else None
 
     def enqueue(self, tx: sqlite3.Connection, task_id: str, position: int) -> None:

@@ -188,6 +188,40 @@ def test_a_long_batch_parks_the_loop_only_for_the_limit(store):
     assert seen[1] > seen[0], "the loop stayed parked past the limit"
 
 
+def longest_stall(park_limit: float, store) -> float:
+    """The longest a concurrent coroutine on the loop waited for its turn while a 0.6 s batch
+    ran in the writer with ``park_limit``."""
+    writer = Writer(store.handler, park_limit=park_limit)
+    ticker = Ticker()
+    stamps: list[float] = []
+
+    async def watch() -> None:
+        while ticker.running:
+            stamps.append(time.perf_counter())
+            await asyncio.sleep(0.001)
+
+    def slow_reply(tx, outcome):
+        time.sleep(0.6)
+        return "reply"
+
+    watcher: list[asyncio.Future] = []
+    outcome = ticker.submit(
+        writer, create_request(new_id(), b"slow", slow_reply),
+        setup=lambda: watcher.append(asyncio.ensure_future(watch())),
+    )
+    assert outcome.extra == "reply"
+    return max(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+def test_the_park_limit_setting_bounds_how_long_a_concurrent_request_waits(store):
+    """``serve --park-ms``: parked for up to 300 ms, a concurrent request on the loop waits
+    about that long for its turn; with 0 the loop is never parked and it hardly waits."""
+    parked = longest_stall(0.3, store)
+    free = longest_stall(0, store)
+    assert parked >= 0.2, parked
+    assert free < parked / 2, (free, parked)
+
+
 class Boom(BaseException):
     """Not an Exception: gets past every ``except Exception`` on the way out of the batch."""
 
