@@ -233,7 +233,9 @@ class StoredOutcome(msgspec.Struct, frozen=True, kw_only=True):
 class Records(Protocol):
     """The application's own records: API keys (stored hashed) and idempotency outcomes."""
 
-    def add_key(self, record: KeyRecord, key_hash: str) -> None: ...
+    def add_key(self, record: KeyRecord, key_hash: str) -> None:
+        """Store a new key; DuplicateRecord if its id is taken (nothing is changed then)."""
+        ...
 
     def find_key(self, key_id: str) -> tuple[KeyRecord, str] | None:
         """The key's record and its stored hash."""

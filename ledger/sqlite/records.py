@@ -45,6 +45,8 @@ class SqliteRecords:
 
     def add_key(self, record: KeyRecord, key_hash: str) -> None:
         with self._log.transaction() as tx:
+            if tx.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (record.key_id,)).fetchone():
+                raise DuplicateRecord(f"A key with id {record.key_id} already exists")
             tx.execute(
                 "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",

@@ -67,12 +67,21 @@ def env(
 
 
 def created(
-    task_id: str, t: float = 0, *, owner: str = OWNER, expires_in: int | None = 3600,
+    task_id: str,
+    t: float = 0,
+    *,
+    owner: str = OWNER,
+    expires_in: int | None = 3600,
     file: BlobRef = FILE,
 ) -> TaskCreated:
     return TaskCreated(
-        task_id=task_id, at=at(t), owner=owner, configuration={"ocr_strategy": "All"},
-        file=file, file_name="doc.pdf", expires_in=expires_in,
+        task_id=task_id,
+        at=at(t),
+        owner=owner,
+        configuration={"ocr_strategy": "All"},
+        file=file,
+        file_name="doc.pdf",
+        expires_in=expires_in,
     )
 
 
@@ -115,15 +124,25 @@ def expired(task_id: str, t: float = 70) -> Expired:
 # -- writing through the port -------------------------------------------------------------------
 
 
-def append(backend: Backend, task_id: str, events: Sequence[AnyEvent], *, expected: int = 0,
-           envelope: Envelope | None = None, tx: Any = None) -> list[RecordedEvent]:
+def append(
+    backend: Backend,
+    task_id: str,
+    events: Sequence[AnyEvent],
+    *,
+    expected: int = 0,
+    envelope: Envelope | None = None,
+    tx: Any = None,
+) -> list[RecordedEvent]:
     """Append ``events`` to the task's stream, recorded at the first event's time by default."""
     envelope = envelope or env((events[0].at - T0).total_seconds())
     return backend.log.append(stream_id_for(task_id), expected, events, envelope, tx=tx)
 
 
 def write_task(
-    backend: Backend, events: Sequence[AnyEvent], *, blobs: Iterable[bytes] = (),
+    backend: Backend,
+    events: Sequence[AnyEvent],
+    *,
+    blobs: Iterable[bytes] = (),
     queued: bool = False,
 ) -> TaskState:
     """What the command handler does for a whole story, in one transaction: the blobs, the
@@ -162,9 +181,14 @@ def populate(backend: Backend) -> list[RecordedEvent]:
             if data is not None:
                 backend.log.put_blob(task_id, data, tx=tx)
             expected = versions.get(task_id, 0)
-            recorded += append(backend, task_id, [event], expected=expected,
-                               envelope=env((event.at - T0).total_seconds(),
-                                            key_id=f"key-{task_id}"), tx=tx)
+            recorded += append(
+                backend,
+                task_id,
+                [event],
+                expected=expected,
+                envelope=env((event.at - T0).total_seconds(), key_id=f"key-{task_id}"),
+                tx=tx,
+            )
             versions[task_id] = expected + 1
             if isinstance(event, Deleted):
                 backend.log.purge_blobs(task_id, tx=tx)
@@ -203,7 +227,9 @@ def assert_stored_matches(row: StoredEvent, event: RecordedEvent) -> None:
     """A stored row is the recorded event as written: same envelope, the event encoded as the
     codec encodes it (the chain covers that text), the time as ``codec.timestamp`` writes it."""
     assert (row.position, row.stream_id, row.version) == (
-        event.position, event.stream_id, event.version
+        event.position,
+        event.stream_id,
+        event.version,
     )
     assert row.type == type(event.event).__struct_config__.tag
     assert row.data == codec.encode_str(event.event)
@@ -225,7 +251,7 @@ def within(seconds: float, fn: Callable[[], T]) -> T:
     def run() -> None:
         try:
             outcome["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+        except BaseException as exc:  # handed back to the test
             outcome["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)

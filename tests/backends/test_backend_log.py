@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-
 from backend_support import (
     append,
     assert_chain,
@@ -21,6 +20,7 @@ from backend_support import (
     stored,
     succeeded,
 )
+
 from ledger.errors import ConcurrencyConflict
 from ledger.log import SYSTEM, Actor, Envelope, stream_id_for
 
@@ -60,12 +60,18 @@ def test_a_later_append_continues_the_stream(backend):
 @pytest.mark.parametrize(
     "envelope",
     [
-        Envelope(recorded_at=datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
-                 actor=Actor(key_id="key-42", role="user"), request_id="req-abc",
-                 idempotency_key="idem-1"),
+        Envelope(
+            recorded_at=datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
+            actor=Actor(key_id="key-42", role="user"),
+            request_id="req-abc",
+            idempotency_key="idem-1",
+        ),
         Envelope(recorded_at=datetime(2026, 3, 4, 9, 0, 0, 1, tzinfo=timezone(timedelta(hours=2)))),
-        Envelope(recorded_at=datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC),
-                 actor=Actor(key_id="w-key", role="worker"), request_id="req-é✓"),
+        Envelope(
+            recorded_at=datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC),
+            actor=Actor(key_id="w-key", role="worker"),
+            request_id="req-é✓",
+        ),
     ],
     ids=["user-with-everything", "system-in-another-zone", "worker-without-idempotency-key"],
 )
@@ -162,8 +168,14 @@ def seven(backend):
 
 @pytest.mark.parametrize(
     ("after_index", "limit", "expected"),
-    [(None, 1000, slice(0, 7)), (None, 3, slice(0, 3)), (2, 2, slice(3, 5)), (5, 10, slice(6, 7)),
-     (6, 10, slice(7, 7)), (None, 0, slice(0, 0))],
+    [
+        (None, 1000, slice(0, 7)),
+        (None, 3, slice(0, 3)),
+        (2, 2, slice(3, 5)),
+        (5, 10, slice(6, 7)),
+        (6, 10, slice(7, 7)),
+        (None, 0, slice(0, 0)),
+    ],
 )
 def test_read_all_after_a_cursor_with_a_limit(backend, seven, after_index, limit, expected):
     after = 0 if after_index is None else seven[after_index].position
@@ -206,8 +218,9 @@ def test_a_later_append_links_to_the_chain_left_by_an_earlier_one(backends, back
 
 def test_iter_by_stream_groups_each_stream_in_version_order(backend, seven):
     walked = list(backend.log.iter_by_stream())
-    assert sorted(walked) == sorted((e.stream_id, e.position, s.data)
-                                    for e, s in zip(seven, stored(backend), strict=True))
+    assert sorted(walked) == sorted(
+        (e.stream_id, e.position, s.data) for e, s in zip(seven, stored(backend), strict=True)
+    )
     streams = [stream_id for stream_id, _, _ in walked]
     groups = [s for n, s in enumerate(streams) if n == 0 or streams[n - 1] != s]
     assert len(groups) == len(set(groups)), f"a stream comes in more than one run: {streams}"

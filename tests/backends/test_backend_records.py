@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
 from backend_support import append, created
+
 from ledger.errors import DuplicateRecord
 from ledger.log import KeyRecord, StoredOutcome
 
 ALICE = KeyRecord(key_id="k-alice", owner="alice", role="user", created_at="2026-01-01T12:00:00Z")
 WORKER = KeyRecord(key_id="k-pool", owner="pool", role="worker", created_at="2026-01-01T12:00:01Z")
-ADMIN = KeyRecord(key_id="k-admin", owner="ops", role="admin", created_at="2026-01-01T11:00:00Z")
+ADMIN = KeyRecord(key_id="k-zed", owner="ops", role="admin", created_at="2026-01-01T11:00:00Z")
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -32,6 +32,7 @@ def test_add_key_then_find_key_gives_the_record_and_its_hash(backend, other):
 
 
 def test_list_keys_oldest_first_and_count_keys(backend):
+    # ids that sort otherwise: k-alice, k-pool, k-zed
     for record in (ALICE, WORKER, ADMIN):
         backend.records.add_key(record, f"hash-{record.key_id}")
     assert backend.records.list_keys() == [ADMIN, ALICE, WORKER]
@@ -41,7 +42,7 @@ def test_list_keys_oldest_first_and_count_keys(backend):
 def test_a_second_key_with_the_same_id_is_refused_and_the_first_is_kept(backend):
     backend.records.add_key(ALICE, "hash-of-alice")
     impostor = KeyRecord(key_id="k-alice", owner="mallory", role="admin", created_at="2026")
-    with pytest.raises(Exception):  # noqa: B017 - the port names no error for this yet
+    with pytest.raises(DuplicateRecord):
         backend.records.add_key(impostor, "hash-of-mallory")
     assert backend.records.find_key("k-alice") == (ALICE, "hash-of-alice")
     assert backend.records.count_keys() == 1
@@ -55,8 +56,13 @@ def test_revoke_key_once(backend, other):
     assert backend.records.revoke_key("k-alice", "2026-03-01T00:00:00Z") is False
     assert backend.records.revoke_key("k-nobody", "2026-03-01T00:00:00Z") is False
 
-    revoked = KeyRecord(key_id="k-alice", owner="alice", role="user",
-                        created_at=ALICE.created_at, revoked_at="2026-02-01T00:00:00Z")
+    revoked = KeyRecord(
+        key_id="k-alice",
+        owner="alice",
+        role="user",
+        created_at=ALICE.created_at,
+        revoked_at="2026-02-01T00:00:00Z",
+    )
     assert backend.records.find_key("k-alice") == (revoked, "hash-of-alice")
     assert other.records.find_key("k-alice") == (revoked, "hash-of-alice")
     assert backend.records.find_key("k-pool") == (WORKER, "hash-of-pool")
@@ -71,8 +77,11 @@ OUTCOME = StoredOutcome(fingerprint="sha256:abc", outcome=b'{"status": 202, "bod
 
 @pytest.mark.parametrize(
     "outcome",
-    [OUTCOME, StoredOutcome(fingerprint="", outcome=b""),
-     StoredOutcome(fingerprint="fp", outcome=bytes(range(256)) * 40)],
+    [
+        OUTCOME,
+        StoredOutcome(fingerprint="", outcome=b""),
+        StoredOutcome(fingerprint="fp", outcome=bytes(range(256)) * 40),
+    ],
     ids=["json", "empty", "binary"],
 )
 def test_record_outcome_then_find_outcome(backend, other, outcome):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from backend_support import (
     FILE_BYTES,
     OUTPUT_BYTES,
@@ -22,6 +21,7 @@ from backend_support import (
     stored,
     within,
 )
+
 from ledger.decider import fold
 from ledger.errors import ConcurrencyConflict, DuplicateRecord
 from ledger.events import blob_ref
@@ -154,7 +154,7 @@ def test_another_instance_waits_for_the_write_turn(backend, other):
         started.set()
         try:
             append(other, "o", [created("o", 5)])
-        except Exception as exc:  # noqa: BLE001 - checked below
+        except Exception as exc:  # checked below
             errors.append(exc)
         finished.set()
 
@@ -182,13 +182,16 @@ def test_two_instances_appending_at_one_version_one_wins(backend, other, round_)
     def attempt(name, instance):
         barrier.wait(5)
         try:
-            results[name] = append(instance, "a", [claimed("a", 1)], expected=1,
-                                   envelope=env(1, request_id=name))
+            results[name] = append(
+                instance, "a", [claimed("a", 1)], expected=1, envelope=env(1, request_id=name)
+            )
         except ConcurrencyConflict as exc:
             results[name] = exc
 
-    threads = [threading.Thread(target=attempt, args=pair, daemon=True)
-               for pair in (("one", backend), ("two", other))]
+    threads = [
+        threading.Thread(target=attempt, args=pair, daemon=True)
+        for pair in (("one", backend), ("two", other))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -208,8 +211,11 @@ def test_two_instances_writing_at_once_keep_one_chain_and_unique_positions(backe
         for n in range(8):
             append(instance, f"{name}-{n}", [created(f"{name}-{n}", n)])
 
-    threads = [threading.Thread(target=writer, args=(instance, f"{name}{k}"), daemon=True)
-               for name, instance in (("x", backend), ("y", other)) for k in range(2)]
+    threads = [
+        threading.Thread(target=writer, args=(instance, f"{name}{k}"), daemon=True)
+        for name, instance in (("x", backend), ("y", other))
+        for k in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -2,14 +2,15 @@
 
 An export is a stream of JSON-ready records (``taskledger export`` writes one JSON line each):
 a header, every stored event (``kind: "event"``), every blob and blob reference, and a footer.
-The tests change an export only through that much of its shape."""
+The tests change an export only through that much of its shape (and a blob record's ``data``,
+base64), which is also what lets an export of one backend import into another."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
-
 from backend_support import (
     append,
     assert_chain,
@@ -19,6 +20,7 @@ from backend_support import (
     populate,
     stored,
 )
+
 from ledger.errors import ImportRefused
 from ledger.log import KeyRecord, StoredOutcome
 
@@ -81,7 +83,7 @@ def test_an_empty_export_imports_as_an_empty_backend(backend, fresh):
     assert_empty(fresh)
 
 
-def test_import_into_a_backend_that_holds_events_is_refused(backends, backend, fresh):
+def test_import_into_a_backend_that_holds_events_is_refused(backends, fresh):
     append(fresh, "x", [created("x", 0)])
     rows = stored(fresh)
     # An export that would import cleanly into an empty backend.
@@ -114,14 +116,26 @@ def swap_two_events(records):
     records[index[1]], records[index[2]] = records[index[2]], records[index[1]]
 
 
+def change_blob_bytes(records):
+    blob = [r for r in records if r["kind"] == "blob"][0]
+    blob["data"] = base64.b64encode(b"not the file").decode()
+
+
 def add_records_after_the_footer(records):
-    records.append(dict(records[1]))
+    records.append(dict([r for r in records if r["kind"] == "blob"][0]))
 
 
 @pytest.mark.parametrize(
     "tamper",
-    [change_event_data, drop_an_event, drop_the_last_event, cut_short, swap_two_events,
-     add_records_after_the_footer],
+    [
+        change_event_data,
+        drop_an_event,
+        drop_the_last_event,
+        cut_short,
+        swap_two_events,
+        change_blob_bytes,
+        add_records_after_the_footer,
+    ],
 )
 def test_a_tampered_export_is_refused_and_the_target_stays_empty(backend, fresh, tamper):
     populate(backend)
