@@ -21,7 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.audit import AuditController
-from api.auth import PUBLIC, KeyAuthentication
+from api.auth import PUBLIC_DOCS, KeyAuthentication
 from api.composition import close_service, open_service
 from api.errors import EXCEPTION_HANDLERS
 from api.health import HealthController
@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             request_log_middleware,
-            DefineMiddleware(KeyAuthentication, exclude=PUBLIC),
+            DefineMiddleware(KeyAuthentication, exclude=PUBLIC_DOCS),
         ],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

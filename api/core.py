@@ -155,8 +155,8 @@ class ServiceCore:
             result = build(tx, outcome)
             if key is not None:
                 record = StoredOutcome(fingerprint=fp, outcome=msgspec.json.encode(result))
-                stamp = outcome.after.created_at or self.clock()
-                self.store.records.record_outcome(tx, caller.key_id, key, record, str(stamp))
+                stamp = self.clock().isoformat()
+                self.store.records.record_outcome(tx, caller.key_id, key, record, stamp)
             return result
 
         envelope = Envelope(

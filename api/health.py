@@ -18,6 +18,7 @@ class HealthController(Controller):
         summary="Health check",
         sync_to_thread=False,
         security=[{}],
+        exclude_from_auth=True,
     )
     def health(self) -> str:
         return f"OK - Version {__version__}"

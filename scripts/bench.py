@@ -889,11 +889,13 @@ def get_latency(small: Path, large: Path, requests: int) -> tuple[dict[str, Any]
     servers = []
     try:
         for db in (small, large):
-            conn = sqlite3.connect(db)
-            ids = [
-                r[0] for r in conn.execute("SELECT task_id FROM tasks ORDER BY random() LIMIT 5000")
-            ]
-            conn.close()
+            from api.composition import Store
+            from ledger.log import TaskQuery
+
+            store = Store(db)
+            listed = store.views.list_tasks(TaskQuery(at=datetime.now(UTC)))
+            store.close()
+            ids = [s.task_id for s in random.sample(listed, min(5000, len(listed)))]
             proc, _ = start_taskledger(db)
             servers.append((proc, ids, {"Authorization": make_key(db, "bench-admin", "admin")}))
 
