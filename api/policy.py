@@ -24,6 +24,11 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     role: str
 
 
+#: Whoever runs the command line on the database file: it may read everything already, so it
+#: acts with an admin's grants (and is recorded as ``cli`` if it ever writes).
+OPERATOR = Caller(key_id="cli", owner="operator", role="admin")
+
+
 class Scope(enum.Enum):
     #: The caller's own tasks, while they are visible.
     OWN = "own"

@@ -10,6 +10,7 @@ does not import scripts.cli.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -25,10 +26,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.composition import Store
+from api.composition import Store, close_service, open_service
+from api.policy import OPERATOR
+from api.settings import Settings
 from ledger import codec
 from ledger.decider import evolve, initial_state
-from ledger.errors import ImportRefused, LedgerError
+from ledger.errors import ImportRefused, LedgerError, TaskNotFound
 from ledger.log import FeedQuery, RecordedEvent
 from projections import audit
 from scripts.options import db_option, resolve_db
@@ -155,10 +158,23 @@ def history(db_path: Path | None, task_id: str) -> None:
 
         taskledger history --db ./taskledger.db 3f0c9d2e-6a51-4a57-9a3b-1f2b7f0c1e11
     """
-    store = open_store(db_path)
-    events = store.history(task_id)
-    if not events:
-        raise click.ClickException(f"No events for task {task_id}")
+    path = resolve_db(db_path)
+    if not path.exists():
+        raise click.ClickException(f"No database at {path}")
+
+    async def read() -> list[RecordedEvent]:
+        # The same use case the HTTP API serves, as the operator (who holds the file, so may
+        # audit every task, deleted and expired ones included).
+        service = open_service(Settings(db_path=path, sweep_interval=0))
+        try:
+            return await service.history(OPERATOR, task_id)
+        finally:
+            close_service(service)
+
+    try:
+        events = asyncio.run(read())
+    except TaskNotFound:
+        raise click.ClickException(f"No events for task {task_id}") from None
     print_events(events)
 
 
