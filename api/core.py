@@ -189,10 +189,22 @@ class ServiceCore:
         return outcome.extra, False
 
     def _replay(self, stored: StoredOutcome, fp: str, result_type: type[R]) -> R:
+        if stored.legacy:
+            raise IdempotencyMismatch(
+                "Idempotency-Key was used before this server was upgraded: that request was"
+                " done, and its answer cannot be replayed; use a new key"
+            )
         if stored.fingerprint != fp:
             raise IdempotencyMismatch()
+        try:
+            result = msgspec.json.decode(stored.outcome, type=result_type)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise IdempotencyMismatch(
+                "Idempotency-Key's stored answer cannot be read by this version of the server;"
+                " the request was done; use a new key"
+            ) from None
         note(outcome="replayed")
-        return msgspec.json.decode(stored.outcome, type=result_type)
+        return result
 
     async def run_system(self, command: AnyCommand) -> Outcome:
         """A command the service itself issues (the sweepers)."""

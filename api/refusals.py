@@ -21,7 +21,11 @@ class RateLimited(Exception):
 
 
 class IdempotencyMismatch(Exception):
-    """The Idempotency-Key was already used with a different request (422)."""
+    """The Idempotency-Key cannot answer this request (422): it was used with a different
+    request, or its answer cannot be replayed."""
 
-    def __init__(self) -> None:
-        super().__init__("Idempotency-Key was already used with a different request; use a new key")
+    def __init__(
+        self,
+        message: str = "Idempotency-Key was already used with a different request; use a new key",
+    ) -> None:
+        super().__init__(message)

@@ -36,7 +36,7 @@ def add_request_id(
 ) -> MutableMapping[str, Any]:
     """Every line logged while serving a request carries its request id."""
     fields = log_fields.get()
-    if fields is not None:
+    if fields is not None and "request_id" in fields:
         event.setdefault("request_id", fields["request_id"])
     return event
 

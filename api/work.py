@@ -258,7 +258,7 @@ class WorkerCases(ServiceCore):
         """Claim for a worker that just finished a task, without waiting. The finish has
         committed, so a failure here (the disk, say) does not undo it: the answer says no next
         task and the log line says why; the worker's next plain claim will be told."""
-        own: dict[str, Any] = {}
+        own: dict[str, Any] = {"request_id": request_id}
         token = log_fields.set(own)
         source = self.store.claim_source(self.claim_maker(worker_id, seconds))
         try:
@@ -273,7 +273,9 @@ class WorkerCases(ServiceCore):
             return None
         finally:
             log_fields.reset(token)
-            note(next_task_id=own.get("task_id"), next_outcome=own.get("outcome"))
+            if own.get("task_id") is not None:
+                note(next_task_id=own["task_id"])
+            note(next_outcome=own.get("outcome"))
 
     def lease_for(self, asked: int | None) -> int:
         limit = self.settings.max_lease_seconds

@@ -192,6 +192,11 @@ class TaskViews(Protocol):
 
     def stored_states(self, *, tx: Any = None) -> Iterator[tuple[str, TaskState]]: ...
 
+    def stale_rows(self, *, tx: Any = None) -> list[tuple[str, str]]:
+        """``(task_id, what differs)`` for each task row whose query columns (owner, status,
+        times, visibility, lease) no longer agree with the state it holds."""
+        ...
+
     def due_leases(self, at: datetime, limit: int = 500) -> list[str]:
         """Tasks whose lease ran out at or before ``at``."""
         ...
@@ -228,6 +233,9 @@ class StoredOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
     fingerprint: str
     outcome: bytes
+    #: Kept by an earlier version as raw response bytes, which cannot be replayed as an outcome:
+    #: the request is done, and a retry with this key is refused rather than run again.
+    legacy: bool = False
 
 
 class Records(Protocol):

@@ -183,6 +183,10 @@ def _verify(
                     task_id,
                 )
             )
+    reported = {d.task_id for d in differences if d.kind == "task"}
+    for task_id, detail in views.stale_rows(tx=tx):
+        if task_id not in reported:  # a row whose state is wrong has wrong columns too
+            differences.append(Difference("task", f"tasks row's columns: {detail}", task_id))
     for task_id in sorted(set(projected) - seen):
         differences.append(Difference("task", "tasks projection row without events", task_id))
     for task_id in sorted(set(queued) - seen):

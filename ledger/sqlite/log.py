@@ -65,15 +65,24 @@ class SqliteLog:
         with self._write_lock:
             try:
                 if migrations:
-                    self._writer.execute("BEGIN IMMEDIATE")
-                    for migrate in migrations:
-                        migrate(self._writer)
-                    self._writer.execute("COMMIT")
+                    self._migrate(migrations)
                 self._writer.executescript(script)
             except sqlite3.Error as exc:
                 if self._writer.in_transaction:
                     self._writer.execute("ROLLBACK")
                 raise storage_error(exc) from exc
+
+    def _migrate(self, migrations: Sequence[Callable[[sqlite3.Connection], None]]) -> None:
+        """Each migration checks whether it is needed; all of them in one transaction, rolled
+        back whole on any error."""
+        self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            for migrate in migrations:
+                migrate(self._writer)
+        except BaseException:
+            self._writer.execute("ROLLBACK")
+            raise
+        self._writer.execute("COMMIT")
 
     # -- transactions -----------------------------------------------------------------------
 

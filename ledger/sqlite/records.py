@@ -40,6 +40,13 @@ class SqliteRecords:
 
     def __init__(self, log: SqliteLog) -> None:
         self._log = log
+        #: A database from before the outcomes table keeps its earlier keys' responses in the
+        #: ``idempotency`` table; they are looked up so that such a retry is never run again.
+        self._legacy = bool(
+            log.reader()
+            .execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'idempotency'")
+            .fetchone()
+        )
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -110,9 +117,16 @@ class SqliteRecords:
             " WHERE key_id = ? AND idempotency_key = ?",
             (key_id, idempotency_key),
         ).fetchone()
-        if row is None:
-            return None
-        return StoredOutcome(fingerprint=row[0], outcome=bytes(row[1]))
+        if row is not None:
+            return StoredOutcome(fingerprint=row[0], outcome=bytes(row[1]))
+        if self._legacy:
+            old = conn.execute(
+                "SELECT fingerprint FROM idempotency WHERE key_id = ? AND idempotency_key = ?",
+                (key_id, idempotency_key),
+            ).fetchone()
+            if old is not None:
+                return StoredOutcome(fingerprint=old[0], outcome=b"", legacy=True)
+        return None
 
     def record_outcome(
         self,

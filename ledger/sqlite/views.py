@@ -12,6 +12,8 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 
+import msgspec
+
 from ledger import codec
 from ledger.decider import visible_until
 from ledger.events import PROCESSING
@@ -61,7 +63,11 @@ def add_visible_until(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS tasks_expiry")
     rows = conn.execute("SELECT task_id, state FROM tasks").fetchall()
     for task_id, state in rows:
-        until = _ts(visible_until(codec.decode_state(state)))
+        try:
+            until = _ts(visible_until(codec.decode_state(state)))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            # A row edited by hand: ``verify`` reports it and ``rebuild`` writes it afresh.
+            continue
         conn.execute("UPDATE tasks SET visible_until = ? WHERE task_id = ?", (until, task_id))
 
 
@@ -95,17 +101,7 @@ class SqliteViews:
             " status = excluded.status, created_at = excluded.created_at,"
             " visible_until = excluded.visible_until, lease_until = excluded.lease_until,"
             " gone = excluded.gone, version = excluded.version, state = excluded.state",
-            (
-                state.task_id,
-                state.owner,
-                state.status,
-                _ts(state.created_at),
-                _ts(visible_until(state)),
-                _ts(state.lease_until) if state.status == PROCESSING else None,
-                state.gone,
-                state.version,
-                codec.encode_str(state),
-            ),
+            (state.task_id, *self._columns(state), codec.encode_str(state)),
         )
 
     def list_tasks(
@@ -134,6 +130,36 @@ class SqliteViews:
     ) -> Iterator[tuple[str, TaskState]]:
         for task_id, state in self._conn(tx).execute("SELECT task_id, state FROM tasks"):
             yield task_id, codec.decode_state(state)
+
+    def _columns(self, state: TaskState) -> tuple[object, ...]:
+        return (
+            state.owner,
+            state.status,
+            _ts(state.created_at),
+            _ts(visible_until(state)),
+            _ts(state.lease_until) if state.status == PROCESSING else None,
+            state.gone,
+            state.version,
+        )
+
+    def stale_rows(self, *, tx: sqlite3.Connection | None = None) -> list[tuple[str, str]]:
+        names = ("owner", "status", "created_at", "visible_until", "lease_until", "gone", "version")
+        found = []
+        for row in self._conn(tx).execute(
+            f"SELECT task_id, state, {', '.join(names)} FROM tasks ORDER BY task_id"
+        ):
+            try:
+                expected = self._columns(codec.decode_state(row[1]))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # reported by verify as a row that differs from its events
+            wrong = [
+                f"{name} is {stored!r}, its state says {want!r}"
+                for name, stored, want in zip(names, row[2:], expected, strict=True)
+                if stored != want
+            ]
+            if wrong:
+                found.append((row[0], "; ".join(wrong)))
+        return found
 
     def due_leases(self, at: datetime, limit: int = 500) -> list[str]:
         rows = self._log.reader().execute(

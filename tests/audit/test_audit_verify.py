@@ -319,3 +319,15 @@ def test_backup_refuses_to_overwrite_a_file(server, tmp_path):
     assert result.returncode != 0
     assert "already exists" in result.stderr
     assert destination.read_bytes() == b"precious"
+
+
+def test_verify_names_a_task_whose_query_columns_drifted_from_its_state(known, copy):
+    """The list and sweeper queries read the row's columns, not its state: a column that no
+    longer agrees (a process of an earlier version wrote the row, say) is a difference too."""
+    db = copy()
+    stale = "2000-01-01T00:00:00.000000Z"  # as if it had expired long ago
+    edit(db, ("UPDATE tasks SET visible_until = ? WHERE task_id = ?", (stale, known.succeeded)))
+    code, differences = verify(db)
+    assert code == 1
+    assert [(d["kind"], d["task_id"]) for d in differences] == [("task", known.succeeded)]
+    assert "visible_until" in differences[0]["detail"]
