@@ -13,6 +13,13 @@ from chunkr_ai.models import ChunkProcessing, Configuration
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def server(real_server):
+    """The SDK speaks to a URL over the network (httpx): these tests stay on a real
+    ``taskledger serve`` process, as they are about compatibility over real HTTP."""
+    return real_server
+
+
 @pytest.fixture
 def chunkr(server, user_keys, monkeypatch):
     # The SDK calls load_dotenv(override=True): a stray .env would point it elsewhere.
