@@ -12,8 +12,9 @@ keeps using ``tests.server.Server``.
 Absolute URLs the API builds from the request's Host header (``task_url``, ``input_file_url``)
 start with ``InProcessServer.url`` (``http://testserver.local``).
 
-Keys are written straight into the database with ``add_key``: the one place in the tests that
-calls the key store (``taskledger keys create`` itself is tested in tests/api/test_cli_keys.py).
+Keys are written straight into the database with ``add_key`` (and revoked with ``revoke_key``):
+this module is the one place in the tests that calls the key store (``api.keys``; ``taskledger
+keys`` itself is tested in tests/api/test_cli_keys.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def add_key(db: Path, owner: str, role: str = "user") -> str:
     finally:
         conn.close()
     return key
+
+
+def revoke_key(db: Path, key: str) -> None:
+    """Revoke ``key`` in the database (what ``taskledger keys revoke <key id>`` does)."""
+    from api import keys as key_store
+
+    conn = sqlite3.connect(str(db), isolation_level=None, timeout=30)
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        assert key_store.revoke_key(conn, key.split("_")[1]), "no such active key"
+    finally:
+        conn.close()
 
 
 def _has_keys(db: Path) -> bool:

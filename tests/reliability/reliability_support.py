@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from api import keys as key_store
+# Keys are written straight into the database (``taskledger keys`` without a subprocess per key);
+# tests/inprocess.py holds the one copy of that code.
+from tests.inprocess import add_key, revoke_key  # noqa: F401 - for the test modules
 from tests.support import wait_for  # noqa: F401 - for the test modules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,24 +42,7 @@ FILE = base64.b64encode(b"hello reliability\n").decode()
 # -- the database file ------------------------------------------------------------------------
 
 
-def add_key(db: Path, owner: str, role: str = "user") -> str:
-    """A new key, written straight into the database (what ``taskledger keys create`` does,
-    without a subprocess per key). The database must already exist (a server has started)."""
-    conn = sqlite3.connect(str(db), isolation_level=None, timeout=30)
-    try:
-        conn.execute("PRAGMA busy_timeout = 30000")
-        _, key = key_store.create_key(conn, owner, role)
-    finally:
-        conn.close()
-    return key
-
-
-def revoke(db: Path, key: str) -> None:
-    conn = sqlite3.connect(str(db), isolation_level=None, timeout=30)
-    try:
-        assert key_store.revoke_key(conn, key.split("_")[1])
-    finally:
-        conn.close()
+revoke = revoke_key
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
