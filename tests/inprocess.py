@@ -114,11 +114,6 @@ class InProcessServer:
         self.running = True
         return self
 
-    @property
-    def runtime(self) -> Any:
-        """The running app's ``api.runtime.Runtime`` (its store, its writer)."""
-        return self.app.state.runtime
-
     def stop(self) -> None:
         if self.running:
             self.running = False
