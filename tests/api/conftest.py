@@ -15,18 +15,19 @@ from typing import Any
 import httpx
 import pytest
 
+from api.composition import Store
 from ledger.commands import ClaimTask, CompleteTask, FailTask
 from ledger.events import blob_ref
 from ledger.log import Actor, Envelope, stream_id_for
-from api.composition import Store
 from tests.support import chunkr_output
 
 FILE = base64.b64encode(b"hello, ledger\n").decode()
 
 
 class Ledger:
-    """The server's database, opened from the test process as a worker would (another process
-    on the same SQLite file), plus raw SQL counts."""
+    """The server's database, opened from the test process as a worker would: a ``Store`` of
+    its own on the same SQLite file (its own connections; it takes its turn to write through
+    the file's write lock, as another process does), plus raw SQL counts."""
 
     def __init__(self, db: Path) -> None:
         self.db = db
@@ -141,9 +142,9 @@ def create() -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="module")
 def fresh_user(server) -> Callable[[], str]:
     """A key for a brand-new owner (nothing else in the module can add tasks to its list)."""
-    from tests.server import create_key
+    from tests.inprocess import add_key
 
     def make() -> str:
-        return create_key(server.db, f"owner-{uuid.uuid4().hex[:8]}")
+        return add_key(server.db, f"owner-{uuid.uuid4().hex[:8]}")
 
     return make

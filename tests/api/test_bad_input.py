@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 
-import httpx
 import pytest
 
 from ledger.log import task_id_of
@@ -172,7 +171,8 @@ def test_nothing_was_written_and_the_server_is_well(server, alice, targets, base
     assert alice.get(f"/task/{targets['starting']}").json()["status"] == "Starting"
     assert alice.get(f"/task/{targets['succeeded']}").json()["status"] == "Succeeded"
 
-    assert httpx.get(f"{server.url}/health").status_code == 200
+    with server.client(None) as anonymous:
+        assert anonymous.get(f"{server.url}/health").status_code == 200
     created = alice.post("/task/parse", json={"file": GOOD_FILE, "file_name": "ok.txt"})
     assert created.status_code == 200
     assert created.json()["status"] == "Starting"

@@ -18,6 +18,13 @@ from scripts.cli import cli as cli_group
 KEY = re.compile(r"^tlk_([0-9a-f]{12})_[A-Za-z0-9_-]+$")
 
 
+@pytest.fixture(scope="module")
+def server(real_server):
+    """``taskledger keys`` processes and a live ``taskledger serve`` process on one database
+    (and the server's own log file is searched for keys): a real server."""
+    return real_server
+
+
 def taskledger(
     *args: str, db: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:

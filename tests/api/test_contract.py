@@ -1,5 +1,6 @@
-"""Every row of the HTTP contract (docs/api.md's routes, docs/design.md's rules), over real HTTP
-against ``taskledger serve``: status code and body, for success and for each documented error."""
+"""Every row of the HTTP contract (docs/api.md's routes, docs/design.md's rules), against the
+API served in process (``server``, tests/inprocess.py): status code and body, for success and
+for each documented error."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def test_create_with_invalid_base64_is_400(alice):
 
 
 def test_create_without_a_key_is_401(server):
-    response = httpx.post(f"{server.api}/task/parse", json={"file": "aGk="})
+    with server.client(None) as anonymous:
+        response = anonymous.post("/task/parse", json={"file": "aGk="})
     assert_text(response, 401, "Authorization header is missing")
 
 
@@ -102,16 +104,16 @@ def test_create_without_a_key_is_401(server):
     "header", ["tlk_000000000000_wrong", "garbage", "Bearer tlk_000000000000_x"]
 )
 def test_create_with_a_bad_key_is_401(server, header):
-    response = httpx.post(
-        f"{server.api}/task/parse", json={"file": "aGk="}, headers={"Authorization": header}
-    )
+    with server.client(header) as client:
+        response = client.post("/task/parse", json={"file": "aGk="})
     assert_text(response, 401, "Invalid or inactive API key")
 
 
 def test_create_over_the_body_limit_is_413(tmp_path):
-    from tests.server import Server
+    from tests.inprocess import InProcessServer
 
-    small = Server(tmp_path / "small.db", "--max-body-mb", "1").start()
+    # ``serve --max-body-mb 1`` (the flag itself: tests/reliability/test_hostile_input.py)
+    small = InProcessServer(tmp_path / "small.db", max_body_bytes=1024 * 1024).start()
     try:
         assert small.admin_key
         with small.client(small.admin_key) as client:
@@ -129,9 +131,7 @@ def test_create_over_the_body_limit_is_413(tmp_path):
 
 def test_bearer_prefix_works_as_well_as_the_raw_key(server, user_keys, create, alice):
     task = create(alice)
-    with httpx.Client(
-        base_url=server.api, headers={"Authorization": f"Bearer {user_keys['alice']}"}
-    ) as bearer:
+    with server.client(f"Bearer {user_keys['alice']}") as bearer:
         got = bearer.get(f"/task/{task['task_id']}")
         assert got.status_code == 200
         assert got.json()["task_id"] == task["task_id"]
@@ -371,7 +371,8 @@ def test_list_page_without_limit_is_400(alice):
 
 @pytest.mark.parametrize("path", ["/health", "/"])
 def test_health_needs_no_key(server, path):
-    response = httpx.get(f"{server.url}{path}")
+    with server.client(None) as anonymous:
+        response = anonymous.get(f"{server.url}{path}")
     assert_text(response, 200, f"OK - Version {__version__}")
 
 
@@ -484,7 +485,7 @@ def test_list_time_filters_accept_any_offset(server, fresh_user, create):
         assert [t["task_id"] for t in until] == [first["task_id"]]
 
 
-# -- check, then append, atomically (over HTTP) ---------------------------------------------------
+# -- check, then append, atomically (concurrent requests) ------------------------------------------
 
 
 def race(server, key: str, n: int, send) -> list[httpx.Response]:
@@ -499,7 +500,7 @@ def race(server, key: str, n: int, send) -> list[httpx.Response]:
             barrier.wait(10)
             try:
                 results[i] = send(client)
-            except BaseException as exc:  # noqa: BLE001 - asserted below
+            except BaseException as exc:
                 results[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]

@@ -7,19 +7,17 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
-import httpx
-
+from api.composition import Store
 from ledger.commands import ClaimTask, CompleteTask
 from ledger.events import blob_ref
 from ledger.log import Envelope
-from api.composition import Store
-from tests.server import Server
+from tests.inprocess import InProcessServer
 
 
 def test_an_expired_task_cannot_be_updated_cancelled_or_deleted_before_the_sweep(tmp_path):
-    server = Server(tmp_path / "ledger.db", "--sweep-interval", "0").start()
+    server = InProcessServer(tmp_path / "ledger.db", sweep_interval=0).start()
     try:
-        client = httpx.Client(base_url=server.api, headers={"Authorization": server.admin_key})
+        client = server.client(server.admin_key)
         created = client.post("/task/parse", json={"file": "aGVsbG8=", "expires_in": 1})
         task_id = created.json()["task_id"]
         store = Store(server.db)
@@ -33,7 +31,7 @@ def test_an_expired_task_cannot_be_updated_cancelled_or_deleted_before_the_sweep
             CompleteTask(task_id=task_id, at=now, worker_id="w", output=blob_ref(output)), env, blobs=[output]
         )
         assert client.get(f"/task/{task_id}").status_code == 200
-        time.sleep(1.5)  # past expires_at; no sweeper runs (--sweep-interval 0)
+        time.sleep(1.5)  # past expires_at; no sweeper runs (sweep_interval=0)
         events_before = len(store.history(task_id))
 
         assert client.get(f"/task/{task_id}").status_code == 404

@@ -70,7 +70,7 @@ def test_concurrent_identical_creates_make_one_task(server, user_keys, ledger):
             with server.client(user_keys["alice"]) as client:
                 barrier.wait(10)
                 results[i] = client.post("/task/parse", json=BODY, headers={"Idempotency-Key": k})
-        except BaseException as exc:  # noqa: BLE001 - reported by the asserts below
+        except BaseException as exc:
             results[i] = exc
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]

@@ -1,17 +1,21 @@
 """The routes as Litestar builds them from their signatures: the schema documents what they
 read, their log line carries the command the service ran, and their query parameters are
-checked."""
+checked.
+
+The log line is read from a real ``taskledger serve``'s log (``real_server``: the request log as
+``serve`` configures it, JSON lines on its stderr); the rest runs against the API in process."""
 
 from __future__ import annotations
 
 import json
 import time
 
-import httpx
+from tests.inprocess import add_key
 
 
 def test_the_schema_documents_what_the_routes_read(server):
-    spec = httpx.get(f"http://127.0.0.1:{server.port}/docs/openapi.json").json()
+    with server.client(None) as anonymous:
+        spec = anonymous.get(f"{server.url}/docs/openapi.json").json()
     get_task = spec["paths"]["/api/v1/task/{task_id}"]["get"]
     params = {p["name"]: p for p in get_task["parameters"]}
     assert params["task_id"]["in"] == "path" and params["task_id"]["required"] is True
@@ -36,9 +40,13 @@ def test_the_schema_documents_what_the_routes_read(server):
     assert "text/plain" in cancel["responses"]["200"]["content"]
 
 
-def test_the_log_line_carries_the_command_and_the_request_id(server, alice, create):
-    task = create(alice)
-    response = alice.get(f"/task/{task['task_id']}/cancel", headers={"X-Request-Id": "trace-42"})
+def test_the_log_line_carries_the_command_and_the_request_id(real_server, create):
+    server = real_server
+    with server.client(add_key(server.db, "alice")) as alice:
+        task = create(alice)
+        response = alice.get(
+            f"/task/{task['task_id']}/cancel", headers={"X-Request-Id": "trace-42"}
+        )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "trace-42"
     deadline = time.monotonic() + 5

@@ -6,11 +6,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from chunkr_ai import Chunkr
 from chunkr_ai.models import ChunkProcessing, Configuration
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(real_server):
+    """The SDK speaks to a URL over the network (httpx): these tests stay on a real
+    ``taskledger serve`` process, as they are about compatibility over real HTTP."""
+    return real_server
 
 
 @pytest.fixture

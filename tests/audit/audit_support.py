@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from tests.server import Server, create_key  # noqa: F401 - for the test modules
+from tests.inprocess import InProcessServer, add_key  # noqa: F401 - for the test modules
+from tests.server import Server
 from tests.support import chunkr_output, wait_for  # noqa: F401 - wait_for for the test modules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,9 +80,9 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple]:
         conn.close()
 
 
-def served(response: httpx.Response, server: Server) -> Any:
-    """A JSON body with the server's own ``http://127.0.0.1:PORT`` (in task_url and
-    input_file_url) replaced, so answers of two servers can be compared."""
+def served(response: httpx.Response, server: Server | InProcessServer) -> Any:
+    """A JSON body with the server's own base URL (in task_url and input_file_url) replaced,
+    so answers of two servers can be compared."""
     assert response.status_code == 200, response.text
     return json.loads(response.text.replace(server.url, "http://server"))
 
@@ -185,7 +186,7 @@ class Burst:
     knows it has seen the end. With ``tasks_per_writer=None`` the writers go on until
     ``stop`` is set."""
 
-    server: Server
+    server: Server | InProcessServer
     keys: list[str]
     admin_key: str
     tasks_per_writer: int | None = 50
@@ -224,7 +225,7 @@ class Burst:
                     mine.append(task_id)
                     response = client.get(f"/task/{task_id}/cancel")
                     assert response.status_code == 200, response.text
-        except Exception as exc:  # noqa: BLE001 - reported by wait()
+        except Exception as exc:
             self.errors.append(f"writer {index}: {exc!r}")
 
     def _close(self) -> None:
@@ -235,7 +236,7 @@ class Burst:
                 response = client.post("/task/parse", json={"file": FILE, "file_name": self.marker})
                 assert response.status_code == 200, response.text
                 self.marker_task = response.json()["task_id"]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.errors.append(f"marker: {exc!r}")
         self.done.set()
 

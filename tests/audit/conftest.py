@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-
-from api import keys
-from api.composition import Store
 from audit_support import Burst, Tasks
-
-
-@pytest.fixture(scope="module")
-def user_keys(server) -> dict[str, str]:
-    """The same keys as tests/conftest.py's fixture (alice, bob, a worker of owner pool, the
-    admin key the server printed), made in-process with ``api.keys.create_key`` (what
-    ``taskledger keys create`` runs) to spare three subprocesses per module."""
-    store = Store(server.db)
-    try:
-        made = {
-            name: keys.create_key(store.records, owner, role)[1]
-            for name, owner, role in (
-                ("alice", "alice", "user"), ("bob", "bob", "user"), ("worker", "pool", "worker"),
-            )
-        }
-    finally:
-        store.close()
-    assert server.admin_key, "the server printed an admin key on its first start"
-    return {**made, "admin": server.admin_key}
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-
 from audit_support import taskledger
 
 OPERATOR_COMMANDS = ("replay", "history", "tail", "verify", "rebuild", "export", "import", "backup")

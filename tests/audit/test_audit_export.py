@@ -11,8 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from audit_support import Server, Story, create_key, feed_all, json_lines, query, served, taskledger
+from audit_support import (
+    InProcessServer,
+    Story,
+    add_key,
+    feed_all,
+    json_lines,
+    query,
+    served,
+    taskledger,
+)
 
 
 @dataclass
@@ -73,11 +81,11 @@ def restored(imported):
     """The imported database, served, with keys made again for the same owner names (keys are
     not exported)."""
     keys = {
-        "alice": create_key(imported, "alice"),
-        "bob": create_key(imported, "bob"),
-        "admin": create_key(imported, "admin", "admin"),  # admins may claim, too
+        "alice": add_key(imported, "alice"),
+        "bob": add_key(imported, "bob"),
+        "admin": add_key(imported, "admin", "admin"),  # admins may claim, too
     }
-    server = Server(imported).start()
+    server = InProcessServer(imported).start()
     clients = {name: server.client(key) for name, key in keys.items()}
     yield server, clients
     for client in clients.values():

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from audit_support import Burst, Server, feed_all, query
 
 WRITERS = 4
@@ -29,7 +28,9 @@ DEADLINE = 60
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
 def server(request, tmp_path_factory):
     """The module's server, run once as one process and once as two (``serve --workers 2``:
-    two group-commit writers on one file, and a resumed stream may land on the other one)."""
+    two group-commit writers on one file, and a resumed stream may land on the other one).
+    Real ``taskledger serve`` processes: the live stream is read while it is written (the
+    in-process test client hands a response over only once it has ended)."""
     db = tmp_path_factory.mktemp("feed") / "ledger.db"
     flags = ("--workers", str(request.param)) if request.param > 1 else ()
     started = Server(db, *flags).start()

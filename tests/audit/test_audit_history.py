@@ -17,9 +17,17 @@ import threading
 from datetime import timedelta
 
 import pytest
-
 from audit_support import (
-    ROOT, TASKLEDGER, feed_all, json_lines, key_id, query, rfc3339, taskledger, wait_for, when,
+    ROOT,
+    TASKLEDGER,
+    feed_all,
+    json_lines,
+    key_id,
+    query,
+    rfc3339,
+    taskledger,
+    wait_for,
+    when,
 )
 
 STORY_TYPES = ["task_created", "claimed", "succeeded", "update_requested", "cancelled"]

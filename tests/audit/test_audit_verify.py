@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from audit_support import Server, Story, json_lines, query, served, taskledger, wait_for
+from audit_support import InProcessServer, Story, json_lines, query, served, taskledger, wait_for
 
 
 @dataclass
@@ -246,7 +245,7 @@ def test_rebuild_restores_corrupted_projections_and_the_api_answers(
     ids = [known.story.task_id, known.succeeded, known.cancelled, known.queued]
     expected = {task_id: served(alice.get(f"/task/{task_id}"), server) for task_id in ids}
     expected_list = served(alice.get("/tasks", params={"include_chunks": True}), server)
-    restored = Server(db).start()
+    restored = InProcessServer(db).start()
     try:
         with restored.client(user_keys["alice"]) as again:
             for task_id in ids:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from api.composition import Store
 from ledger.commands import CancelTask, CreateTask
+from ledger.errors import ImportRefused
 from ledger.events import blob_ref
 from ledger.log import Envelope
-from ledger.errors import ImportRefused
-from api.composition import Store
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Shared vocabulary for the ledger tests: fixed times, ids, event builders, and the
-consistency checks every storage test ends with.
+"""Shared vocabulary for the ledger tests: fixed times, ids, event builders, decider stories
+(``given(*events).when(command).then(*events)``), and the consistency checks every storage test
+ends with.
 
 Kept here rather than imported from ``tests/conftest.py``: pytest swaps ``sys.modules["conftest"]``
 whenever it loads another directory's conftest, so ``from conftest import ...`` breaks as soon as
@@ -12,7 +13,10 @@ import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from ledger.decider import fold
+import pytest
+
+from ledger.decider import decide, fold, initial_state
+from ledger.errors import LedgerError
 from ledger.events import (
     BlobRef,
     Cancelled,
@@ -26,6 +30,7 @@ from ledger.events import (
     UpdateRequested,
 )
 from ledger.log import Actor, Envelope, task_id_of
+from ledger.state import TaskState
 from projections.queue import claimable
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -120,6 +125,82 @@ def deleted(task_id: str = ID, t: float = 4) -> Deleted:
 
 def expired(task_id: str = ID, t: float = 70) -> Expired:
     return Expired(task_id=task_id, at=at(t))
+
+
+# -- decider stories: given events, when a command, then events or an error --------------------
+
+
+class Refused:
+    """An expected refusal: the exact error class and the exact message."""
+
+    def __init__(self, error: type[LedgerError], message: str) -> None:
+        self.error, self.message = error, message
+
+    def __repr__(self) -> str:
+        return f"{self.error.__name__}({self.message!r})"
+
+
+def outcome(command, state: TaskState):
+    """What ``decide`` does: the events, or the error it raised."""
+    try:
+        return decide(command, state)
+    except Exception as exc:
+        return exc
+
+
+def assert_outcome(actual, expected) -> None:
+    """``actual`` (events or an error) is ``expected`` (a list of events or a Refused)."""
+    if isinstance(expected, Refused):
+        assert isinstance(actual, Exception), f"expected {expected!r}, got events {actual!r}"
+        assert type(actual) is expected.error, f"expected {expected!r}, got {actual!r}"
+        assert actual.message == expected.message
+        assert str(actual) == expected.message
+    else:
+        assert not isinstance(actual, Exception), f"expected {expected!r}, got {actual!r}"
+        assert actual == expected
+
+
+def given(*events) -> Given:
+    """A story: the task's history so far (none: a task that was never created)."""
+    return Given(list(events))
+
+
+class Given:
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def when(self, command) -> When:
+        return When(fold(self.events, initial_state(command.task_id)), command)
+
+
+class When:
+    def __init__(self, state: TaskState, command) -> None:
+        self.state, self.command = state, command
+
+    def then(self, *events, again: list | Refused | None = None) -> TaskState:
+        """The command decides exactly ``events``; returns the state they fold to.
+
+        Then the same command is decided again on that state, to check it is not applied twice:
+        by default it must decide nothing or be refused (any LedgerError). ``again`` states the
+        exact outcome of the repeat instead: a Refused, ``[]``, or the events of a command that
+        may repeat (a heartbeat extends the lease again)."""
+        assert_outcome(outcome(self.command, self.state), list(events))
+        after = fold(events, self.state)
+        assert after.version == self.state.version + len(events)
+        repeat = outcome(self.command, after)
+        if again is None:
+            assert repeat == [] or isinstance(repeat, LedgerError), (
+                f"{self.command!r} decided again on its own result: {repeat!r}"
+            )
+        else:
+            assert_outcome(repeat, again)
+        return after
+
+    def then_raises(self, error: type[LedgerError], message: str) -> None:
+        """The command is refused with exactly this error class and message."""
+        with pytest.raises(LedgerError) as info:
+            decide(self.command, self.state)
+        assert_outcome(info.value, Refused(error, message))
 
 
 # -- storage checks -----------------------------------------------------------------------------

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from stories import FILE, FILE_BYTES, at, check_consistent, created, envelope, new_id
 
+from api.composition import Store
 from ledger.commands import CancelTask, ClaimTask, CreateTask
 from ledger.errors import ConcurrencyConflict, LedgerError
 from ledger.events import Cancelled, Claimed, TaskCreated
 from ledger.handler import Request
 from ledger.log import stream_id_for
 from ledger.sqlite.log import SqliteLog
-from api.composition import Store
-from stories import FILE, FILE_BYTES, at, check_consistent, created, envelope, new_id
 
 ROOT = Path(__file__).resolve().parents[2]
 CANCEL_LOST = "Task cannot be cancelled: status is Processing"
@@ -67,7 +67,7 @@ def race_in_threads(store_a, store_b, ids):
             for task_id in ids:
                 barrier.wait()
                 results[name][task_id] = outcome_of(store, make(task_id))
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             errors.append(exc)
             barrier.abort()
 

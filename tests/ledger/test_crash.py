@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from stories import check_consistent
+
+from api.composition import Store
 from ledger.events import TaskCreated
 from ledger.log import stream_id_for
-from api.composition import Store
-from stories import check_consistent
 
 ROOT = Path(__file__).resolve().parents[2]
 

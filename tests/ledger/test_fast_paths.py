@@ -10,11 +10,11 @@ import time
 import pytest
 from stories import at, blob, check_consistent, envelope, new_id
 
+from api.groupcommit import Writer
 from ledger.commands import CancelTask, CreateTask
 from ledger.errors import TaskNotFound
 from ledger.handler import Request
 from ledger.log import stream_id_for
-from api.groupcommit import Writer
 
 
 def create_request(task_id, data=b"file", after_append=None):

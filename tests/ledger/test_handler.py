@@ -4,12 +4,12 @@ unit: one that fails part-way leaves no trace while the others in its batch are 
 from __future__ import annotations
 
 import pytest
+from stories import at, blob, check_consistent, envelope, new_id
 
 from ledger.commands import CancelTask, ClaimTask, CreateTask
 from ledger.errors import InvalidTransition, TaskNotFound
 from ledger.handler import NothingToDo, Request
 from ledger.log import stream_id_for
-from stories import at, blob, check_consistent, envelope, new_id
 
 
 class Boom(Exception):

@@ -13,10 +13,10 @@ import time
 import pytest
 from stories import at, blob, check_consistent, envelope, new_id
 
+from api.groupcommit import Writer
 from ledger.commands import CreateTask
 from ledger.handler import Request
 from ledger.sqlite.lock import ProcessWriteLock, fcntl
-from api.groupcommit import Writer
 
 pytestmark = pytest.mark.skipif(fcntl is None, reason="flock is POSIX-only")
 
@@ -149,7 +149,6 @@ def test_commands_that_arrive_during_another_process_turn_join_one_batch(store):
 
 def test_a_writer_gives_up_after_the_busy_timeout_and_loses_nothing(tmp_path):
     from api.composition import Store
-
     from ledger.errors import StorageUnavailable
 
     store = Store(tmp_path / "ledger.db", busy_timeout_ms=300)

@@ -11,7 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from stories import FILE_BYTES, at, blob, check_consistent, envelope
 
+from api.composition import Store
 from ledger.commands import (
     CancelTask,
     ClaimTask,
@@ -28,8 +30,6 @@ from ledger.commands import (
 from ledger.errors import LedgerError
 from ledger.handler import NothingToDo, Request
 from ledger.log import stream_id_for
-from api.composition import Store
-from stories import FILE_BYTES, at, blob, check_consistent, envelope
 
 TASKS = [str(uuid.UUID(int=n + 1)) for n in range(4)]
 KINDS = ["create", "update", "cancel", "delete", "claim", "extend", "release", "complete",

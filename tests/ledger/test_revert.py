@@ -4,18 +4,6 @@ failing it, and timing it out all put the task back exactly as it was before the
 from __future__ import annotations
 
 import pytest
-
-from ledger.commands import (
-    CancelTask,
-    ClaimTask,
-    CompleteTask,
-    CreateTask,
-    ExpireLease,
-    FailTask,
-    UpdateTask,
-)
-from ledger.errors import InvalidTransition
-from ledger.events import Cancelled, Failed, LeaseExpired, TimedOut
 from stories import (
     CONFIG,
     FILE,
@@ -29,6 +17,18 @@ from stories import (
     envelope,
     new_id,
 )
+
+from ledger.commands import (
+    CancelTask,
+    ClaimTask,
+    CompleteTask,
+    CreateTask,
+    ExpireLease,
+    FailTask,
+    UpdateTask,
+)
+from ledger.errors import InvalidTransition
+from ledger.events import Cancelled, Failed, LeaseExpired, TimedOut
 
 REVERTED_FIELDS = ("status", "message", "configuration", "output", "started_at", "finished_at",
                    "expires_at", "expires_in")

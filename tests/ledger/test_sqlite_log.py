@@ -8,13 +8,24 @@ import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from stories import (
+    FILE,
+    FILE_BYTES,
+    at,
+    blob,
+    cancelled,
+    claimed,
+    created,
+    envelope,
+    new_id,
+    succeeded,
+)
 
 from ledger.commands import CancelTask, ClaimTask, CompleteTask, CreateTask, DeleteTask, ExpireTask
 from ledger.errors import TaskAlreadyExists
 from ledger.events import Cancelled, Deleted, Expired, TaskCreated
 from ledger.log import SYSTEM, Actor, Envelope, RecordedEvent, stream_id_for
 from ledger.sqlite.log import SqliteLog
-from stories import FILE, FILE_BYTES, at, blob, cancelled, claimed, created, envelope, new_id, succeeded
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from ledger.commands import (
     ExtendLease,
 )
 from ledger.events import BlobRef
-from ledger.log import TaskQuery, Actor, Envelope
+from ledger.log import Actor, Envelope, TaskQuery
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 FILE = BlobRef(sha256=hashlib.sha256(b"f").hexdigest(), size=1)

@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from api import keys as key_store
-from api.composition import Store
-from tests.support import wait_for  # noqa: F401 - for the test modules
+# Keys are written straight into the database (``taskledger keys`` without a subprocess per key);
+# tests/inprocess.py holds the one copy of that code.
+from tests.inprocess import add_key, revoke_key  # noqa: F401 - for the test modules
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -41,23 +42,7 @@ FILE = base64.b64encode(b"hello reliability\n").decode()
 # -- the database file ------------------------------------------------------------------------
 
 
-def add_key(db: Path, owner: str, role: str = "user") -> str:
-    """A new key, written straight into the database (what ``taskledger keys create`` does,
-    without a subprocess per key). The database must already exist (a server has started)."""
-    store = Store(db, busy_timeout_ms=30_000)
-    try:
-        _, key = key_store.create_key(store.records, owner, role)
-    finally:
-        store.close()
-    return key
-
-
-def revoke(db: Path, key: str) -> None:
-    store = Store(db, busy_timeout_ms=30_000)
-    try:
-        assert key_store.revoke_key(store.records, key.split("_")[1])
-    finally:
-        store.close()
+revoke = revoke_key
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from reliability_support import FILE, add_key, query, revoke
 
+from api.composition import Store
 from ledger.commands import ClaimTask, CompleteTask
 from ledger.events import blob_ref
 from ledger.log import Actor, Envelope
-from api.composition import Store
 from tests.server import Server
 
 CALLERS = ("alice", "bob", "worker", "admin", "none", "revoked")

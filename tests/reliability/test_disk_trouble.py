@@ -46,13 +46,13 @@ from reliability_support import (
     query,
 )
 
+from api.composition import Store
 from api.settings import Settings
 from ledger.commands import CreateTask
 from ledger.errors import StorageUnavailable
 from ledger.events import blob_ref
 from ledger.handler import Request
 from ledger.log import Actor, Envelope
-from api.composition import Store
 
 MESSAGE = "The database cannot be written right now"
 TABLES = ("events", "tasks", "queue", "blobs", "blob_refs", "idempotency_outcomes")

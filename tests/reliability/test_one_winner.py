@@ -4,6 +4,10 @@ Many clients race on the same tasks at once: cancel against claim, update agains
 complete against the sweeper's lease expiry. Every decision has exactly one outcome in the
 history, the winner got a 2xx, every loser got a clean 4xx saying why, and the responses agree
 with the log.
+
+The server runs in process (``serve_in_process``): the races are between concurrent requests
+on one server, which the in-process app interleaves on its event loop as ``taskledger serve``
+does.
 """
 
 from __future__ import annotations
@@ -22,14 +26,11 @@ CLIENTS = 16
 
 
 def clients(server, key: str, n: int) -> list[httpx.Client]:
-    return [
-        httpx.Client(base_url=server.api, headers={"Authorization": key}, timeout=30)
-        for _ in range(n)
-    ]
+    return [server.client(key) for _ in range(n)]
 
 
 def create_tasks(server, key: str, n: int) -> list[str]:
-    with httpx.Client(base_url=server.api, headers={"Authorization": key}, timeout=30) as c:
+    with server.client(key) as c:
         ids = []
         for i in range(n):
             response = c.post("/task/parse", json={"file": FILE, "file_name": f"t{i}.txt"})
@@ -53,8 +54,8 @@ def all_at_once(calls: list) -> list:
         return [f.result() for f in futures]
 
 
-def test_cancel_against_claim_has_one_winner(serve):
-    server = serve("--sweep-interval", "0")
+def test_cancel_against_claim_has_one_winner(serve_in_process):
+    server = serve_in_process(sweep_interval=0)
     alice, worker = add_key(server.db, "alice"), add_key(server.db, "pool", "worker")
     ids = create_tasks(server, alice, TASKS)
     users, workers = clients(server, alice, CLIENTS), clients(server, worker, CLIENTS)
@@ -95,7 +96,7 @@ def test_cancel_against_claim_has_one_winner(serve):
 
 def succeed(server, worker_key: str, ids: list[str]) -> None:
     """Claim and complete every task in ``ids`` (the only tasks in the queue)."""
-    with httpx.Client(base_url=server.api, headers={"Authorization": worker_key}, timeout=30) as w:
+    with server.client(worker_key) as w:
         for _ in ids:
             claim = w.post("/worker/claim", json={"worker_id": "setup"})
             assert claim.status_code == 200, claim.text
@@ -106,8 +107,8 @@ def succeed(server, worker_key: str, ids: list[str]) -> None:
             assert done.status_code == 200, done.text
 
 
-def test_update_against_update_has_one_winner(serve):
-    server = serve("--sweep-interval", "0")
+def test_update_against_update_has_one_winner(serve_in_process):
+    server = serve_in_process(sweep_interval=0)
     alice = add_key(server.db, "alice")
     admin, worker = add_key(server.db, "ops", "admin"), add_key(server.db, "pool", "worker")
     ids = create_tasks(server, alice, TASKS)
@@ -155,11 +156,11 @@ def test_update_against_update_has_one_winner(serve):
         c.close()
 
 
-def test_complete_against_lease_expiry_has_one_winner(serve):
+def test_complete_against_lease_expiry_has_one_winner(serve_in_process):
     """Each task is claimed with a one-second lease and completed right around the moment the
     lease runs out, while the sweeper (every 50 ms) expires leases: either the completion wins
     (200, Succeeded, no expiry) or the expiry does (LeaseExpired, then 409 for the worker)."""
-    server = serve("--sweep-interval", "0.05", "--max-attempts", "1")
+    server = serve_in_process(sweep_interval=0.05, max_attempts=1)
     alice, worker = add_key(server.db, "alice"), add_key(server.db, "pool", "worker")
     ids = create_tasks(server, alice, TASKS)
     workers = clients(server, worker, CLIENTS)

@@ -1,5 +1,9 @@
 """Per-key rate limiting: off by default; ``taskledger serve --rate-limit R`` turns it on, and a
 key past its budget gets 429 with ``Retry-After``, which the chunkr-ai SDK honours and retries.
+
+The first two run on the API in process (``rate_limit_per_second`` is what ``--rate-limit``
+sets); the SDK test runs on a real ``taskledger serve --rate-limit 2`` (the SDK speaks to a URL
+over the network, and the server's log is read).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ def burst(client: httpx.Client, n: int, path: str = "/tasks") -> list[httpx.Resp
     return [client.get(path) for _ in range(n)]
 
 
-def test_rate_limiting_is_off_by_default(serve):
-    server = serve("--sweep-interval", "0")
+def test_rate_limiting_is_off_by_default(serve_in_process):
+    server = serve_in_process(sweep_interval=0)
     with server.client(add_key(server.db, "alice")) as alice:
         statuses = {r.status_code for r in burst(alice, 200)}
         assert statuses == {200}
@@ -26,10 +30,10 @@ def test_rate_limiting_is_off_by_default(serve):
         assert set(created) == {200}
 
 
-def test_a_key_past_its_budget_gets_429_with_retry_after(serve):
-    server = serve("--rate-limit", "2", "--sweep-interval", "0")
+def test_a_key_past_its_budget_gets_429_with_retry_after(serve_in_process):
+    server = serve_in_process(rate_limit_per_second=2, sweep_interval=0)
     alice, bob = add_key(server.db, "alice"), add_key(server.db, "bob")
-    with server.client(alice) as a, server.client(bob) as b:
+    with server.client(alice) as a, server.client(bob) as b, server.client(None) as anonymous:
         responses = burst(a, 60)
         statuses = [r.status_code for r in responses]
         assert statuses[0] == 200
@@ -47,7 +51,7 @@ def test_a_key_past_its_budget_gets_429_with_retry_after(serve):
 
         # Per key: bob is not held back by alice's burst; health needs no key and no budget.
         assert b.get("/tasks").status_code == 200
-        assert {httpx.get(f"{server.url}/health").status_code for _ in range(30)} == {200}
+        assert {anonymous.get(f"{server.url}/health").status_code for _ in range(30)} == {200}
 
         # After Retry-After seconds, alice is served again.
         time.sleep(retry_after)

@@ -1,4 +1,5 @@
-"""Fixtures for the worker tests: real ``taskledger serve`` processes with keys, real
+"""Fixtures for the worker tests: real ``taskledger serve`` processes with keys (or, for tests
+that need no server process, the API served in the test process: tests/inprocess.py), real
 ``taskledger worker`` subprocesses, and read-only looks into the ledger's SQLite file.
 
 Every wait is a poll with a generous deadline (the suite runs on small, shared machines); a
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.inprocess import InProcessServer
 from tests.server import Server
 from tests.support import wait_for
 
@@ -30,7 +32,7 @@ T = TypeVar("T")
 class Ledger:
     """A running server, one user key (owner alice) and one worker key, and helpers."""
 
-    def __init__(self, server: Server, user_key: str, worker_key: str) -> None:
+    def __init__(self, server: Server | InProcessServer, user_key: str, worker_key: str) -> None:
         self.server = server
         self.db = server.db
         self.url = server.url
@@ -116,23 +118,36 @@ def cli_key(db: Path, owner: str, role: str) -> str:
 
 
 class LedgerFactory:
-    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``factory(*serve_flags)`` with a real server; with ``in_process``,
+    ``factory(**settings)`` (``api.settings.Settings`` fields, e.g. ``sweep_interval=0.2`` for
+    ``--sweep-interval 0.2``)."""
+
+    def __init__(
+        self, tmp_path_factory: pytest.TempPathFactory, *, in_process: bool = False
+    ) -> None:
         self.tmp_path_factory = tmp_path_factory
+        self.in_process = in_process
         self.started: list[Ledger] = []
 
-    def __call__(self, *flags: str) -> Ledger:
+    def __call__(self, *flags: str, **settings: Any) -> Ledger:
         db = self.tmp_path_factory.mktemp("ledger") / "ledger.db"
         user_key, worker_key = cli_key(db, "alice", "user"), cli_key(db, "pool", "worker")
-        server = Server(db, *flags).start()
+        if self.in_process:
+            assert not flags, "the in-process server takes Settings fields, not serve's flags"
+            server: Server | InProcessServer = InProcessServer(db, **settings).start()
+        else:
+            assert not settings, "a real server takes serve's flags"
+            server = Server(db, *flags).start()
         ledger = Ledger(server, user_key, worker_key)
         self.started.append(ledger)
         return ledger
 
     def close(self) -> None:
-        # SIGKILL, not SIGTERM: a graceful stop would wait for open long polls to run out.
         for ledger in self.started:
             ledger.close()
-            ledger.server.kill()
+            if isinstance(ledger.server, Server):
+                # SIGKILL, not SIGTERM: a graceful stop would wait for open long polls to run out.
+                ledger.server.kill()
             ledger.server.stop()
 
 
@@ -149,6 +164,23 @@ def make_ledger(tmp_path_factory):
 def make_module_ledger(tmp_path_factory):
     """As ``make_ledger``, for a server shared by the tests of one module."""
     factory = LedgerFactory(tmp_path_factory)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def make_ledger_in_process(tmp_path_factory):
+    """``make_ledger_in_process(**settings)``: as ``make_ledger``, with the API served in this
+    process (no ``taskledger serve``; no worker process can reach it: it has no socket)."""
+    factory = LedgerFactory(tmp_path_factory, in_process=True)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def make_module_ledger_in_process(tmp_path_factory):
+    """As ``make_ledger_in_process``, for a server shared by the tests of one module."""
+    factory = LedgerFactory(tmp_path_factory, in_process=True)
     yield factory
     factory.close()
 

@@ -15,9 +15,10 @@ from scripts.processors import text_chunks
 
 
 @pytest.fixture(scope="module")
-def ledger(make_module_ledger):
-    """Shared by the tests here; each leaves the queue empty."""
-    return make_module_ledger()
+def ledger(make_module_ledger_in_process):
+    """Shared by the tests here (served in process); each leaves the queue empty. The
+    reference worker's test has a real server of its own."""
+    return make_module_ledger_in_process()
 
 
 def output_for(content: bytes) -> dict:

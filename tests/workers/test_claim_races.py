@@ -1,4 +1,5 @@
-"""Claims racing each other, and cancels racing claims, over real HTTP."""
+"""Claims racing each other, and cancels racing claims: concurrent requests on one server (the
+API served in process, which interleaves them on its event loop as ``taskledger serve`` does)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def claimed_events(ledger) -> list[tuple[str, str]]:
     return [(d["task_id"], d["worker_id"]) for d in map(json.loads, (r[0] for r in rows))]
 
 
-def test_concurrent_claims_hand_each_task_to_one_worker_in_fifo_order(make_ledger):
-    ledger = make_ledger()
+def test_concurrent_claims_hand_each_task_to_one_worker_in_fifo_order(make_ledger_in_process):
+    ledger = make_ledger_in_process()
     created = [ledger.create(b"fifo task %d" % n)["task_id"] for n in range(60)]
     barrier = threading.Barrier(8)
     got: dict[str, list[str]] = {}
@@ -33,9 +34,7 @@ def test_concurrent_claims_hand_each_task_to_one_worker_in_fifo_order(make_ledge
 
     def claimer(worker_id: str) -> None:
         mine = got.setdefault(worker_id, [])
-        with httpx.Client(
-            base_url=ledger.api, headers={"Authorization": ledger.worker_key}, timeout=60
-        ) as client:
+        with ledger.server.client(ledger.worker_key) as client:
             barrier.wait()
             while True:
                 r = client.post(
@@ -64,17 +63,15 @@ def test_concurrent_claims_hand_each_task_to_one_worker_in_fifo_order(make_ledge
     assert ledger.claim("late").status_code == 204
 
 
-def test_cancel_racing_claim_has_exactly_one_winner_per_task(make_ledger):
-    ledger = make_ledger()
+def test_cancel_racing_claim_has_exactly_one_winner_per_task(make_ledger_in_process):
+    ledger = make_ledger_in_process()
     created = [ledger.create(b"race task %d" % n)["task_id"] for n in range(40)]
     barrier = threading.Barrier(2)
     cancels: dict[str, httpx.Response] = {}
     claims: list[httpx.Response] = []
 
     def canceller() -> None:
-        with httpx.Client(
-            base_url=ledger.api, headers={"Authorization": ledger.user_key}, timeout=60
-        ) as client:
+        with ledger.server.client(ledger.user_key) as client:
             barrier.wait()
             # Newest first while claims take the oldest first: the two meet somewhere in the
             # middle and fight over the same tasks there.
@@ -82,9 +79,7 @@ def test_cancel_racing_claim_has_exactly_one_winner_per_task(make_ledger):
                 cancels[task_id] = client.get(f"/task/{task_id}/cancel")
 
     def claimer() -> None:
-        with httpx.Client(
-            base_url=ledger.api, headers={"Authorization": ledger.worker_key}, timeout=60
-        ) as client:
+        with ledger.server.client(ledger.worker_key) as client:
             barrier.wait()
             while True:
                 r = client.post(

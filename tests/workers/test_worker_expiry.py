@@ -48,8 +48,9 @@ def finish(ledger, outcome: str) -> tuple[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def ledger(make_module_ledger):
-    return make_module_ledger("--sweep-interval", "0.2")
+def ledger(make_module_ledger_in_process):
+    """Served in process; the sweeper runs every 0.2 s (``--sweep-interval 0.2``)."""
+    return make_module_ledger_in_process(sweep_interval=0.2)
 
 
 @pytest.mark.parametrize(

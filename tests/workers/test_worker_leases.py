@@ -1,5 +1,8 @@
 """Leases: only the holder may act on a task; leases that keep running out time the task out;
-claims long-poll an empty queue."""
+claims long-poll an empty queue.
+
+Served in process, but for the long poll a worker hangs up on: that one needs a real
+``taskledger serve`` (a client-side read timeout closing the connection, which the server sees)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from scripts.processors import text_chunks
 
 
 @pytest.fixture(scope="module")
-def ledger(make_module_ledger):
+def ledger(make_module_ledger_in_process):
     """Shared by the tests here; each leaves the queue empty (what it creates, it claims)."""
-    return make_module_ledger()
+    return make_module_ledger_in_process()
 
 
 def claim_new_task(ledger, holder: str, content: bytes = b"lease test words") -> str:
@@ -105,7 +108,8 @@ def test_long_poll_on_an_empty_queue_returns_204_after_the_wait(ledger):
     assert elapsed >= 2.0 - 0.05  # it waited the whole wait (the server measures the same span)
 
 
-def test_a_long_poll_abandoned_by_its_worker_claims_nothing(ledger):
+def test_a_long_poll_abandoned_by_its_worker_claims_nothing(make_ledger):
+    ledger = make_ledger()
     with httpx.Client(
         base_url=ledger.api,
         headers={"Authorization": ledger.worker_key},
@@ -128,8 +132,8 @@ def test_a_long_poll_abandoned_by_its_worker_claims_nothing(ledger):
     assert live.status_code == 200 and live.json()["task_id"] == task_id, live.text
 
 
-def test_a_task_whose_leases_keep_running_out_times_out(make_ledger):
-    ledger = make_ledger("--max-attempts", "2", "--sweep-interval", "0.2")
+def test_a_task_whose_leases_keep_running_out_times_out(make_ledger_in_process):
+    ledger = make_ledger_in_process(max_attempts=2, sweep_interval=0.2)
     task_id = ledger.create(b"nobody finishes me")["task_id"]
 
     first = ledger.claim("sleepy-1", lease_seconds=1)
