@@ -51,8 +51,15 @@ class Server:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "scripts.cli", "serve",
-                "--db", str(self.db), "--port", str(self.port), *self.extra,
+                sys.executable,
+                "-m",
+                "scripts.cli",
+                "serve",
+                "--db",
+                str(self.db),
+                "--port",
+                str(self.port),
+                *self.extra,
             ],
             stdout=subprocess.PIPE,
             stderr=self._log,

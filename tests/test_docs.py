@@ -32,8 +32,18 @@ COMMANDS = all_commands(cli)
 
 
 EVERY_COMMAND = [
-    "backup", "bench", "export", "history", "import", "keys", "rebuild", "replay", "serve", "tail",
-    "verify", "worker",
+    "backup",
+    "bench",
+    "export",
+    "history",
+    "import",
+    "keys",
+    "rebuild",
+    "replay",
+    "serve",
+    "tail",
+    "verify",
+    "worker",
 ]
 
 
@@ -41,7 +51,11 @@ def fresh_python(code: str) -> str:
     """Run ``code`` in a new interpreter (nothing imported yet) and return its stdout."""
     result = subprocess.run(
         [sys.executable, "-c", code],
-        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -57,7 +71,8 @@ def test_importing_the_group_alone_gives_every_command():
 def test_the_command_modules_do_not_import_the_group():
     # No import cycle: scripts.ops (and the options it shares with scripts.cli) stand alone.
     out = fresh_python(
-        "import sys, scripts.ops, scripts.options, scripts.bench; print('scripts.cli' in sys.modules)"
+        "import sys, scripts.ops, scripts.options, scripts.bench;"
+        " print('scripts.cli' in sys.modules)"
     )
     assert out.strip() == "False"
 
@@ -65,8 +80,19 @@ def test_the_command_modules_do_not_import_the_group():
 def test_the_command_line_has_the_commands_the_issues_ask_for():
     names = {name for name, _ in COMMANDS}
     assert {
-        "serve", "keys create", "keys list", "keys revoke", "worker", "replay", "history", "tail",
-        "verify", "rebuild", "export", "import", "backup",
+        "serve",
+        "keys create",
+        "keys list",
+        "keys revoke",
+        "worker",
+        "replay",
+        "history",
+        "tail",
+        "verify",
+        "rebuild",
+        "export",
+        "import",
+        "backup",
     } <= names
 
 
@@ -83,7 +109,12 @@ def test_every_command_is_in_the_readme(name):
 
 
 def test_the_readme_has_exactly_the_two_setup_commands_and_ci_runs_the_test_one():
-    blocks = re.findall(r"```\n(.*?)\n```", README.split("## Set up", 1)[1].split("\n## ", 1)[0], re.S)
-    assert blocks == ["pip install . && taskledger serve", "pip install -e '.[test]' && python -m pytest"]
+    blocks = re.findall(
+        r"```\n(.*?)\n```", README.split("## Set up", 1)[1].split("\n## ", 1)[0], re.S
+    )
+    assert blocks == [
+        "pip install . && taskledger serve",
+        "pip install -e '.[test]' && python -m pytest",
+    ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert blocks[1] in ci.splitlines()

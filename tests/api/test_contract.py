@@ -16,8 +16,16 @@ from ledger import __version__
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 TASK_KEYS = {
-    "task_id", "status", "message", "created_at", "started_at", "finished_at", "expires_at",
-    "configuration", "output", "task_url",
+    "task_id",
+    "status",
+    "message",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "expires_at",
+    "configuration",
+    "output",
+    "task_url",
 }
 DEFAULTS = {
     "error_handling": "Fail",
@@ -166,7 +174,9 @@ def test_get_includes_chunks_by_default(alice, create, ledger):
     assert got["status"] == "Succeeded"
     assert got["output"]["chunks"] == output["chunks"]
     assert (got["output"]["file_name"], got["output"]["page_count"], got["output"]["pdf_url"]) == (
-        "a.txt", 1, None,
+        "a.txt",
+        1,
+        None,
     )
     without = alice.get(f"/task/{task['task_id']}", params={"include_chunks": "false"}).json()
     assert without["output"]["chunks"] == []
@@ -257,10 +267,16 @@ def test_cancelling_a_pending_update_restores_the_prior_state(alice, create, led
     assert after["output"] == before["output"]
     assert after["output"]["chunks"] == output["chunks"]
     assert (after["message"], after["finished_at"], after["expires_at"]) == (
-        before["message"], before["finished_at"], before["expires_at"],
+        before["message"],
+        before["finished_at"],
+        before["expires_at"],
     )
     assert ledger.event_types(task["task_id"]) == [
-        "task_created", "claimed", "succeeded", "update_requested", "cancelled",
+        "task_created",
+        "claimed",
+        "succeeded",
+        "update_requested",
+        "cancelled",
     ]
 
 
@@ -434,7 +450,8 @@ def test_a_failed_task_can_be_updated_and_deleted(alice, create, ledger):
     updated = alice.patch(f"/task/{task['task_id']}/parse", json={"high_resolution": False})
     assert updated.status_code == 200
     assert (updated.json()["status"], updated.json()["configuration"]["high_resolution"]) == (
-        "Starting", False,
+        "Starting",
+        False,
     )
     alice.get(f"/task/{task['task_id']}/cancel")
     assert alice.get(f"/task/{task['task_id']}").json()["status"] == "Failed"
@@ -517,9 +534,10 @@ def test_concurrent_cancels_have_one_winner(server, user_keys, alice, create, le
     url = f"/task/{task['task_id']}/cancel"
     results = race(server, user_keys["alice"], 8, lambda c: c.get(url))
     answers = sorted((r.status_code, r.text) for r in results)
-    assert answers == [(200, "Task cancelled")] + [
-        (400, "Task cannot be cancelled: status is Cancelled")
-    ] * 7
+    assert (
+        answers
+        == [(200, "Task cancelled")] + [(400, "Task cannot be cancelled: status is Cancelled")] * 7
+    )
     assert ledger.event_types(task["task_id"]) == ["task_created", "cancelled"]
 
 

@@ -22,13 +22,20 @@ def test_an_expired_task_cannot_be_updated_cancelled_or_deleted_before_the_sweep
         task_id = created.json()["task_id"]
         store = Store(server.db)
         now = datetime.now(UTC)
-        output = json.dumps({"chunks": [], "file_name": None, "page_count": 1, "pdf_url": None}).encode()
+        output = json.dumps(
+            {"chunks": [], "file_name": None, "page_count": 1, "pdf_url": None}
+        ).encode()
         env = Envelope(recorded_at=now)
         store.handler.execute(
-            ClaimTask(task_id=task_id, at=now, worker_id="w", lease_until=now + timedelta(minutes=5)), env
+            ClaimTask(
+                task_id=task_id, at=now, worker_id="w", lease_until=now + timedelta(minutes=5)
+            ),
+            env,
         )
         store.handler.execute(
-            CompleteTask(task_id=task_id, at=now, worker_id="w", output=blob_ref(output)), env, blobs=[output]
+            CompleteTask(task_id=task_id, at=now, worker_id="w", output=blob_ref(output)),
+            env,
+            blobs=[output],
         )
         assert client.get(f"/task/{task_id}").status_code == 200
         time.sleep(1.5)  # past expires_at; no sweeper runs (sweep_interval=0)

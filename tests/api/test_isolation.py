@@ -34,7 +34,8 @@ def succeeded(alice, create, ledger):
 ROUTES = {
     "get": ("starting", lambda c, t: c.get(f"/task/{t}")),
     "get_as_of_version": (
-        "starting", lambda c, t: c.get(f"/task/{t}", params={"as_of_version": 1})
+        "starting",
+        lambda c, t: c.get(f"/task/{t}", params={"as_of_version": 1}),
     ),
     "get_input": ("starting", lambda c, t: c.get(f"/task/{t}/input")),
     "update": (

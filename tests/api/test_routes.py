@@ -23,13 +23,15 @@ def test_the_schema_documents_what_the_routes_read(server):
     assert {"type": "integer"} in as_of_version["oneOf"] and as_of_version["minimum"] == 1
     assert params["include_chunks"]["schema"]["type"] == "boolean"
     assert get_task["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "TaskResponse")
+        "TaskResponse"
+    )
     create = spec["paths"]["/api/v1/task/parse"]["post"]
     body = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert "file" in spec["components"]["schemas"][body.rsplit("/", 1)[1]]["properties"]
     claim = spec["paths"]["/api/v1/worker/claim"]["post"]
     assert claim["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "ClaimedTaskResponse")
+        "ClaimedTaskResponse"
+    )
     listing = spec["paths"]["/api/v1/tasks"]["get"]
     params = {p["name"]: p["schema"] for p in listing["parameters"]}
     assert {"type": "integer"} in params["limit"]["oneOf"]
@@ -51,8 +53,11 @@ def test_the_log_line_carries_the_command_and_the_request_id(real_server, create
     assert response.headers["x-request-id"] == "trace-42"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        lines = [json.loads(line) for line in server.log_path.read_text().splitlines()
-                 if line.startswith("{")]
+        lines = [
+            json.loads(line)
+            for line in server.log_path.read_text().splitlines()
+            if line.startswith("{")
+        ]
         mine = [line for line in lines if line.get("request_id") == "trace-42"]
         if mine:
             break
@@ -67,15 +72,20 @@ def test_the_log_line_carries_the_command_and_the_request_id(real_server, create
 
 def test_query_values_are_checked(alice, create):
     task = create(alice)
-    for query, name in [("include_chunks=maybe", "include_chunks"),
-                        ("base64_urls=2x", "base64_urls"),
-                        ("as_of_version=0", "as_of_version"),
-                        ("as_of_version=-1", "as_of_version"),
-                        ("as_of=yesterday", "as_of")]:
+    for query, name in [
+        ("include_chunks=maybe", "include_chunks"),
+        ("base64_urls=2x", "base64_urls"),
+        ("as_of_version=0", "as_of_version"),
+        ("as_of_version=-1", "as_of_version"),
+        ("as_of=yesterday", "as_of"),
+    ]:
         response = alice.get(f"/task/{task['task_id']}?{query}")
         assert response.status_code == 400, query
         assert name in response.text and response.headers["content-type"].startswith("text/plain")
-    assert alice.get(f"/task/{task['task_id']}?include_chunks=false&base64_urls=true").status_code == 200
+    assert (
+        alice.get(f"/task/{task['task_id']}?include_chunks=false&base64_urls=true").status_code
+        == 200
+    )
     assert alice.get(f"/task/{task['task_id']}?as_of_version=1").json()["status"] == "Starting"
 
 

@@ -128,19 +128,27 @@ def test_authorize_reads_the_table_and_nothing_else(use_case, role):
 
 
 def test_the_service_imports_nothing_from_litestar():
-    code = "import sys, api.service, api.composition; print(sorted(m for m in sys.modules if m.split('.')[0] == 'litestar'))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    code = (
+        "import sys, api.service, api.composition;"
+        " print(sorted(m for m in sys.modules if m.split('.')[0] == 'litestar'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_the_app_is_built_without_a_deprecation_warning(tmp_path):
     code = (
-        "from pathlib import Path; from api.app import create_app; from api.settings import Settings;"
+        "from pathlib import Path; from api.app import create_app;"
+        " from api.settings import Settings;"
         f" create_app(Settings(db_path=Path({str(tmp_path / 'x.db')!r})))"
     )
     run = subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr
 

@@ -249,5 +249,3 @@ class Burst:
 
     def is_marker(self, event: dict[str, Any]) -> bool:
         return event["type"] == "task_created" and event["data"].get("file_name") == self.marker
-
-

@@ -125,7 +125,11 @@ def test_exporting_the_imported_database_gives_the_same_file(imported, exported,
 def test_the_imported_database_answers_as_the_original(known, restored, server, clients):
     new, new_clients = restored
     ids = [
-        known.story.task_id, known.succeeded, known.failed_update, known.cancelled, known.queued,
+        known.story.task_id,
+        known.succeeded,
+        known.failed_update,
+        known.cancelled,
+        known.queued,
     ]
     for name in ("alice", "admin"):
         old, again = clients[name], new_clients[name]

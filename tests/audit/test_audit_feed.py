@@ -134,10 +134,7 @@ def test_a_users_feed_holds_exactly_their_own_tasks_events(
     events = page_until(clients["alice"], UntilDrained(writes), limit=23)
     writes.wait()
 
-    alices = {
-        row[0]
-        for row in query(server.db, "SELECT task_id FROM tasks WHERE owner = 'alice'")
-    }
+    alices = {row[0] for row in query(server.db, "SELECT task_id FROM tasks WHERE owner = 'alice'")}
     assert writes.tasks_of(0, 2) <= alices
     assert not writes.tasks_of(1, 3) & alices
     positions = [e["position"] for e in events]

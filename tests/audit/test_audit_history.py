@@ -33,7 +33,13 @@ from audit_support import (
 STORY_TYPES = ["task_created", "claimed", "succeeded", "update_requested", "cancelled"]
 #: What the cancel of the update must restore, field for field.
 RESTORED_FIELDS = (
-    "status", "message", "configuration", "output", "started_at", "finished_at", "expires_at",
+    "status",
+    "message",
+    "configuration",
+    "output",
+    "started_at",
+    "finished_at",
+    "expires_at",
 )
 
 
@@ -172,7 +178,7 @@ def test_a_version_the_task_never_had_is_refused(story, clients, version):
 def test_as_of_between_two_events_is_the_state_after_the_earlier(story, events, clients):
     alice = clients["alice"]
     recorded = [when(e["recorded_at"]) for e in events]
-    for version, (earlier, later) in enumerate(zip(recorded, recorded[1:]), start=1):
+    for version, (earlier, later) in enumerate(zip(recorded, recorded[1:], strict=False), start=1):
         middle = earlier + (later - earlier) / 2
         assert earlier < middle < later
         response = as_of(alice, story.task_id, rfc3339(middle))
@@ -291,7 +297,11 @@ def test_replay_prints_one_json_line_per_event_with_the_state_after_it(replayed,
     assert [r["position"] for r in replayed] == [e["position"] for e in events]
     assert [r["state"]["version"] for r in replayed] == [1, 2, 3, 4, 5]
     assert [r["state"]["status"] for r in replayed] == [
-        "Starting", "Processing", "Succeeded", "Starting", "Succeeded",
+        "Starting",
+        "Processing",
+        "Succeeded",
+        "Starting",
+        "Succeeded",
     ]
     assert replayed[3]["state"]["configuration"]["chunk_processing"]["target_length"] == 7
     assert replayed[3]["state"]["prior"]["status"] == "Succeeded"
@@ -335,9 +345,12 @@ def test_history_command_prints_the_events_as_json_lines(story, server, events):
     assert result.returncode == 0, result.stderr
     lines = json_lines(result.stdout)
     assert len(lines) == len(events)
-    for line, event in zip(lines, events):
+    for line, event in zip(lines, events, strict=False):
         assert (line["position"], line["version"], line["type"], line["task_id"]) == (
-            event["position"], event["version"], event["type"], event["task_id"],
+            event["position"],
+            event["version"],
+            event["type"],
+            event["task_id"],
         )
         assert line["actor"] == event["actor"]
         assert line["request_id"] == event["request_id"]

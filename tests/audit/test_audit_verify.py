@@ -89,8 +89,10 @@ def tampered_state(db: Path, task_id: str, **changes) -> str:
 
 def position_of(db: Path, task_id: str, version: int) -> int:
     return query(
-        db, "SELECT position FROM events WHERE stream_id = ? AND version = ?",
-        f"task-{task_id}", version,
+        db,
+        "SELECT position FROM events WHERE stream_id = ? AND version = ?",
+        f"task-{task_id}",
+        version,
     )[0][0]
 
 
@@ -182,7 +184,9 @@ def test_verify_names_the_position_of_an_event_whose_data_was_replaced_by_garbag
     code, differences = verify(db)
     assert code == 1
     assert (
-        "chain", position, known.cancelled,
+        "chain",
+        position,
+        known.cancelled,
     ) in [(d["kind"], d["position"], d["task_id"]) for d in differences]
 
 

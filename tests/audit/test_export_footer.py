@@ -22,9 +22,15 @@ def records(tmp_path):
     for n in range(3):
         task_id, data = str(uuid.uuid4()), f"file {n}".encode()
         store.handler.execute(
-            CreateTask(task_id=task_id, at=datetime.now(UTC), owner="o", configuration={},
-                       file=blob_ref(data)),
-            env, blobs=[data],
+            CreateTask(
+                task_id=task_id,
+                at=datetime.now(UTC),
+                owner="o",
+                configuration={},
+                file=blob_ref(data),
+            ),
+            env,
+            blobs=[data],
         )
         store.handler.execute(CancelTask(task_id=task_id, at=datetime.now(UTC)), env)
     exported = list(store.backend.export_records())

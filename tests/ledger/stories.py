@@ -89,14 +89,17 @@ def created(task_id: str = ID, t: float = 0, **kw) -> TaskCreated:
     return TaskCreated(task_id=task_id, at=at(t), **fields)
 
 
-def claimed(task_id: str = ID, t: float = 1, worker: str = WORKER, attempt: int = 1,
-            lease: float = 30) -> Claimed:
-    return Claimed(task_id=task_id, at=at(t), worker_id=worker, lease_until=at(t + lease),
-                   attempt=attempt)
+def claimed(
+    task_id: str = ID, t: float = 1, worker: str = WORKER, attempt: int = 1, lease: float = 30
+) -> Claimed:
+    return Claimed(
+        task_id=task_id, at=at(t), worker_id=worker, lease_until=at(t + lease), attempt=attempt
+    )
 
 
-def succeeded(task_id: str = ID, t: float = 2, worker: str = WORKER,
-              output: BlobRef = OUTPUT) -> Succeeded:
+def succeeded(
+    task_id: str = ID, t: float = 2, worker: str = WORKER, output: BlobRef = OUTPUT
+) -> Succeeded:
     return Succeeded(task_id=task_id, at=at(t), worker_id=worker, output=output)
 
 
@@ -104,14 +107,21 @@ def failed(task_id: str = ID, t: float = 2, worker: str = WORKER, error: str = "
     return Failed(task_id=task_id, at=at(t), worker_id=worker, error=error)
 
 
-def update_requested(task_id: str = ID, t: float = 3, configuration=None,
-                     expires_in: int | None = EXPIRES_IN) -> UpdateRequested:
-    return UpdateRequested(task_id=task_id, at=at(t), configuration=configuration or CONFIG,
-                           expires_in=expires_in)
+def update_requested(
+    task_id: str = ID, t: float = 3, configuration=None, expires_in: int | None = EXPIRES_IN
+) -> UpdateRequested:
+    return UpdateRequested(
+        task_id=task_id, at=at(t), configuration=configuration or CONFIG, expires_in=expires_in
+    )
 
 
-def lease_expired(task_id: str = ID, t: float = 31, worker: str = WORKER, attempt: int = 1,
-                  reason: str = "expired") -> LeaseExpired:
+def lease_expired(
+    task_id: str = ID,
+    t: float = 31,
+    worker: str = WORKER,
+    attempt: int = 1,
+    reason: str = "expired",
+) -> LeaseExpired:
     return LeaseExpired(task_id=task_id, at=at(t), worker_id=worker, attempt=attempt, reason=reason)
 
 

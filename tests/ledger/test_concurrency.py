@@ -39,8 +39,11 @@ def claim(task_id):
 def create_tasks(store, n):
     ids = [new_id() for _ in range(n)]
     requests = [
-        Request(command=CreateTask(task_id=t, at=at(0), owner="alice", configuration={},
-                                   file=FILE), envelope=envelope(at(0)), blobs=(FILE_BYTES,))
+        Request(
+            command=CreateTask(task_id=t, at=at(0), owner="alice", configuration={}, file=FILE),
+            envelope=envelope(at(0)),
+            blobs=(FILE_BYTES,),
+        )
         for t in ids
     ]
     results = store.handler.execute_batch(requests)
@@ -71,8 +74,10 @@ def race_in_threads(store_a, store_b, ids):
             errors.append(exc)
             barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(store_a, "cancel", cancel)),
-               threading.Thread(target=worker, args=(store_b, "claim", claim))]
+    threads = [
+        threading.Thread(target=worker, args=(store_a, "cancel", cancel)),
+        threading.Thread(target=worker, args=(store_b, "claim", claim)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -96,8 +101,9 @@ def assert_one_winner_per_task(store, ids, results) -> dict[str, int]:
             wins["claim"] += 1
             assert cancelled == ("InvalidTransition", CANCEL_LOST)
             assert claimed == "won"
-            assert stream[1] == Claimed(task_id=task_id, at=at(10), worker_id="w1",
-                                        lease_until=at(40), attempt=1)
+            assert stream[1] == Claimed(
+                task_id=task_id, at=at(10), worker_id="w1", lease_until=at(40), attempt=1
+            )
             assert store.state(task_id).status == "Processing"
     check_consistent(store)  # projection == fold for every stream, queue now empty
     assert store.views.queue_entries() == []
@@ -134,8 +140,11 @@ def test_many_threads_claiming_the_head_of_the_queue_each_get_a_different_task(s
     lock = threading.Lock()
 
     def drain(worker_id):
-        source = store.claim_source(lambda task_id: ClaimTask(
-            task_id=task_id, at=at(10), worker_id=worker_id, lease_until=at(40)))
+        source = store.claim_source(
+            lambda task_id: ClaimTask(
+                task_id=task_id, at=at(10), worker_id=worker_id, lease_until=at(40)
+            )
+        )
         while True:
             try:
                 outcome = store.handler.execute(source, envelope(at(10), role="worker"))
@@ -203,8 +212,13 @@ def test_cancel_and_claim_race_from_two_processes(tmp_path):
         racers = {
             role: subprocess.Popen(
                 [sys.executable, str(script), str(path), role, str(ids_file)],
-                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for role in ("cancel", "claim")
         }
         for proc in racers.values():
@@ -217,8 +231,10 @@ def test_cancel_and_claim_race_from_two_processes(tmp_path):
         for role, proc in racers.items():
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err
-            results[role] = {task_id: result if result == "won" else tuple(result)
-                             for task_id, result in map(json.loads, out.splitlines())}
+            results[role] = {
+                task_id: result if result == "won" else tuple(result)
+                for task_id, result in map(json.loads, out.splitlines())
+            }
         assert set(results["cancel"]) == set(results["claim"]) == set(ids)
         wins = assert_one_winner_per_task(store, ids, results)
         assert wins["cancel"] + wins["claim"] == len(ids)
@@ -275,4 +291,3 @@ def test_a_conflict_inside_a_transaction_rolls_back_its_earlier_writes(tmp_path)
         assert [r.position for r in log.read_all()] == [1]
     finally:
         log.close()
-

@@ -76,8 +76,10 @@ def kill_a_writer(path: Path, script: Path, round_: int) -> list[str]:
     """Start the writer, let it run about a second, SIGKILL it; the ids it reported."""
     proc = subprocess.Popen(
         [sys.executable, str(script), str(path), str(round_)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
@@ -115,8 +117,12 @@ def test_every_reported_task_survives_sigkill_and_the_file_stays_consistent(tmp_
                 assert stream, f"task {task_id} was reported created but is not in the log"
                 assert isinstance(stream[0].event, TaskCreated)
                 state = store.state(task_id)
-                assert state is not None and state.status in ("Starting", "Processing",
-                                                              "Succeeded", "Cancelled")
+                assert state is not None and state.status in (
+                    "Starting",
+                    "Processing",
+                    "Succeeded",
+                    "Cancelled",
+                )
                 assert store.log.get_blob(stream[0].event.file) is not None
             # Reported ids were created in the order they were reported.
             positions = [streams[stream_id_for(t)][0].position for t in ids]

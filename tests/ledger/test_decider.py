@@ -93,8 +93,15 @@ def state_of(given):
 
 SWEPT = at(100 + EXPIRES_IN)
 WHEN = {
-    "CreateTask": CreateTask(task_id=ID, at=NOW, owner=OWNER, configuration=CONFIG, file=FILE,
-                             file_name="doc.pdf", expires_in=EXPIRES_IN),
+    "CreateTask": CreateTask(
+        task_id=ID,
+        at=NOW,
+        owner=OWNER,
+        configuration=CONFIG,
+        file=FILE,
+        file_name="doc.pdf",
+        expires_in=EXPIRES_IN,
+    ),
     "UpdateTask": UpdateTask(task_id=ID, at=NOW, configuration=PATCH),
     "CancelTask": CancelTask(task_id=ID, at=NOW, reason="no longer needed"),
     "DeleteTask": DeleteTask(task_id=ID, at=NOW),
@@ -125,8 +132,17 @@ def lease_lost(status: str, worker: str = WORKER) -> Refused:
 
 # -- then: the table. Columns in the order of STATUSES. ----------------------------------------
 
-E_CREATED = [TaskCreated(task_id=ID, at=NOW, owner=OWNER, configuration=CONFIG, file=FILE,
-                         file_name="doc.pdf", expires_in=EXPIRES_IN)]
+E_CREATED = [
+    TaskCreated(
+        task_id=ID,
+        at=NOW,
+        owner=OWNER,
+        configuration=CONFIG,
+        file=FILE,
+        file_name="doc.pdf",
+        expires_in=EXPIRES_IN,
+    )
+]
 E_UPDATE = [UpdateRequested(task_id=ID, at=NOW, configuration=MERGED, expires_in=EXPIRES_IN)]
 E_CANCEL = [Cancelled(task_id=ID, at=NOW, reason="no longer needed")]
 E_DELETE = [Deleted(task_id=ID, at=NOW)]
@@ -138,34 +154,99 @@ E_FAIL = [Failed(task_id=ID, at=NOW, worker_id=WORKER, error="kaput")]
 E_LEASE_EXPIRED = [LeaseExpired(task_id=ID, at=NOW, worker_id=WORKER, attempt=1)]
 E_EXPIRED = [Expired(task_id=ID, at=SWEPT)]
 
-#            never      new                          pending update               Processing                    Succeeded                    Failed                       Cancelled                    deleted    expired
+# Each row: what the command gives in each of STATUSES, in order: never created, new, pending
+# update, Processing, Succeeded, Failed, Cancelled, deleted, expired.
 THEN = {
     "CreateTask": [E_CREATED, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS, EXISTS],
-    "UpdateTask": [NOT_FOUND, cannot("updated", "Starting"), cannot("updated", "Starting"),
-                   cannot("updated", "Processing"), E_UPDATE, E_UPDATE,
-                   cannot("updated", "Cancelled"), NOT_FOUND, NOT_FOUND],
-    "CancelTask": [NOT_FOUND, E_CANCEL, E_CANCEL, cannot("cancelled", "Processing"),
-                   cannot("cancelled", "Succeeded"), cannot("cancelled", "Failed"),
-                   cannot("cancelled", "Cancelled"), NOT_FOUND, NOT_FOUND],
-    "DeleteTask": [NOT_FOUND, cannot("deleted", "Starting"), cannot("deleted", "Starting"),
-                   cannot("deleted", "Processing"), E_DELETE, E_DELETE, E_DELETE,
-                   NOT_FOUND, NOT_FOUND],
+    "UpdateTask": [
+        NOT_FOUND,
+        cannot("updated", "Starting"),
+        cannot("updated", "Starting"),
+        cannot("updated", "Processing"),
+        E_UPDATE,
+        E_UPDATE,
+        cannot("updated", "Cancelled"),
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
+    "CancelTask": [
+        NOT_FOUND,
+        E_CANCEL,
+        E_CANCEL,
+        cannot("cancelled", "Processing"),
+        cannot("cancelled", "Succeeded"),
+        cannot("cancelled", "Failed"),
+        cannot("cancelled", "Cancelled"),
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
+    "DeleteTask": [
+        NOT_FOUND,
+        cannot("deleted", "Starting"),
+        cannot("deleted", "Starting"),
+        cannot("deleted", "Processing"),
+        E_DELETE,
+        E_DELETE,
+        E_DELETE,
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
     # A pending update is a new run: its first claim is attempt 1 again.
-    "ClaimTask": [NOT_FOUND, E_CLAIM_1, E_CLAIM_1, cannot("claimed", "Processing"),
-                  cannot("claimed", "Succeeded"), cannot("claimed", "Failed"),
-                  cannot("claimed", "Cancelled"), NOT_FOUND, NOT_FOUND],
-    "ExtendLease": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_EXTEND,
-                    lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
-                    NOT_FOUND, NOT_FOUND],
-    "ReleaseTask": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_RELEASE,
-                    lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
-                    NOT_FOUND, NOT_FOUND],
-    "CompleteTask": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_COMPLETE,
-                     lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
-                     NOT_FOUND, NOT_FOUND],
-    "FailTask": [NOT_FOUND, lease_lost("Starting"), lease_lost("Starting"), E_FAIL,
-                 lease_lost("Succeeded"), lease_lost("Failed"), lease_lost("Cancelled"),
-                 NOT_FOUND, NOT_FOUND],
+    "ClaimTask": [
+        NOT_FOUND,
+        E_CLAIM_1,
+        E_CLAIM_1,
+        cannot("claimed", "Processing"),
+        cannot("claimed", "Succeeded"),
+        cannot("claimed", "Failed"),
+        cannot("claimed", "Cancelled"),
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
+    "ExtendLease": [
+        NOT_FOUND,
+        lease_lost("Starting"),
+        lease_lost("Starting"),
+        E_EXTEND,
+        lease_lost("Succeeded"),
+        lease_lost("Failed"),
+        lease_lost("Cancelled"),
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
+    "ReleaseTask": [
+        NOT_FOUND,
+        lease_lost("Starting"),
+        lease_lost("Starting"),
+        E_RELEASE,
+        lease_lost("Succeeded"),
+        lease_lost("Failed"),
+        lease_lost("Cancelled"),
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
+    "CompleteTask": [
+        NOT_FOUND,
+        lease_lost("Starting"),
+        lease_lost("Starting"),
+        E_COMPLETE,
+        lease_lost("Succeeded"),
+        lease_lost("Failed"),
+        lease_lost("Cancelled"),
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
+    "FailTask": [
+        NOT_FOUND,
+        lease_lost("Starting"),
+        lease_lost("Starting"),
+        E_FAIL,
+        lease_lost("Succeeded"),
+        lease_lost("Failed"),
+        lease_lost("Cancelled"),
+        NOT_FOUND,
+        NOT_FOUND,
+    ],
     # The sweepers never raise: nothing to do is [].
     "ExpireLease": [[], [], [], E_LEASE_EXPIRED, [], [], [], [], []],
     "ExpireTask": [[], [], [], [], E_EXPIRED, E_EXPIRED, E_EXPIRED, [], []],
@@ -176,31 +257,62 @@ THEN = {
 PRIOR_SUCCEEDED_MESSAGE = "Task succeeded"
 AFTER = {
     ("never-created", "CreateTask"): ("Starting", "Task queued", None, EXISTS),
-    ("Succeeded", "UpdateTask"): ("Starting", "Task queued for update", None,
-                                  cannot("updated", "Starting")),
-    ("Failed", "UpdateTask"): ("Starting", "Task queued for update", None,
-                               cannot("updated", "Starting")),
-    ("Starting (new)", "CancelTask"): ("Cancelled", "Task cancelled", None,
-                                       cannot("cancelled", "Cancelled")),
+    ("Succeeded", "UpdateTask"): (
+        "Starting",
+        "Task queued for update",
+        None,
+        cannot("updated", "Starting"),
+    ),
+    ("Failed", "UpdateTask"): (
+        "Starting",
+        "Task queued for update",
+        None,
+        cannot("updated", "Starting"),
+    ),
+    ("Starting (new)", "CancelTask"): (
+        "Cancelled",
+        "Task cancelled",
+        None,
+        cannot("cancelled", "Cancelled"),
+    ),
     # Cancelling a pending update puts the task back as it was: Succeeded.
-    ("Starting (pending update)", "CancelTask"): ("Succeeded", PRIOR_SUCCEEDED_MESSAGE, None,
-                                                  cannot("cancelled", "Succeeded")),
+    ("Starting (pending update)", "CancelTask"): (
+        "Succeeded",
+        PRIOR_SUCCEEDED_MESSAGE,
+        None,
+        cannot("cancelled", "Succeeded"),
+    ),
     ("Succeeded", "DeleteTask"): ("Succeeded", "Task succeeded", "deleted", NOT_FOUND),
     ("Failed", "DeleteTask"): ("Failed", "boom", "deleted", NOT_FOUND),
     ("Cancelled", "DeleteTask"): ("Cancelled", "Task cancelled", "deleted", NOT_FOUND),
-    ("Starting (new)", "ClaimTask"): ("Processing", "Task started", None,
-                                      cannot("claimed", "Processing")),
-    ("Starting (pending update)", "ClaimTask"): ("Processing", "Task started", None,
-                                                 cannot("claimed", "Processing")),
+    ("Starting (new)", "ClaimTask"): (
+        "Processing",
+        "Task started",
+        None,
+        cannot("claimed", "Processing"),
+    ),
+    ("Starting (pending update)", "ClaimTask"): (
+        "Processing",
+        "Task started",
+        None,
+        cannot("claimed", "Processing"),
+    ),
     # A heartbeat may repeat: the lease is simply extended again.
     ("Processing", "ExtendLease"): ("Processing", "Task started", None, E_EXTEND),
-    ("Processing", "ReleaseTask"): ("Starting", "Task re-queued: the worker released it", None,
-                                    lease_lost("Starting")),
-    ("Processing", "CompleteTask"): ("Succeeded", "Task succeeded", None,
-                                     lease_lost("Succeeded")),
+    ("Processing", "ReleaseTask"): (
+        "Starting",
+        "Task re-queued: the worker released it",
+        None,
+        lease_lost("Starting"),
+    ),
+    ("Processing", "CompleteTask"): ("Succeeded", "Task succeeded", None, lease_lost("Succeeded")),
     ("Processing", "FailTask"): ("Failed", "kaput", None, lease_lost("Failed")),
-    ("Processing", "ExpireLease"): ("Starting", "Task re-queued: the worker's lease expired",
-                                    None, []),
+    ("Processing", "ExpireLease"): (
+        "Starting",
+        "Task re-queued: the worker's lease expired",
+        None,
+        [],
+    ),
     ("Succeeded", "ExpireTask"): ("Succeeded", "Task succeeded", "expired", []),
     ("Failed", "ExpireTask"): ("Failed", "boom", "expired", []),
     ("Cancelled", "ExpireTask"): ("Cancelled", "Task cancelled", "expired", []),
@@ -225,7 +337,12 @@ def tell(story, then) -> None:
 def test_the_table_covers_every_status_and_command():
     assert set(THEN) == set(WHEN)
     assert all(len(row) == len(STATUSES) for row in THEN.values())
-    appending = {(s, c) for c in THEN for s, t in zip(STATUSES, THEN[c]) if isinstance(t, list) and t}
+    appending = {
+        (s, c)
+        for c in THEN
+        for s, t in zip(STATUSES, THEN[c], strict=True)
+        if isinstance(t, list) and t
+    }
     assert appending == set(AFTER)
 
 
@@ -271,11 +388,17 @@ def test_another_owners_task_is_not_found(history, command):
     ("history", "command", "then"),
     [
         ("Succeeded", UpdateTask(task_id=ID, at=NOW, configuration=PATCH, owner=OWNER), E_UPDATE),
-        ("Starting (new)", CancelTask(task_id=ID, at=NOW, owner=OWNER, reason="no longer needed"),
-         E_CANCEL),
+        (
+            "Starting (new)",
+            CancelTask(task_id=ID, at=NOW, owner=OWNER, reason="no longer needed"),
+            E_CANCEL,
+        ),
         ("Cancelled", DeleteTask(task_id=ID, at=NOW, owner=OWNER), E_DELETE),
-        ("Processing", CancelTask(task_id=ID, at=NOW, owner=OWNER),
-         cannot("cancelled", "Processing")),
+        (
+            "Processing",
+            CancelTask(task_id=ID, at=NOW, owner=OWNER),
+            cannot("cancelled", "Processing"),
+        ),
     ],
 )
 def test_the_owner_sees_its_own_task(history, command, then):
@@ -302,8 +425,12 @@ def test_a_worker_without_the_lease_is_refused(command):
 
 
 def test_a_worker_whose_lease_expired_cannot_complete_after_another_claimed():
-    story = given(created(), claimed(worker="w2"), lease_expired(worker="w2"),
-                  claimed(t=40, worker="w1", attempt=2))
+    story = given(
+        created(),
+        claimed(worker="w2"),
+        lease_expired(worker="w2"),
+        claimed(t=40, worker="w1", attempt=2),
+    )
     late = CompleteTask(task_id=ID, at=at(41), worker_id="w2", output=OUTPUT2)
     story.when(late).then_raises(LeaseLost, HELD_BY_ANOTHER)
     # ... and the current holder still can.
@@ -323,9 +450,11 @@ def test_expire_lease_before_lease_until_does_nothing():
 def test_a_heartbeat_moves_the_lease_end():
     heartbeat = LeaseExtended(task_id=ID, at=at(20), worker_id=WORKER, lease_until=at(80))
     # A heartbeat may repeat: the same command extends the lease again.
-    extended = given(created(), claimed(t=1, lease=30)).when(
-        ExtendLease(task_id=ID, at=at(20), worker_id=WORKER, lease_until=at(80))
-    ).then(heartbeat, again=[heartbeat])
+    extended = (
+        given(created(), claimed(t=1, lease=30))
+        .when(ExtendLease(task_id=ID, at=at(20), worker_id=WORKER, lease_until=at(80)))
+        .then(heartbeat, again=[heartbeat])
+    )
     assert extended.lease_until == at(80)
     story = given(created(), claimed(t=1, lease=30), heartbeat)
     story.when(ExpireLease(task_id=ID, at=at(31))).then()
@@ -340,15 +469,15 @@ def test_lease_expiry_requeues_until_attempts_are_exhausted():
         t = attempt * 100
         history.append(claimed(t=t, attempt=attempt))
         events = decide(ExpireLease(task_id=ID, at=at(t + 30)), fold(history))
-        assert events == [LeaseExpired(task_id=ID, at=at(t + 30), worker_id=WORKER,
-                                       attempt=attempt)]
+        assert events == [
+            LeaseExpired(task_id=ID, at=at(t + 30), worker_id=WORKER, attempt=attempt)
+        ]
         history += events
         assert fold(history).status == "Starting"
     history.append(claimed(t=300, attempt=3))
-    assert decide(ClaimTask(task_id=ID, at=at(1), worker_id="x", lease_until=at(2)),
-                  fold(history[:-1])) == [
-        Claimed(task_id=ID, at=at(1), worker_id="x", lease_until=at(2), attempt=3)
-    ]
+    assert decide(
+        ClaimTask(task_id=ID, at=at(1), worker_id="x", lease_until=at(2)), fold(history[:-1])
+    ) == [Claimed(task_id=ID, at=at(1), worker_id="x", lease_until=at(2), attempt=3)]
     events = decide(ExpireLease(task_id=ID, at=at(330)), fold(history))
     assert events == [
         LeaseExpired(task_id=ID, at=at(330), worker_id=WORKER, attempt=3),
@@ -360,8 +489,10 @@ def test_lease_expiry_requeues_until_attempts_are_exhausted():
     assert after.finished_at == at(330)
     assert after.expires_at == at(330 + EXPIRES_IN)
     assert decide(ExpireLease(task_id=ID, at=at(400)), after) == []
-    assert_outcome(outcome(ClaimTask(task_id=ID, at=at(400), worker_id="x", lease_until=at(401)),
-                           after), cannot("claimed", "Failed"))
+    assert_outcome(
+        outcome(ClaimTask(task_id=ID, at=at(400), worker_id="x", lease_until=at(401)), after),
+        cannot("claimed", "Failed"),
+    )
 
 
 def test_max_attempts_comes_from_the_command():
@@ -375,14 +506,22 @@ def test_max_attempts_comes_from_the_command():
 
 def test_an_update_gets_all_its_attempts_again():
     """Attempts count claims of one run; earlier runs must not eat into an update's retries."""
-    history = [created(), claimed(t=1), lease_expired(t=31), claimed(t=40, attempt=2),
-               succeeded(t=41), update_requested(t=50)]
+    history = [
+        created(),
+        claimed(t=1),
+        lease_expired(t=31),
+        claimed(t=40, attempt=2),
+        succeeded(t=41),
+        update_requested(t=50),
+    ]
     for n in (1, 2):
         t = 100 * n
-        claim = decide(ClaimTask(task_id=ID, at=at(t), worker_id=WORKER, lease_until=at(t + 30)),
-                       fold(history))
-        assert claim == [Claimed(task_id=ID, at=at(t), worker_id=WORKER, lease_until=at(t + 30),
-                                 attempt=n)]
+        claim = decide(
+            ClaimTask(task_id=ID, at=at(t), worker_id=WORKER, lease_until=at(t + 30)), fold(history)
+        )
+        assert claim == [
+            Claimed(task_id=ID, at=at(t), worker_id=WORKER, lease_until=at(t + 30), attempt=n)
+        ]
         history += claim
         requeue = decide(ExpireLease(task_id=ID, at=at(t + 30)), fold(history))
         assert requeue == [LeaseExpired(task_id=ID, at=at(t + 30), worker_id=WORKER, attempt=n)]
@@ -392,11 +531,16 @@ def test_an_update_gets_all_its_attempts_again():
 
 def test_release_requeues_without_using_up_an_attempt():
     released = lease_expired(t=5, attempt=1, reason="released")
-    after = given(created(), claimed(attempt=1)).when(
-        ReleaseTask(task_id=ID, at=at(5), worker_id=WORKER)
-    ).then(released)
+    after = (
+        given(created(), claimed(attempt=1))
+        .when(ReleaseTask(task_id=ID, at=at(5), worker_id=WORKER))
+        .then(released)
+    )
     assert (after.status, after.message, after.worker_id) == (
-        "Starting", "Task re-queued: the worker released it", None)
+        "Starting",
+        "Task re-queued: the worker released it",
+        None,
+    )
     # A worker that hands a task back on shutdown did not try it: the next claim is attempt 1
     # again, so restarting workers never runs a task out of attempts.
     given(created(), claimed(attempt=1), released).when(
@@ -433,8 +577,11 @@ def test_a_pending_update_does_not_expire_on_the_old_expiry():
 
 def test_update_merges_configuration_recursively():
     current = {
-        "chunk_processing": {"target_length": 512, "ignore_headers_and_footers": True,
-                             "tokenizer": {"name": "Word", "lowercase": False}},
+        "chunk_processing": {
+            "target_length": 512,
+            "ignore_headers_and_footers": True,
+            "tokenizer": {"name": "Word", "lowercase": False},
+        },
         "ocr_strategy": "All",
         "segmentation_strategy": "LayoutAnalysis",
     }
@@ -446,8 +593,11 @@ def test_update_merges_configuration_recursively():
     }
     (event,) = decide(UpdateTask(task_id=ID, at=NOW, configuration=patch), state)
     assert event.configuration == {
-        "chunk_processing": {"target_length": 7, "ignore_headers_and_footers": True,
-                             "tokenizer": {"name": "Word", "lowercase": True}},
+        "chunk_processing": {
+            "target_length": 7,
+            "ignore_headers_and_footers": True,
+            "tokenizer": {"name": "Word", "lowercase": True},
+        },
         "ocr_strategy": "Auto",
         "segmentation_strategy": "LayoutAnalysis",
         "high_resolution": True,
@@ -465,10 +615,14 @@ def test_merge_replaces_a_nested_object_with_a_scalar_and_back():
 
 
 def test_update_can_change_expires_in_through_the_configuration():
-    updated = given(created(), claimed(), succeeded()).when(
-        UpdateTask(task_id=ID, at=NOW, configuration={"expires_in": 5})
-    ).then(
-        UpdateRequested(task_id=ID, at=NOW, configuration={**CONFIG, "expires_in": 5}, expires_in=5)
+    updated = (
+        given(created(), claimed(), succeeded())
+        .when(UpdateTask(task_id=ID, at=NOW, configuration={"expires_in": 5}))
+        .then(
+            UpdateRequested(
+                task_id=ID, at=NOW, configuration={**CONFIG, "expires_in": 5}, expires_in=5
+            )
+        )
     )
     assert updated.expires_in == 5
     after = fold([claimed(t=101, attempt=1), succeeded(t=102)], updated)
@@ -477,12 +631,18 @@ def test_update_can_change_expires_in_through_the_configuration():
 
 def test_cancelling_a_pending_update_restores_the_prior_state():
     before = [created(), claimed(), succeeded()]
-    after = given(*before, update_requested(configuration=MERGED)).when(
-        CancelTask(task_id=ID, at=NOW)
-    ).then(Cancelled(task_id=ID, at=NOW), again=cannot("cancelled", "Succeeded"))
+    after = (
+        given(*before, update_requested(configuration=MERGED))
+        .when(CancelTask(task_id=ID, at=NOW))
+        .then(Cancelled(task_id=ID, at=NOW), again=cannot("cancelled", "Succeeded"))
+    )
     prior = fold(before)
     assert (after.status, after.message, after.configuration, after.output) == (
-        prior.status, prior.message, prior.configuration, prior.output)
+        prior.status,
+        prior.message,
+        prior.configuration,
+        prior.output,
+    )
     assert after.prior is None
 
 

@@ -19,9 +19,13 @@ from ledger.log import stream_id_for
 
 def create_request(task_id, data=b"file", after_append=None):
     return Request(
-        command=CreateTask(task_id=task_id, at=at(0), owner="alice", configuration={},
-                           file=blob(data)),
-        envelope=envelope(at(0)), blobs=(data,), after_append=after_append)
+        command=CreateTask(
+            task_id=task_id, at=at(0), owner="alice", configuration={}, file=blob(data)
+        ),
+        envelope=envelope(at(0)),
+        blobs=(data,),
+        after_append=after_append,
+    )
 
 
 def traced(store):
@@ -79,7 +83,8 @@ def test_submit_async_settles_results_and_errors_on_the_loop(store):
     async def main():
         good = [writer.submit_async(create_request(new_id(), new_id().encode())) for _ in range(20)]
         bad = writer.submit_async(
-            Request(command=CancelTask(task_id=new_id(), at=at(1)), envelope=envelope(at(1))))
+            Request(command=CancelTask(task_id=new_id(), at=at(1)), envelope=envelope(at(1)))
+        )
         # A request whose client went away: its future is cancelled; the batch still settles.
         dropped = writer.submit_async(create_request(new_id(), b"dropped"))
         dropped.cancel()
@@ -164,7 +169,8 @@ def test_the_loop_is_parked_while_its_batch_runs_and_freed_before_commit(store):
             at_commit.append(ticker.turns)
 
     outcome = ticker.submit(
-        writer, create_request(new_id(), b"slow", slow_reply),
+        writer,
+        create_request(new_id(), b"slow", slow_reply),
         setup=lambda: store.log._writer.set_trace_callback(commit_trace),
     )
     assert outcome.extra == "reply"
@@ -206,11 +212,12 @@ def longest_stall(park_limit: float, store) -> float:
 
     watcher: list[asyncio.Future] = []
     outcome = ticker.submit(
-        writer, create_request(new_id(), b"slow", slow_reply),
+        writer,
+        create_request(new_id(), b"slow", slow_reply),
         setup=lambda: watcher.append(asyncio.ensure_future(watch())),
     )
     assert outcome.extra == "reply"
-    return max(b - a for a, b in zip(stamps, stamps[1:]))
+    return max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
 
 def test_the_park_limit_setting_bounds_how_long_a_concurrent_request_waits(store):

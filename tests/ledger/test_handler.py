@@ -18,9 +18,13 @@ class Boom(Exception):
 
 def create_request(task_id, data, after_append=None):
     return Request(
-        command=CreateTask(task_id=task_id, at=at(0), owner="alice", configuration={},
-                           file=blob(data)),
-        envelope=envelope(at(0)), blobs=(data,), after_append=after_append)
+        command=CreateTask(
+            task_id=task_id, at=at(0), owner="alice", configuration={}, file=blob(data)
+        ),
+        envelope=envelope(at(0)),
+        blobs=(data,),
+        after_append=after_append,
+    )
 
 
 def test_a_command_failing_after_its_append_is_undone_alone(store):
@@ -29,11 +33,13 @@ def test_a_command_failing_after_its_append_is_undone_alone(store):
     def explode(tx, outcome):
         raise Boom("the idempotency record could not be written")
 
-    results = store.handler.execute_batch([
-        create_request(a, b"file a"),
-        create_request(b, b"file b", after_append=explode),
-        create_request(c, b"file c", after_append=lambda tx, outcome: "kept"),
-    ])
+    results = store.handler.execute_batch(
+        [
+            create_request(a, b"file a"),
+            create_request(b, b"file b", after_append=explode),
+            create_request(c, b"file c", after_append=lambda tx, outcome: "kept"),
+        ]
+    )
 
     assert isinstance(results[1], Boom)
     assert results[0].after.status == "Starting" and results[0].extra is None
@@ -50,15 +56,23 @@ def test_a_command_failing_after_its_append_is_undone_alone(store):
 
 def test_each_command_in_a_batch_sees_the_state_the_previous_ones_left(store):
     task_id = new_id()
-    results = store.handler.execute_batch([
-        create_request(task_id, b"file"),
-        Request(command=ClaimTask(task_id=task_id, at=at(1), worker_id="w", lease_until=at(9)),
-                envelope=envelope(at(1))),
-        Request(command=CancelTask(task_id=task_id, at=at(2)), envelope=envelope(at(2))),
-        Request(command=CancelTask(task_id=new_id(), at=at(2)), envelope=envelope(at(2))),
-    ])
+    results = store.handler.execute_batch(
+        [
+            create_request(task_id, b"file"),
+            Request(
+                command=ClaimTask(task_id=task_id, at=at(1), worker_id="w", lease_until=at(9)),
+                envelope=envelope(at(1)),
+            ),
+            Request(command=CancelTask(task_id=task_id, at=at(2)), envelope=envelope(at(2))),
+            Request(command=CancelTask(task_id=new_id(), at=at(2)), envelope=envelope(at(2))),
+        ]
+    )
     assert [type(r).__name__ for r in results] == [
-        "Outcome", "Outcome", "InvalidTransition", "TaskNotFound"]
+        "Outcome",
+        "Outcome",
+        "InvalidTransition",
+        "TaskNotFound",
+    ]
     assert isinstance(results[2], InvalidTransition) and isinstance(results[3], TaskNotFound)
     assert results[2].message == "Task cannot be cancelled: status is Processing"
     assert [r.version for r in store.log.read_stream(stream_id_for(task_id))] == [1, 2]
@@ -75,7 +89,8 @@ def test_execute_raises_the_refusal_and_writes_nothing(store):
 
 def test_claiming_from_an_empty_queue_is_nothing_to_do(store):
     source = store.claim_source(
-        lambda task_id: ClaimTask(task_id=task_id, at=at(0), worker_id="w", lease_until=at(9)))
+        lambda task_id: ClaimTask(task_id=task_id, at=at(0), worker_id="w", lease_until=at(9))
+    )
     with pytest.raises(NothingToDo):
         store.handler.execute(source, envelope())
     first, second = new_id(), new_id()

@@ -37,7 +37,9 @@ class OtherProcess:
     def __init__(self, lock_path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, str(lock_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "held"
 
@@ -69,9 +71,12 @@ def held_elsewhere(lock_path) -> bool:
 def create(task_id: str) -> Request:
     data = task_id.encode()
     return Request(
-        command=CreateTask(task_id=task_id, at=at(0), owner="alice", configuration={},
-                           file=blob(data)),
-        envelope=envelope(at(0)), blobs=(data,))
+        command=CreateTask(
+            task_id=task_id, at=at(0), owner="alice", configuration={}, file=blob(data)
+        ),
+        envelope=envelope(at(0)),
+        blobs=(data,),
+    )
 
 
 def test_a_transaction_waits_for_another_process_turn_then_commits(store):

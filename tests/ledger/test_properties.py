@@ -32,12 +32,28 @@ from ledger.handler import NothingToDo, Request
 from ledger.log import stream_id_for
 
 TASKS = [str(uuid.UUID(int=n + 1)) for n in range(4)]
-KINDS = ["create", "update", "cancel", "delete", "claim", "extend", "release", "complete",
-         "fail", "expire_lease", "expire_task"]
-PATCHES = st.sampled_from([
-    {}, {"ocr_strategy": "Auto"}, {"chunk_processing": {"target_length": 7}},
-    {"expires_in": 30}, {"chunk_processing": None},
-])
+KINDS = [
+    "create",
+    "update",
+    "cancel",
+    "delete",
+    "claim",
+    "extend",
+    "release",
+    "complete",
+    "fail",
+    "expire_lease",
+    "expire_task",
+]
+PATCHES = st.sampled_from(
+    [
+        {},
+        {"ocr_strategy": "Auto"},
+        {"chunk_processing": {"target_length": 7}},
+        {"expires_in": 30},
+        {"chunk_processing": None},
+    ]
+)
 
 
 @st.composite
@@ -50,28 +66,41 @@ def commands(draw, now, store):
     state = store.state(task_id)
     holder = state.worker_id if state is not None and state.worker_id else "w1"
     worker = draw(st.sampled_from([holder, holder, "w1", "w2"]))
-    owner = draw(st.sampled_from([None, state.owner if state is not None else None, "alice", "bob"]))
+    owner = draw(
+        st.sampled_from([None, state.owner if state is not None else None, "alice", "bob"])
+    )
     t = at(now)
     lease_until = at(now + draw(st.integers(1, 60)))
     if kind == "create":
         expires_in = draw(st.sampled_from([None, 20, 200]))
-        return CreateTask(task_id=task_id, at=t, owner=owner or "alice", file=blob(FILE_BYTES),
-                          configuration={"ocr_strategy": "All"}, expires_in=expires_in)
+        return CreateTask(
+            task_id=task_id,
+            at=t,
+            owner=owner or "alice",
+            file=blob(FILE_BYTES),
+            configuration={"ocr_strategy": "All"},
+            expires_in=expires_in,
+        )
     return {
-        "update": lambda: UpdateTask(task_id=task_id, at=t, configuration=draw(PATCHES),
-                                     owner=owner),
+        "update": lambda: UpdateTask(
+            task_id=task_id, at=t, configuration=draw(PATCHES), owner=owner
+        ),
         "cancel": lambda: CancelTask(task_id=task_id, at=t, owner=owner),
         "delete": lambda: DeleteTask(task_id=task_id, at=t, owner=owner),
-        "claim": lambda: ClaimTask(task_id=task_id, at=t, worker_id=worker,
-                                   lease_until=lease_until),
-        "extend": lambda: ExtendLease(task_id=task_id, at=t, worker_id=worker,
-                                      lease_until=lease_until),
+        "claim": lambda: ClaimTask(
+            task_id=task_id, at=t, worker_id=worker, lease_until=lease_until
+        ),
+        "extend": lambda: ExtendLease(
+            task_id=task_id, at=t, worker_id=worker, lease_until=lease_until
+        ),
         "release": lambda: ReleaseTask(task_id=task_id, at=t, worker_id=worker),
-        "complete": lambda: CompleteTask(task_id=task_id, at=t, worker_id=worker,
-                                         output=blob(b"out-" + task_id.encode())),
+        "complete": lambda: CompleteTask(
+            task_id=task_id, at=t, worker_id=worker, output=blob(b"out-" + task_id.encode())
+        ),
         "fail": lambda: FailTask(task_id=task_id, at=t, worker_id=worker, error="it broke"),
-        "expire_lease": lambda: ExpireLease(task_id=task_id, at=t,
-                                            max_attempts=draw(st.integers(1, 3))),
+        "expire_lease": lambda: ExpireLease(
+            task_id=task_id, at=t, max_attempts=draw(st.integers(1, 3))
+        ),
         "expire_task": lambda: ExpireTask(task_id=task_id, at=t),
     }[kind]()
 
@@ -85,8 +114,12 @@ def blobs_for(command) -> list[bytes]:
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    @initialize(created=st.integers(1, len(TASKS) - 1), owners=st.lists(
-        st.sampled_from(["alice", "bob"]), min_size=len(TASKS), max_size=len(TASKS)))
+    @initialize(
+        created=st.integers(1, len(TASKS) - 1),
+        owners=st.lists(
+            st.sampled_from(["alice", "bob"]), min_size=len(TASKS), max_size=len(TASKS)
+        ),
+    )
     def open_store(self, created, owners):
         """A fresh file, with some tasks created up front (and at least one never created)."""
         self.dir = Path(tempfile.mkdtemp(prefix="taskledger-prop-"))
@@ -94,9 +127,17 @@ class LedgerMachine(RuleBasedStateMachine):
         self.now = 0
         self.log_so_far: list[tuple[int, str, int, str]] = []
         self.reopened = 0
-        for task_id, owner in zip(TASKS[:created], owners):
-            self.run_one(CreateTask(task_id=task_id, at=at(0), owner=owner, configuration={},
-                                    file=blob(FILE_BYTES), expires_in=20))
+        for task_id, owner in zip(TASKS[:created], owners, strict=False):
+            self.run_one(
+                CreateTask(
+                    task_id=task_id,
+                    at=at(0),
+                    owner=owner,
+                    configuration={},
+                    file=blob(FILE_BYTES),
+                    expires_in=20,
+                )
+            )
 
     def teardown(self):
         store = getattr(self, "store", None)
@@ -114,8 +155,9 @@ class LedgerMachine(RuleBasedStateMachine):
         versions, last = self.stream_versions(), self.store.log.last_position()
         before = self.store.state(command.task_id)
         try:
-            outcome = self.store.handler.execute(command, envelope(command.at),
-                                                 blobs=blobs_for(command))
+            outcome = self.store.handler.execute(
+                command, envelope(command.at), blobs=blobs_for(command)
+            )
         except LedgerError as refused:
             event(f"{type(command).__name__}: {type(refused).__name__}")
             # Refused: nothing was written, not even a blob or a projection row.
@@ -126,7 +168,8 @@ class LedgerMachine(RuleBasedStateMachine):
         recorded = outcome.recorded
         event(f"{type(command).__name__}: {len(recorded)} event(s)")
         assert [r.version for r in recorded] == [
-            versions[command.task_id] + n for n in range(1, len(recorded) + 1)]
+            versions[command.task_id] + n for n in range(1, len(recorded) + 1)
+        ]
         assert [r.position for r in recorded] == [last + n for n in range(1, len(recorded) + 1)]
         assert self.store.state(command.task_id) == (outcome.after if recorded else before)
         return outcome
@@ -141,8 +184,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.tick(dt)
         queue = self.store.views.queue_entries()
         source = self.store.claim_source(
-            lambda task_id: ClaimTask(task_id=task_id, at=at(self.now), worker_id=worker,
-                                      lease_until=at(self.now + 30)))
+            lambda task_id: ClaimTask(
+                task_id=task_id, at=at(self.now), worker_id=worker, lease_until=at(self.now + 30)
+            )
+        )
         try:
             outcome = self.store.handler.execute(source, envelope(at(self.now), role="worker"))
         except NothingToDo:
@@ -160,15 +205,20 @@ class LedgerMachine(RuleBasedStateMachine):
         a refused command does not spoil the others."""
         self.tick(dt)
         batch = [data.draw(commands(self.now, self.store)) for _ in range(size)]
-        requests = [Request(command=c, envelope=envelope(c.at), blobs=tuple(blobs_for(c)))
-                    for c in batch]
+        requests = [
+            Request(command=c, envelope=envelope(c.at), blobs=tuple(blobs_for(c))) for c in batch
+        ]
         last = self.store.log.last_position()
         results = self.store.handler.execute_batch(requests)
         assert len(results) == size
-        appended = [r for result in results if not isinstance(result, BaseException)
-                    for r in result.recorded]
+        appended = [
+            r
+            for result in results
+            if not isinstance(result, BaseException)
+            for r in result.recorded
+        ]
         assert [r.position for r in appended] == list(range(last + 1, last + 1 + len(appended)))
-        for command, result in zip(batch, results):
+        for command, result in zip(batch, results, strict=False):
             if isinstance(result, BaseException):
                 assert isinstance(result, LedgerError), repr(result)
             elif result.recorded:
@@ -184,8 +234,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def projections_equal_fold_and_the_log_only_grows(self):
         check_consistent(self.store)
-        log = [(e.position, e.stream_id, e.version, e.recorded_at.isoformat())
-               for e in self.store.log.iter_all()]
+        log = [
+            (e.position, e.stream_id, e.version, e.recorded_at.isoformat())
+            for e in self.store.log.iter_all()
+        ]
         # Nothing recorded is ever changed or dropped, and a position is never handed out twice
         # (not even after close and reopen): the old log is a prefix of the new one, and every
         # new position is above every old one.
@@ -216,8 +268,15 @@ def test_positions_are_never_reused_after_reopen(tmp_path):
         for n in range(3):
             task_id = str(uuid.UUID(int=round_ * 10 + n + 1))
             outcome = store.handler.execute(
-                CreateTask(task_id=task_id, at=at(n), owner="alice", configuration={},
-                           file=blob(FILE_BYTES)), envelope(at(n)))
+                CreateTask(
+                    task_id=task_id,
+                    at=at(n),
+                    owner="alice",
+                    configuration={},
+                    file=blob(FILE_BYTES),
+                ),
+                envelope(at(n)),
+            )
             seen.append(outcome.recorded[0].position)
         store.close()
     assert seen == list(range(1, 10))

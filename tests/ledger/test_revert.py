@@ -30,8 +30,16 @@ from ledger.commands import (
 from ledger.errors import InvalidTransition
 from ledger.events import Cancelled, Failed, LeaseExpired, TimedOut
 
-REVERTED_FIELDS = ("status", "message", "configuration", "output", "started_at", "finished_at",
-                   "expires_at", "expires_in")
+REVERTED_FIELDS = (
+    "status",
+    "message",
+    "configuration",
+    "output",
+    "started_at",
+    "finished_at",
+    "expires_at",
+    "expires_in",
+)
 PATCH = {"chunk_processing": {"target_length": 7}, "expires_in": 5}
 
 
@@ -46,14 +54,28 @@ def fields(state):
 def finished_task(store, *, fail: bool = False):
     """A task created at t=0, claimed at t=10, then succeeded (or failed) at t=20."""
     task_id = new_id()
-    run(store, CreateTask(task_id=task_id, at=at(0), owner=OWNER, configuration=CONFIG, file=FILE,
-                          file_name="doc.pdf", expires_in=3600), blobs=[FILE_BYTES])
+    run(
+        store,
+        CreateTask(
+            task_id=task_id,
+            at=at(0),
+            owner=OWNER,
+            configuration=CONFIG,
+            file=FILE,
+            file_name="doc.pdf",
+            expires_in=3600,
+        ),
+        blobs=[FILE_BYTES],
+    )
     run(store, ClaimTask(task_id=task_id, at=at(10), worker_id="w1", lease_until=at(40)))
     if fail:
         run(store, FailTask(task_id=task_id, at=at(20), worker_id="w1", error="first run broke"))
     else:
-        run(store, CompleteTask(task_id=task_id, at=at(20), worker_id="w1", output=OUTPUT),
-            blobs=[OUTPUT_BYTES])
+        run(
+            store,
+            CompleteTask(task_id=task_id, at=at(20), worker_id="w1", output=OUTPUT),
+            blobs=[OUTPUT_BYTES],
+        )
     return task_id
 
 
@@ -64,7 +86,9 @@ def request_update(store, task_id):
     pending = store.state(task_id)
     assert (pending.status, pending.message) == ("Starting", "Task queued for update")
     assert pending.configuration["chunk_processing"] == {
-        "target_length": 7, "ignore_headers_and_footers": True}
+        "target_length": 7,
+        "ignore_headers_and_footers": True,
+    }
     assert pending.expires_in == 5 != before.expires_in
     assert pending.prior is not None
     return before
@@ -109,7 +133,8 @@ def test_a_failed_update_restores_every_field_and_says_the_update_failed(store, 
     outcome = run(store, FailTask(task_id=task_id, at=at(105), worker_id="w2", error="OCR crashed"))
 
     assert [r.event for r in outcome.recorded] == [
-        Failed(task_id=task_id, at=at(105), worker_id="w2", error="OCR crashed")]
+        Failed(task_id=task_id, at=at(105), worker_id="w2", error="OCR crashed")
+    ]
     after = store.state(task_id)
     assert after.message == "Task update failed: OCR crashed"
     expected = fields(before) | {"message": "Task update failed: OCR crashed"}
@@ -136,8 +161,9 @@ def test_an_update_that_times_out_restores_the_prior_state(store):
         outcome = run(store, ExpireLease(task_id=task_id, at=at(t + 30)))
         recorded = [r.event for r in outcome.recorded]
         if attempt < 3:
-            assert recorded == [LeaseExpired(task_id=task_id, at=at(t + 30), worker_id="w2",
-                                             attempt=attempt)]
+            assert recorded == [
+                LeaseExpired(task_id=task_id, at=at(t + 30), worker_id="w2", attempt=attempt)
+            ]
             pending = store.state(task_id)
             assert (pending.status, pending.prior is not None) == ("Starting", True)
 
@@ -168,8 +194,13 @@ def test_cancelling_an_update_requeued_by_a_lease_expiry_still_restores(store):
 
 def test_a_new_task_cancelled_is_cancelled_not_reverted(store):
     task_id = new_id()
-    run(store, CreateTask(task_id=task_id, at=at(0), owner=OWNER, configuration=CONFIG, file=FILE,
-                          expires_in=60), blobs=[FILE_BYTES])
+    run(
+        store,
+        CreateTask(
+            task_id=task_id, at=at(0), owner=OWNER, configuration=CONFIG, file=FILE, expires_in=60
+        ),
+        blobs=[FILE_BYTES],
+    )
     run(store, CancelTask(task_id=task_id, at=at(5)))
     after = store.state(task_id)
     assert (after.status, after.message) == ("Cancelled", "Task cancelled")
@@ -182,8 +213,11 @@ def test_a_successful_update_replaces_output_and_clears_prior(store):
     request_update(store, task_id)
     run(store, ClaimTask(task_id=task_id, at=at(101), worker_id="w2", lease_until=at(131)))
     new_output = b'{"chunks": [1]}'
-    run(store, CompleteTask(task_id=task_id, at=at(102), worker_id="w2", output=blob(new_output)),
-        blobs=[new_output])
+    run(
+        store,
+        CompleteTask(task_id=task_id, at=at(102), worker_id="w2", output=blob(new_output)),
+        blobs=[new_output],
+    )
     after = store.state(task_id)
     assert (after.status, after.output, after.prior) == ("Succeeded", blob(new_output), None)
     assert (after.started_at, after.finished_at) == (at(101), at(102))

@@ -40,8 +40,18 @@ def run(store, command, blobs=()):
 
 
 def create(store, task_id, data=FILE_BYTES, t=0, expires_in=None):
-    return run(store, CreateTask(task_id=task_id, at=at(t), owner="alice", configuration={},
-                                 file=blob(data), expires_in=expires_in), blobs=[data])
+    return run(
+        store,
+        CreateTask(
+            task_id=task_id,
+            at=at(t),
+            owner="alice",
+            configuration={},
+            file=blob(data),
+            expires_in=expires_in,
+        ),
+        blobs=[data],
+    )
 
 
 def all_rows(path):
@@ -56,10 +66,14 @@ def all_rows(path):
     ("sql", "message"),
     [
         ("UPDATE events SET data = '{}'", "events are append-only: UPDATE is not allowed"),
-        ("UPDATE events SET version = 99 WHERE position = 1",
-         "events are append-only: UPDATE is not allowed"),
-        ("UPDATE events SET stream_id = 'task-other' WHERE position = 2",
-         "events are append-only: UPDATE is not allowed"),
+        (
+            "UPDATE events SET version = 99 WHERE position = 1",
+            "events are append-only: UPDATE is not allowed",
+        ),
+        (
+            "UPDATE events SET stream_id = 'task-other' WHERE position = 2",
+            "events are append-only: UPDATE is not allowed",
+        ),
         ("DELETE FROM events", "events are append-only: DELETE is not allowed"),
         ("DELETE FROM events WHERE position = 2", "events are append-only: DELETE is not allowed"),
     ],
@@ -88,11 +102,19 @@ def copy_of_row(raw, position, **changes):
     """An INSERT of a copy of a stored event row with some columns changed (whatever columns
     the table has), leaving ``position`` to the database."""
     columns = [c[1] for c in raw.execute("PRAGMA table_info(events)") if c[1] != "position"]
-    row = dict(zip(columns, raw.execute(
-        f"SELECT {', '.join(columns)} FROM events WHERE position = ?", (position,)).fetchone()))
+    row = dict(
+        zip(
+            columns,
+            raw.execute(
+                f"SELECT {', '.join(columns)} FROM events WHERE position = ?", (position,)
+            ).fetchone(),
+            strict=False,
+        )
+    )
     row.update(changes)
-    sql = (f"INSERT INTO events ({', '.join(columns)})"
-           f" VALUES ({', '.join(':' + c for c in columns)})")
+    sql = (
+        f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+    )
     return sql, row
 
 
@@ -117,15 +139,29 @@ def test_the_database_refuses_a_second_event_with_the_same_stream_version(store)
 
 def envelopes(recorded):
     """The envelope and event of each recorded event (fields the log may add are left out)."""
-    return [(r.position, r.stream_id, r.version, r.recorded_at, r.actor, r.request_id,
-             r.idempotency_key, r.event) for r in recorded]
+    return [
+        (
+            r.position,
+            r.stream_id,
+            r.version,
+            r.recorded_at,
+            r.actor,
+            r.request_id,
+            r.idempotency_key,
+            r.event,
+        )
+        for r in recorded
+    ]
 
 
 def test_envelope_fields_round_trip(log):
     stream = stream_id_for("t1")
-    user = Envelope(recorded_at=datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
-                    actor=Actor(key_id="key-42", role="user"), request_id="req-abc",
-                    idempotency_key="idem-1")
+    user = Envelope(
+        recorded_at=datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
+        actor=Actor(key_id="key-42", role="user"),
+        request_id="req-abc",
+        idempotency_key="idem-1",
+    )
     # A sweeper: no key, no request, no idempotency key; recorded in another time zone.
     plus_two = timezone(timedelta(hours=2))
     sweeper = Envelope(recorded_at=datetime(2026, 3, 4, 9, 0, 0, 1, tzinfo=plus_two))
@@ -134,16 +170,36 @@ def test_envelope_fields_round_trip(log):
     second = log.append(stream, 2, [cancelled(task_id="t1", t=5)], sweeper)
 
     expected = [
-        RecordedEvent(position=1, stream_id=stream, version=1, recorded_at=user.recorded_at,
-                      actor=Actor(key_id="key-42", role="user"), request_id="req-abc",
-                      idempotency_key="idem-1", event=created(task_id="t1")),
-        RecordedEvent(position=2, stream_id=stream, version=2, recorded_at=user.recorded_at,
-                      actor=Actor(key_id="key-42", role="user"), request_id="req-abc",
-                      idempotency_key="idem-1", event=claimed(task_id="t1")),
-        RecordedEvent(position=3, stream_id=stream, version=3,
-                      recorded_at=datetime(2026, 3, 4, 7, 0, 0, 1, tzinfo=UTC),
-                      actor=SYSTEM, request_id=None, idempotency_key=None,
-                      event=cancelled(task_id="t1", t=5)),
+        RecordedEvent(
+            position=1,
+            stream_id=stream,
+            version=1,
+            recorded_at=user.recorded_at,
+            actor=Actor(key_id="key-42", role="user"),
+            request_id="req-abc",
+            idempotency_key="idem-1",
+            event=created(task_id="t1"),
+        ),
+        RecordedEvent(
+            position=2,
+            stream_id=stream,
+            version=2,
+            recorded_at=user.recorded_at,
+            actor=Actor(key_id="key-42", role="user"),
+            request_id="req-abc",
+            idempotency_key="idem-1",
+            event=claimed(task_id="t1"),
+        ),
+        RecordedEvent(
+            position=3,
+            stream_id=stream,
+            version=3,
+            recorded_at=datetime(2026, 3, 4, 7, 0, 0, 1, tzinfo=UTC),
+            actor=SYSTEM,
+            request_id=None,
+            idempotency_key=None,
+            event=cancelled(task_id="t1", t=5),
+        ),
     ]
     assert envelopes(first + second) == envelopes(expected)
     assert envelopes(log.read_stream(stream)) == envelopes(expected)
@@ -160,8 +216,10 @@ def test_events_are_stored_as_plain_json_with_their_tag(log):
     log.append(stream_id_for("t1"), 0, [created(task_id="t1")], envelope(idempotency_key="i-9"))
     raw = sqlite3.connect(log.path)
     try:
-        row = raw.execute("SELECT type, data, recorded_at, actor_key_id, actor_role, request_id,"
-                          " idempotency_key FROM events").fetchone()
+        row = raw.execute(
+            "SELECT type, data, recorded_at, actor_key_id, actor_role, request_id,"
+            " idempotency_key FROM events"
+        ).fetchone()
     finally:
         raw.close()
     kind, data, recorded_at, key_id, role, request_id, idem = row
@@ -178,29 +236,49 @@ def test_events_recorded_through_the_handler_carry_the_callers_envelope(store):
     task_id = new_id()
     store.handler.execute(
         CreateTask(task_id=task_id, at=at(0), owner="alice", configuration={}, file=FILE),
-        Envelope(recorded_at=at(0.5), actor=Actor(key_id="key-7", role="user"),
-                 request_id="r-1", idempotency_key="create-once"),
+        Envelope(
+            recorded_at=at(0.5),
+            actor=Actor(key_id="key-7", role="user"),
+            request_id="r-1",
+            idempotency_key="create-once",
+        ),
         blobs=[FILE_BYTES],
     )
-    store.handler.execute(ClaimTask(task_id=task_id, at=at(1), worker_id="w", lease_until=at(9)),
-                          Envelope(recorded_at=at(1.5), actor=Actor(key_id="wk", role="worker")))
+    store.handler.execute(
+        ClaimTask(task_id=task_id, at=at(1), worker_id="w", lease_until=at(9)),
+        Envelope(recorded_at=at(1.5), actor=Actor(key_id="wk", role="worker")),
+    )
     first, second = store.log.read_stream(stream_id_for(task_id))
     assert (first.actor, first.request_id, first.idempotency_key, first.recorded_at) == (
-        Actor(key_id="key-7", role="user"), "r-1", "create-once", at(0.5))
+        Actor(key_id="key-7", role="user"),
+        "r-1",
+        "create-once",
+        at(0.5),
+    )
     assert (second.actor, second.request_id, second.idempotency_key, second.recorded_at) == (
-        Actor(key_id="wk", role="worker"), None, None, at(1.5))
+        Actor(key_id="wk", role="worker"),
+        None,
+        None,
+        at(1.5),
+    )
 
 
-# -- reading the whole log --------------------------------------------------------------------------
+# -- reading the whole log -----------------------------------------------------------------------
 
 
 def test_read_all_pages_by_position(log):
     for n in range(5):
         tid = f"t{n}"
-        log.append(stream_id_for(tid), 0,
-                   [created(task_id=tid, t=n), claimed(task_id=tid, t=n + 1),
-                    succeeded(task_id=tid, t=n + 2)],
-                   envelope())
+        log.append(
+            stream_id_for(tid),
+            0,
+            [
+                created(task_id=tid, t=n),
+                claimed(task_id=tid, t=n + 1),
+                succeeded(task_id=tid, t=n + 2),
+            ],
+            envelope(),
+        )
         log.append(stream_id_for(tid), 3, [Deleted(task_id=tid, at=at(n + 3))], envelope())
     everything = log.read_all(0, 1000)
     assert [e.position for e in everything] == list(range(1, 21))
@@ -228,9 +306,12 @@ def test_read_all_pages_by_position(log):
 def blob_rows(store):
     raw = sqlite3.connect(store.path)
     try:
-        return (raw.execute("SELECT sha256, size FROM blobs ORDER BY sha256").fetchall(),
-                raw.execute("SELECT task_id, sha256 FROM blob_refs ORDER BY task_id, sha256")
-                .fetchall())
+        return (
+            raw.execute("SELECT sha256, size FROM blobs ORDER BY sha256").fetchall(),
+            raw.execute(
+                "SELECT task_id, sha256 FROM blob_refs ORDER BY task_id, sha256"
+            ).fetchall(),
+        )
     finally:
         raw.close()
 
@@ -261,8 +342,9 @@ def test_deleting_a_task_purges_its_blobs_but_keeps_its_events_and_shared_blobs(
     create(store, a)
     create(store, b)  # the same input file
     run(store, ClaimTask(task_id=a, at=at(1), worker_id="w", lease_until=at(30)))
-    run(store, CompleteTask(task_id=a, at=at(2), worker_id="w", output=blob(output)),
-        blobs=[output])
+    run(
+        store, CompleteTask(task_id=a, at=at(2), worker_id="w", output=blob(output)), blobs=[output]
+    )
     assert store.log.get_blob(blob(output)) == output
     history = store.log.read_stream(stream_id_for(a))
 
@@ -282,7 +364,9 @@ def test_deleting_a_task_purges_its_blobs_but_keeps_its_events_and_shared_blobs(
     assert store.log.get_blob(FILE) is None
     assert blob_rows(store) == ([], [])
     assert [r.event for r in store.log.read_stream(stream_id_for(b))][-2:] == [
-        Cancelled(task_id=b, at=at(4)), Deleted(task_id=b, at=at(5))]
+        Cancelled(task_id=b, at=at(4)),
+        Deleted(task_id=b, at=at(5)),
+    ]
 
 
 def test_expiring_a_task_purges_its_blobs(store):
@@ -293,7 +377,8 @@ def test_expiring_a_task_purges_its_blobs(store):
     run(store, ExpireTask(task_id=task_id, at=at(11)))
     assert store.log.get_blob(FILE) is None
     assert [r.event for r in store.log.read_stream(stream_id_for(task_id))][-1] == Expired(
-        task_id=task_id, at=at(11))
+        task_id=task_id, at=at(11)
+    )
     assert store.state(task_id).gone == "expired"
 
 

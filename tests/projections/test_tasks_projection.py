@@ -27,12 +27,22 @@ def at(seconds: float) -> datetime:
 
 def run(store, command):
     return store.handler.execute(
-        command, Envelope(recorded_at=command.at, actor=Actor(key_id="k", role="user")))
+        command, Envelope(recorded_at=command.at, actor=Actor(key_id="k", role="user"))
+    )
 
 
 def create(store, task_id, t, owner="alice", expires_in=None):
-    run(store, CreateTask(task_id=task_id, at=at(t), owner=owner, configuration={}, file=FILE,
-                          expires_in=expires_in))
+    run(
+        store,
+        CreateTask(
+            task_id=task_id,
+            at=at(t),
+            owner=owner,
+            configuration={},
+            file=FILE,
+            expires_in=expires_in,
+        ),
+    )
 
 
 def ids(states):
@@ -48,6 +58,7 @@ def test_list_is_newest_first_per_owner_and_skips_deleted_and_expired(store):
     run(store, CancelTask(task_id="a2", at=at(6)))  # expires_at = at(16)
     run(store, CancelTask(task_id="a4", at=at(6)))
     run(store, DeleteTask(task_id="a4", at=at(7)))
+
     def list_(**query):
         return store.views.list_tasks(TaskQuery(at=query.pop("now"), **query))
 

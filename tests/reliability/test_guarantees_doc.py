@@ -28,9 +28,7 @@ def test_every_test_the_guarantees_name_exists():
     for module, name in named:
         tree = ast.parse((HERE / module).read_text())
         functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-        assert name in functions, (
-            f"docs/guarantees.md names {module}::{name}, which does not exist"
-        )
+        assert name in functions, f"docs/guarantees.md names {module}::{name}, which does not exist"
 
 
 def test_every_reliability_module_is_named_in_the_guarantees():

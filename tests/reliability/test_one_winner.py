@@ -75,7 +75,7 @@ def test_cancel_against_claim_has_one_winner(serve_in_process):
     claimed = {
         r.json()["task_id"] for kind, _, r in results if kind == "claim" and r.status_code == 200
     }
-    for kind, task_id, response in results:
+    for kind, _task_id, response in results:
         if kind == "cancel" and response.status_code != 200:
             assert (response.status_code, response.text) == (
                 400,

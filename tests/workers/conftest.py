@@ -229,8 +229,16 @@ def spawn_worker(tmp_path):
         log_file = open(log_path, "ab")
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "scripts.cli", "worker",
-                "--url", ledger.url, "--key", ledger.worker_key, "--log-json", *flags,
+                sys.executable,
+                "-m",
+                "scripts.cli",
+                "worker",
+                "--url",
+                ledger.url,
+                "--key",
+                ledger.worker_key,
+                "--log-json",
+                *flags,
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -47,10 +47,15 @@ def test_complete_claims_the_oldest_waiting_task_for_the_same_worker(ledger):
     assert claimed(ledger, "w-next") == first
 
     before = time.time()
-    r = ledger.worker.post(f"/task/{first}/complete", json={
-        "worker_id": "w-next", "output": output_for(b"first task"), "claim_next": True,
-        "lease_seconds": 120,
-    })
+    r = ledger.worker.post(
+        f"/task/{first}/complete",
+        json={
+            "worker_id": "w-next",
+            "output": output_for(b"first task"),
+            "claim_next": True,
+            "lease_seconds": 120,
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["task_id"] == first and body["status"] == "Succeeded"
@@ -66,12 +71,16 @@ def test_complete_claims_the_oldest_waiting_task_for_the_same_worker(ledger):
     assert ledger.history(second)[-1][1]["worker_id"] == "w-next"
 
     # fail with claim_next hands over the third; with the queue then empty, next is null.
-    r = ledger.worker.post(f"/task/{second}/fail",
-                           json={"worker_id": "w-next", "error": "unreadable", "claim_next": True})
+    r = ledger.worker.post(
+        f"/task/{second}/fail",
+        json={"worker_id": "w-next", "error": "unreadable", "claim_next": True},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "Failed" and r.json()["next"]["task_id"] == third
-    r = ledger.worker.post(f"/task/{third}/complete", json={
-        "worker_id": "w-next", "output": output_for(b"third task"), "claim_next": True})
+    r = ledger.worker.post(
+        f"/task/{third}/complete",
+        json={"worker_id": "w-next", "output": output_for(b"third task"), "claim_next": True},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "Succeeded" and r.json()["next"] is None
 
@@ -80,8 +89,10 @@ def test_without_claim_next_the_answer_has_no_next_and_nothing_is_claimed(ledger
     task_id = ledger.create(b"plain finish")["task_id"]
     waiting = ledger.create(b"still waiting")["task_id"]
     assert claimed(ledger, "w-plain") == task_id
-    r = ledger.worker.post(f"/task/{task_id}/complete",
-                           json={"worker_id": "w-plain", "output": output_for(b"plain finish")})
+    r = ledger.worker.post(
+        f"/task/{task_id}/complete",
+        json={"worker_id": "w-plain", "output": output_for(b"plain finish")},
+    )
     assert r.status_code == 200 and "next" not in r.json()
     assert ledger.status(waiting) == "Starting"
     assert claimed(ledger, "w-plain") == waiting
@@ -94,8 +105,10 @@ def test_a_refused_finish_claims_nothing(ledger):
     task_id = ledger.create(b"held by another")["task_id"]
     waiting = ledger.create(b"must stay queued")["task_id"]
     assert claimed(ledger, "holder") == task_id
-    r = ledger.worker.post(f"/task/{task_id}/complete", json={
-        "worker_id": "intruder", "output": output_for(b"x"), "claim_next": True})
+    r = ledger.worker.post(
+        f"/task/{task_id}/complete",
+        json={"worker_id": "intruder", "output": output_for(b"x"), "claim_next": True},
+    )
     assert r.status_code == 409, r.text
     assert ledger.status(waiting) == "Starting"
     finish_off(ledger, (task_id, "holder"), waiting)
@@ -132,21 +145,33 @@ def test_claim_next_is_in_the_schema_and_checked(ledger):
     assert "next" in ok_schema["properties"]
     task_id = ledger.create(b"bad flag")["task_id"]
     assert claimed(ledger, "w-bad") == task_id
-    r = ledger.worker.post(f"/task/{task_id}/complete", content=json.dumps({
-        "worker_id": "w-bad", "output": output_for(b"bad flag"), "claim_next": "yes"}),
-        headers={"Content-Type": "application/json"})
+    r = ledger.worker.post(
+        f"/task/{task_id}/complete",
+        content=json.dumps(
+            {"worker_id": "w-bad", "output": output_for(b"bad flag"), "claim_next": "yes"}
+        ),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400, r.text
     assert "claim_next" in r.text
     assert ledger.status(task_id) == "Processing"
     # A next lease over the server's limit is refused before the finish runs.
-    r = ledger.worker.post(f"/task/{task_id}/complete", json={
-        "worker_id": "w-bad", "output": output_for(b"bad flag"), "claim_next": True,
-        "lease_seconds": 10**9})
+    r = ledger.worker.post(
+        f"/task/{task_id}/complete",
+        json={
+            "worker_id": "w-bad",
+            "output": output_for(b"bad flag"),
+            "claim_next": True,
+            "lease_seconds": 10**9,
+        },
+    )
     assert r.status_code == 400 and "lease_seconds must be at most" in r.text, r.text
     assert ledger.status(task_id) == "Processing"
     # A next lease without claim_next would be ignored: it is refused instead.
-    r = ledger.worker.post(f"/task/{task_id}/complete", json={
-        "worker_id": "w-bad", "output": output_for(b"bad flag"), "lease_seconds": 30})
+    r = ledger.worker.post(
+        f"/task/{task_id}/complete",
+        json={"worker_id": "w-bad", "output": output_for(b"bad flag"), "lease_seconds": 30},
+    )
     assert r.status_code == 400 and "give it with claim_next" in r.text, r.text
     assert ledger.status(task_id) == "Processing"
     ledger.worker.post(f"/task/{task_id}/fail", json={"worker_id": "w-bad", "error": "cleanup"})
@@ -169,7 +194,8 @@ def test_the_reference_worker_takes_its_next_task_from_the_finish(make_ledger, s
     )
     finished_by = {req: stream for stream, type_, req in rows if type_ == "succeeded"}
     claimed_in_a_finish = [
-        stream for stream, type_, req in rows
+        stream
+        for stream, type_, req in rows
         if type_ == "claimed" and req in finished_by and finished_by[req] != stream
     ]
     # The first task comes from a plain claim; each later one from the finish before it.

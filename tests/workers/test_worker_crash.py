@@ -18,7 +18,13 @@ def test_killed_worker_loses_its_lease_and_its_late_complete(
     task_id = ledger.create(CONTENT, chunk_processing={"target_length": 10})["task_id"]
 
     doomed = spawn_worker(
-        ledger, "--worker-id", "doomed", "--lease-seconds", "2", "--processor", slow,
+        ledger,
+        "--worker-id",
+        "doomed",
+        "--lease-seconds",
+        "2",
+        "--processor",
+        slow,
         pythonpath=[tmp_path],
     )
     ledger.wait_status(task_id, "Processing", timeout=30)
@@ -51,9 +57,15 @@ def test_killed_worker_loses_its_lease_and_its_late_complete(
 
     history = ledger.history(task_id)
     assert [t for t, _ in history if t != "lease_extended"] == [
-        "task_created", "claimed", "lease_expired", "claimed", "succeeded",
+        "task_created",
+        "claimed",
+        "lease_expired",
+        "claimed",
+        "succeeded",
     ]
     workers = [(t, d.get("worker_id")) for t, d in history if t in ("claimed", "succeeded")]
     assert workers == [
-        ("claimed", "doomed/0"), ("claimed", "rescuer/0"), ("succeeded", "rescuer/0"),
+        ("claimed", "doomed/0"),
+        ("claimed", "rescuer/0"),
+        ("succeeded", "rescuer/0"),
     ]

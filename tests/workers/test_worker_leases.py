@@ -148,7 +148,12 @@ def test_a_task_whose_leases_keep_running_out_times_out(make_ledger_in_process):
     assert failed["message"] == "Task timed out"
     assert failed["finished_at"] is not None
     assert ledger.types(task_id) == [
-        "task_created", "claimed", "lease_expired", "claimed", "lease_expired", "timed_out",
+        "task_created",
+        "claimed",
+        "lease_expired",
+        "claimed",
+        "lease_expired",
+        "timed_out",
     ]
     late = ledger.worker.post(
         f"/task/{task_id}/complete",

@@ -83,7 +83,9 @@ def test_upload_of_a_text_file_ends_succeeded_with_chunks(ledger, spawn_worker, 
     assert task.content().split() == WORDS
     assert all(s.segment_type == "Text" for c in task.output.chunks for s in c.segments)
     assert [t for t in ledger.types(task.task_id) if t != "lease_extended"] == [
-        "task_created", "claimed", "succeeded",
+        "task_created",
+        "claimed",
+        "succeeded",
     ]
 
 
@@ -105,7 +107,12 @@ def test_update_reruns_the_task_with_the_new_configuration(ledger, spawn_worker,
     assert len(second.output.chunks) != len(first.output.chunks)
     assert second.content().split() == WORDS
     assert [t for t in ledger.types(first.task_id) if t != "lease_extended"] == [
-        "task_created", "claimed", "succeeded", "update_requested", "claimed", "succeeded",
+        "task_created",
+        "claimed",
+        "succeeded",
+        "update_requested",
+        "claimed",
+        "succeeded",
     ]
 
 
@@ -163,5 +170,7 @@ def test_upload_the_worker_cannot_process_ends_failed(ledger, spawn_worker, tmp_
     assert task.message == "Unsupported file type"
     assert task.output is None or task.output.chunks == []
     assert [t for t in ledger.types(task.task_id) if t != "lease_extended"] == [
-        "task_created", "claimed", "failed",
+        "task_created",
+        "claimed",
+        "failed",
     ]

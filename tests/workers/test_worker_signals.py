@@ -73,7 +73,9 @@ def test_worker_mid_task_finishes_it_then_exits_0_on_sigterm(
     assert task["status"] == "Succeeded", task
     assert [c["chunk_length"] for c in task["output"]["chunks"]] == [7]
     assert [t for t in ledger.types(task_id) if t != "lease_extended"] == [
-        "task_created", "claimed", "succeeded",
+        "task_created",
+        "claimed",
+        "succeeded",
     ]
     finished = ledger.query(
         "SELECT recorded_at FROM events WHERE stream_id = ? AND type = 'succeeded'",
