@@ -212,6 +212,10 @@ class LeaseResponse(msgspec.Struct, kw_only=True):
     attempt: int
 
 
+#: JSON bytes of a response Struct, for a raw reply (built once: msgspec's advice).
+encode = msgspec.json.Encoder().encode
+
+
 def render_view(view: TaskView, base_url: str, include_chunks: bool = True) -> TaskResponse:
     return render_task(
         view.state, base_url=base_url, output=view.output, include_chunks=include_chunks

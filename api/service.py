@@ -10,9 +10,9 @@ adapter, the command line and the tests call the same methods. It imports nothin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from api.contract import DEFAULT_CONFIGURATION, check_file_name, normalise_fields
 from api.core import Finished, TaskView, now
@@ -26,10 +26,16 @@ from ledger.errors import TaskNotFound
 from ledger.events import EVENT_TAGS, blob_ref
 from ledger.log import FeedQuery, RecordedEvent, TaskQuery
 
+P = TypeVar("P")
+
 MAX_LIST_LIMIT = 1000
 #: Past this the offset (page - 1) * limit no longer fits a 64-bit integer.
 MAX_PAGE = 2**31 - 1
 MAX_FEED_LIMIT = 1000
+
+
+def _itself(view: TaskView) -> TaskView:
+    return view
 
 
 class TaskLedger(WorkerCases):
@@ -86,9 +92,22 @@ class TaskLedger(WorkerCases):
         as_of: datetime | None = None,
     ) -> TaskView:
         """The task now, or as it was after its N-th event, or as it was at a time."""
+        return await self.get_as(caller, task_id, _itself, as_of_version=as_of_version, as_of=as_of)
+
+    async def get_as(
+        self,
+        caller: Caller,
+        task_id: str,
+        present: Callable[[TaskView], P],
+        *,
+        as_of_version: int | None = None,
+        as_of: datetime | None = None,
+    ) -> P:
+        """``get``, its answer shaped by ``present`` on the reader thread that read it (the
+        HTTP adapter renders its JSON there, off the event loop: see BENCHMARKS.md)."""
         if as_of_version is None and as_of is None:
             grant = authorize(UseCase.GET, caller)
-            return await self.reads.run(self._read_now, grant, task_id, self.clock())
+            return await self.reads.run(self._read_now, grant, task_id, self.clock(), present)
         grant = authorize(UseCase.GET_AS_OF, caller)
         if as_of_version is not None and as_of is not None:
             raise BadRequest("Give as_of_version or as_of, not both")
@@ -97,18 +116,26 @@ class TaskLedger(WorkerCases):
         if as_of_version is not None and as_of_version < 1:
             raise BadRequest("Invalid request: as_of_version: must be a whole number, 1 or more")
         return await self.reads.run(
-            self._read_as_of, grant, task_id, as_of_version, as_of, self.clock()
+            self._read_as_of, grant, task_id, as_of_version, as_of, self.clock(), present
         )
 
-    def _read_now(self, grant: Grant, task_id: str, at: datetime) -> TaskView:
+    def _read_now(
+        self, grant: Grant, task_id: str, at: datetime, present: Callable[[TaskView], P]
+    ) -> P:
         state = self.store.state(task_id)
         if state is None or not grant.sees(state, at):
             raise TaskNotFound()
-        return TaskView(state=state, output=self._output(state))
+        return present(TaskView(state=state, output=self._output(state)))
 
     def _read_as_of(
-        self, grant: Grant, task_id: str, version: int | None, when: datetime | None, at: datetime
-    ) -> TaskView:
+        self,
+        grant: Grant,
+        task_id: str,
+        version: int | None,
+        when: datetime | None,
+        at: datetime,
+        present: Callable[[TaskView], P],
+    ) -> P:
         events = self._events_seen(grant, task_id, at)
         if version is not None:
             if version > len(events):
@@ -119,7 +146,7 @@ class TaskLedger(WorkerCases):
             if not events:
                 raise TaskNotFound("Task not found: it did not exist yet at that time")
         state = fold(e.event for e in events)
-        return TaskView(state=state, output=self._output(state))
+        return present(TaskView(state=state, output=self._output(state)))
 
     async def list_tasks(
         self,

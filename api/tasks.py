@@ -9,15 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, MediaType, Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response.base import ASGIResponse
 
 from api.auth import base_url, guard, request_id
-from api.openapi import AUTH, READ, WRITE, responses
+from api.openapi import AUTH, READ, WRITE, json_reply, responses
 from api.policy import Caller, UseCase
-from api.schemas import CreateBody, TaskResponse, UpdateBody, decode_file, render_view
+from api.schemas import CreateBody, TaskResponse, UpdateBody, decode_file, encode, render_view
 from api.service import MAX_LIST_LIMIT, TaskLedger
 
 Service = NamedDependency[TaskLedger]
@@ -66,7 +67,7 @@ class TaskController(Controller):
         "/{task_id:str}",
         summary="Get a task (now, or as it was: as_of_version or as_of)",
         guards=[guard(UseCase.GET)],
-        responses=responses(*READ),
+        responses={200: json_reply(TaskResponse), **responses(*READ)},
     )
     async def get_task(
         self,
@@ -83,9 +84,18 @@ class TaskController(Controller):
         as_of: Annotated[
             datetime | None, QueryParameter(description="The task as it was at this time")
         ] = None,
-    ) -> TaskResponse:
-        view = await service.get(request.user, task_id, as_of_version=as_of_version, as_of=as_of)
-        return render_view(view, base_url(request), include_chunks)
+    ) -> ASGIResponse:
+        # A raw reply: the Task JSON is rendered and encoded on the reader thread, not by
+        # Litestar on the event loop (BENCHMARKS.md: the route's busiest cost).
+        url = base_url(request)
+        body = await service.get_as(
+            request.user,
+            task_id,
+            lambda view: encode(render_view(view, url, include_chunks)),
+            as_of_version=as_of_version,
+            as_of=as_of,
+        )
+        return ASGIResponse(body=body, media_type=MediaType.JSON)
 
     @patch(
         "/{task_id:str}/parse",

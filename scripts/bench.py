@@ -232,7 +232,12 @@ class Process:
 
 
 def start_taskledger(
-    db: Path, *, synchronous: str = "FULL", log: Path | None = None, workers: int = 1
+    db: Path,
+    *,
+    synchronous: str = "FULL",
+    log: Path | None = None,
+    workers: int = 1,
+    serve_args: tuple[str, ...] = (),
 ) -> tuple[Process, str]:
     port = free_port()
     proc = Process(
@@ -250,6 +255,7 @@ def start_taskledger(
             "--log-json",
             "--workers",
             str(workers),
+            *serve_args,
         ],
         port,
         log=log,
@@ -344,10 +350,17 @@ def run_async(coro: Awaitable[Any]) -> Any:
 
 
 def http_taskledger(
-    seconds: float, concurrencies: list[int], work: Path, workers: int = 1
+    seconds: float,
+    concurrencies: list[int],
+    work: Path,
+    workers: int = 1,
+    serve_args: tuple[str, ...] = (),
+    create_and_get_only: bool = False,
 ) -> tuple[list[dict], dict]:
+    """taskledger's routes under load (only create and get with ``create_and_get_only``),
+    served with ``taskledger serve ... *serve_args``."""
     db = work / f"taskledger-http-{workers}.db"
-    proc, admin = start_taskledger(db, workers=workers)
+    proc, admin = start_taskledger(db, workers=workers, serve_args=serve_args)
     worker_key = make_key(db, "pool", "worker")
     user = {"Authorization": admin}
     worker = {"Authorization": worker_key}
@@ -398,6 +411,8 @@ def http_taskledger(
                     )
                 ).summary()
             )
+            if create_and_get_only:
+                continue
             # Cancel and claim each need fresh Starting tasks: queue them up untimed first.
             pending = list(reversed(ids))
             ids_for_cancel = pending[: len(pending) // 2]
