@@ -190,7 +190,10 @@ class TaskViews(Protocol):
 
     def list_tasks(self, query: TaskQuery, *, tx: Any = None) -> list[TaskState]: ...
 
-    def stored_states(self, *, tx: Any = None) -> Iterator[tuple[str, TaskState]]: ...
+    def stored_states(self, *, tx: Any = None) -> Iterator[tuple[str, TaskState]]:
+        """Every task row's state, in task id order (the order ``EventLog.iter_by_stream``
+        gives the streams, so a check can walk both at once)."""
+        ...
 
     def stale_rows(self, *, tx: Any = None) -> list[tuple[str, str]]:
         """``(task_id, what differs)`` for each task row whose query columns (owner, status,

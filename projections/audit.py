@@ -156,13 +156,20 @@ def _verify(
     def bad_event(error: UndecodableEvent) -> None:
         differences.append(Difference("event", str(error), error.task_id, error.position))
 
-    projected = dict(views.stored_states(tx=tx))
+    # The rows and the streams come in the same (task id) order: one pass over both, a row at a
+    # time, so memory stays flat however long the log.
+    rows = iter(views.stored_states(tx=tx))
+    row = next(rows, None)
+    orphans: list[str] = []
     queued = dict(views.queue_entries(tx=tx))
-    seen: set[str] = set()
     for folded in fold_streams(log, tx, progress, bad_event):
         task_id = folded.state.task_id
-        seen.add(task_id)
-        stored = projected.get(task_id)
+        while row is not None and row[0] < task_id:
+            orphans.append(row[0])
+            row = next(rows, None)
+        stored = None
+        if row is not None and row[0] == task_id:
+            stored, row = row[1], next(rows, None)
         if stored is None:
             differences.append(Difference("task", "no row in the tasks projection", task_id))
         elif stored != folded.state:
@@ -174,12 +181,12 @@ def _verify(
                     task_id,
                 )
             )
-        if queued.get(task_id) != folded.queue_position:
+        position = queued.pop(task_id, None)
+        if position != folded.queue_position:
             differences.append(
                 Difference(
                     "queue",
-                    f"queue position is {queued.get(task_id)}, the log says "
-                    f"{folded.queue_position}",
+                    f"queue position is {position}, the log says {folded.queue_position}",
                     task_id,
                 )
             )
@@ -187,9 +194,12 @@ def _verify(
     for task_id, detail in views.stale_rows(tx=tx):
         if task_id not in reported:  # a row whose state is wrong has wrong columns too
             differences.append(Difference("task", f"tasks row's columns: {detail}", task_id))
-    for task_id in sorted(set(projected) - seen):
+    while row is not None:
+        orphans.append(row[0])
+        row = next(rows, None)
+    for task_id in orphans:
         differences.append(Difference("task", "tasks projection row without events", task_id))
-    for task_id in sorted(set(queued) - seen):
+    for task_id in sorted(queued):
         differences.append(Difference("queue", "queue entry without events", task_id))
     return differences
 
