@@ -43,6 +43,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import click
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # -- a minimal keep-alive HTTP/1.1 client --------------------------------------------------------
@@ -1191,3 +1193,78 @@ def run(
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))
     return report
+
+
+# -- the command line: `taskledger bench` (registered in scripts/cli.py) -------------------------
+
+
+@click.command("bench")
+@click.option(
+    "--events",
+    default=1_000_000,
+    show_default=True,
+    type=int,
+    help="Size of the log for the in-process figures.",
+)
+@click.option(
+    "--seconds", default=5.0, show_default=True, type=float, help="Length of each HTTP scenario."
+)
+@click.option(
+    "--concurrency",
+    multiple=True,
+    type=int,
+    default=(1, 32),
+    show_default=True,
+    help="Concurrent clients (repeat the option for several).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="Where bench.json and bench.md go.",
+)
+@click.option(
+    "--workers",
+    multiple=True,
+    type=int,
+    default=(1, 2),
+    show_default=True,
+    help="Server processes to run each server with (repeat the option for several; counts"
+    " above 1 run at the highest concurrency only).",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Small sizes and short scenarios: a smoke test, not a measurement.",
+)
+def bench_command(
+    events: int,
+    seconds: float,
+    concurrency: tuple[int, ...],
+    workers: tuple[int, ...],
+    out: Path,
+    quick: bool,
+) -> None:
+    """Measure taskledger side by side with a floor app and the eventsourcing library.
+
+    Needs the bench extra (pip install -e '.[bench]'). Everything runs on 127.0.0.1 and stops by
+    itself; the full run takes several minutes. See BENCHMARKS.md.
+
+    Example:
+
+        taskledger bench --events 1000000 --seconds 5 --out bench-results
+    """
+    if quick:
+        events, seconds = 3000, 0.5
+    report = run(
+        events=events,
+        seconds=seconds,
+        concurrency=list(concurrency),
+        out=out,
+        small_events=min(10_000, events),
+        get_requests=300 if quick else 3000,
+        echo=lambda line: click.echo(line, err=True),
+        workers=list(workers),
+    )
+    click.echo(markdown(report))

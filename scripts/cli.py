@@ -13,7 +13,7 @@ from api.composition import Store
 from api.policy import ROLES
 from api.settings import Settings
 from ledger.errors import LedgerError
-from scripts import ops
+from scripts import bench, ops
 from scripts.options import db_option, resolve_db
 
 
@@ -375,7 +375,7 @@ cli.add_command(ops.rebuild)
 cli.add_command(ops.export)
 cli.add_command(ops.import_)
 cli.add_command(ops.backup)
-cli.add_command(ops.bench)
+cli.add_command(bench.bench_command)
 
 
 def main() -> None:
