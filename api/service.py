@@ -213,17 +213,10 @@ class TaskLedger(WorkerCases):
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> TaskView:
-        grant = authorize(UseCase.CANCEL, caller)
-        command = CancelTask(task_id=task_id, at=self.clock(), owner=grant.owner)
-        return await self._run(
-            UseCase.CANCEL,
-            caller,
-            command,
-            TaskView,
-            self._bare,
-            (task_id,),
-            idempotency_key,
-            request_id,
+        """Cancel a task that has not started (or a pending update: the task goes back to
+        exactly how it was before it)."""
+        return await self._close(
+            UseCase.CANCEL, CancelTask, caller, task_id, idempotency_key, request_id
         )
 
     async def delete(
@@ -234,17 +227,25 @@ class TaskLedger(WorkerCases):
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> TaskView:
-        grant = authorize(UseCase.DELETE, caller)
-        command = DeleteTask(task_id=task_id, at=self.clock(), owner=grant.owner)
+        """Delete a finished task (its blobs are purged; its events stay for audit)."""
+        return await self._close(
+            UseCase.DELETE, DeleteTask, caller, task_id, idempotency_key, request_id
+        )
+
+    async def _close(
+        self,
+        use_case: UseCase,
+        make: type[CancelTask] | type[DeleteTask],
+        caller: Caller,
+        task_id: str,
+        idempotency_key: str | None,
+        request_id: str | None,
+    ) -> TaskView:
+        """Cancel or delete: a command that names only the task and the caller's scope."""
+        grant = authorize(use_case, caller)
+        command = make(task_id=task_id, at=self.clock(), owner=grant.owner)
         return await self._run(
-            UseCase.DELETE,
-            caller,
-            command,
-            TaskView,
-            self._bare,
-            (task_id,),
-            idempotency_key,
-            request_id,
+            use_case, caller, command, TaskView, self._bare, (task_id,), idempotency_key, request_id
         )
 
     # -- audit -------------------------------------------------------------------------------
