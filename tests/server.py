@@ -19,22 +19,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli(*args: str, db: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args, "--db", str(db)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-
-
-def create_key(db: Path, owner: str, role: str = "user") -> str:
-    """A new key via ``taskledger keys create``: the key is the last line of stdout."""
-    out = cli("keys", "create", "--owner", owner, "--role", role, db=db).stdout
-    return out.strip().splitlines()[-1]
-
-
 class Server:
     def __init__(self, db: Path, *extra: str, port: int | None = None) -> None:
         self.db = db

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from ledger import codec
@@ -32,19 +31,18 @@ from ledger.events import (
 )
 from ledger.log import Actor, Backend, Envelope, RecordedEvent, StoredEvent, stream_id_for
 from ledger.state import TaskState
+from tests.ledger.stories import (  # the ledger tests' vocabulary: one set of times and blobs
+    FILE,
+    FILE_BYTES,
+    OUTPUT,
+    OUTPUT_BYTES,
+    OWNER,
+    T0,
+    WORKER,
+    at,
+)
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-OWNER = "alice"
-WORKER = "w1"
-FILE_BYTES = b"%PDF-1.7 the input file"
-OUTPUT_BYTES = b'{"chunks": [], "page_count": 1}'
-FILE = blob_ref(FILE_BYTES)
-OUTPUT = blob_ref(OUTPUT_BYTES)
-
-
-def at(seconds: float) -> datetime:
-    """A fixed point in time, ``seconds`` after T0."""
-    return T0 + timedelta(seconds=seconds)
+__all__ = ["FILE", "FILE_BYTES", "OUTPUT", "OUTPUT_BYTES", "OWNER", "T0", "WORKER", "at"]
 
 
 def env(
