@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from api.contract import DEFAULT_CONFIGURATION, check_file_name, normalise_fields
 from api.core import Finished, TaskView, now
+from api.filetypes import accepted, sniff
 from api.ids import new_task_id
 from api.policy import Caller, Grant, Scope, UseCase, authorize
 from api.refusals import BadRequest
@@ -57,6 +58,12 @@ class TaskLedger(WorkerCases):
         file_name = check_file_name(file_name)
         if not file:
             raise BadRequest("File is empty")
+        media_type = sniff(file, file_name)
+        if not accepted(media_type, self.settings.file_types):
+            raise BadRequest(
+                "Unsupported file type: this server takes PDF, Word, Excel, PowerPoint, JPEG "
+                "and PNG files"
+            )
         fields = normalise_fields(configuration or {})
         defaults = {**DEFAULT_CONFIGURATION, "expires_in": self.settings.default_expires_in}
         merged = merge_configuration(defaults, fields)
@@ -69,6 +76,7 @@ class TaskLedger(WorkerCases):
             file=ref,
             file_name=file_name,
             expires_in=merged.get("expires_in"),
+            media_type=media_type,
         )
         fp = (ref.sha256, file_name, fields)
         return await self._run(

@@ -40,6 +40,9 @@ class Settings(msgspec.Struct, kw_only=True):
     #: How long (ms) the group-commit writer may park this process's event loop while a batch's
     #: commands run (it runs again before COMMIT); 0 never parks. See api.groupcommit.Pause.
     park_ms: float = 50.0
+    #: Which inputs create takes: ``any`` file, or only ``chunkr``'s types (by their first bytes;
+    #: others are 400 "Unsupported file type"). See api.filetypes.
+    file_types: str = "any"
 
 
 SETTINGS_ENV = "TASKLEDGER_SETTINGS"

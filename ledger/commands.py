@@ -26,6 +26,7 @@ class CreateTask(Command):
     file: BlobRef
     file_name: str | None = None
     expires_in: int | None = None
+    media_type: str | None = None
 
 
 class UpdateTask(Command):

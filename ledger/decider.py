@@ -137,6 +137,7 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
                     file=command.file,
                     file_name=command.file_name,
                     expires_in=command.expires_in,
+                    media_type=command.media_type,
                 )
             ]
         case ExpireLease():
@@ -234,6 +235,7 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
                 file=event.file,
                 file_name=event.file_name,
                 expires_in=event.expires_in,
+                media_type=event.media_type,
                 created_at=at,
             )
         case UpdateRequested():

@@ -43,6 +43,9 @@ class TaskCreated(Event, tag="task_created"):
     file: BlobRef
     file_name: str | None = None
     expires_in: int | None = None
+    #: The input's type as its first bytes show it (``application/pdf``...); None when unknown
+    #: and in events written before the field existed.
+    media_type: str | None = None
 
 
 class UpdateRequested(Event, tag="update_requested"):

@@ -34,6 +34,7 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     configuration: dict[str, Any] = {}
     file: BlobRef | None = None
     file_name: str | None = None
+    media_type: str | None = None
     expires_in: int | None = None
     output: BlobRef | None = None
     created_at: datetime | None = None

@@ -10,6 +10,7 @@ import click
 
 from api import keys as key_store
 from api.composition import Store
+from api.filetypes import FILE_TYPE_POLICIES
 from api.policy import ROLES
 from api.settings import Settings
 from ledger.errors import LedgerError
@@ -113,6 +114,14 @@ def cli() -> None:
     help="Longest the writer parks the event loop while a batch's commands run (0: never).",
 )
 @click.option(
+    "--file-types",
+    default="any",
+    show_default=True,
+    type=click.Choice(FILE_TYPE_POLICIES),
+    help="Inputs create takes: any file, or only Chunkr's types (PDF, Office, JPEG, PNG; "
+    "judged by their first bytes).",
+)
+@click.option(
     "--log-json/--log-console",
     default=None,
     help="Log format (default: console on a terminal, JSON otherwise).",
@@ -132,6 +141,7 @@ def serve(
     rate_limit_burst: int,
     workers: int,
     park_ms: float,
+    file_types: str,
     log_json: bool | None,
 ) -> None:
     """Run the HTTP API.
@@ -178,6 +188,7 @@ def serve(
         rate_limit_per_second=rate_limit,
         rate_limit_burst=rate_limit_burst,
         park_ms=park_ms,
+        file_types=file_types,
     )
     click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
     if workers > 1:
@@ -322,6 +333,14 @@ def keys_revoke(db_path: Path | None, key_id: str) -> None:
     default="scripts.processors:text_chunks",
     show_default=True,
     help="module:function that turns (bytes, file_name, configuration) into output.",
+)
+@click.option(
+    "--file-types",
+    default="any",
+    show_default=True,
+    type=click.Choice(FILE_TYPE_POLICIES),
+    help="Inputs create takes: any file, or only Chunkr's types (PDF, Office, JPEG, PNG; "
+    "judged by their first bytes).",
 )
 @click.option(
     "--log-json/--log-console",
