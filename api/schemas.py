@@ -6,11 +6,18 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
+from api.configuration import (
+    NESTED_FIELDS,
+    Configuration,
+    ConfigurationInput,
+    configuration_of,
+    unknown_fields,
+)
 from api.core import Finished, TaskView
 from api.refusals import BadRequest
 from ledger.events import SUCCEEDED
@@ -21,58 +28,47 @@ PositiveInt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 
 
-class ChunkProcessing(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    ignore_headers_and_footers: bool | None = None
-    target_length: PositiveInt | None = None
-    tokenizer: str | dict[str, str] | None = None
+class CreateBody(ConfigurationInput, kw_only=True):
+    """A create: the file (base64, a ``data:`` URL) and the configuration fields to set.
+    Unknown fields are ignored (as Chunkr ignores them)."""
 
-
-class LlmProcessing(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    model_id: str | None = None
-    fallback_strategy: str | dict[str, str | None] | None = None
-    max_completion_tokens: PositiveInt | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-
-
-class ConfigurationFields(
-    msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
-):
-    """The Chunkr configuration fields a create or update may set (the SDK's Configuration)."""
-
-    chunk_processing: ChunkProcessing | None = None
-    expires_in: NonNegativeInt | None = None
-    error_handling: Literal["Fail", "Continue"] | None = None
-    high_resolution: bool | None = None
-    ocr_strategy: Literal["All", "Auto", "Off"] | None = None
-    segment_processing: dict[str, dict[str, Any] | None] | None = None
-    segmentation_strategy: Literal["LayoutAnalysis", "Page"] | None = None
-    pipeline: Literal["Azure", "Chunkr"] | None = None
-    llm_processing: LlmProcessing | None = None
-    # Deprecated Chunkr fields, accepted and kept so old clients are not refused.
-    json_schema: dict[str, Any] | None = None
-    model: str | None = None
-    target_chunk_length: PositiveInt | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields that were given, as plain JSON values, nulls dropped."""
-        return _drop_nulls(msgspec.to_builtins(self))
-
-
-class CreateBody(ConfigurationFields, kw_only=True, forbid_unknown_fields=True):
     file: str
     file_name: str | None = None
     #: Chunkr accepts ``expires_at`` as an alias of ``expires_in`` on input.
     expires_at: NonNegativeInt | None = None
 
 
-class UpdateBody(ConfigurationFields, kw_only=True, forbid_unknown_fields=True):
+class UpdateBody(ConfigurationInput, kw_only=True):
+    """An update: the configuration fields to replace, each whole."""
+
     expires_at: NonNegativeInt | None = None
 
 
-def _drop_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
-    return value
+def configuration_sent(body: CreateBody | UpdateBody) -> ConfigurationInput:
+    """The configuration a body sent, ``expires_at`` read as ``expires_in``."""
+    if body.expires_at is not None and body.expires_in is None:
+        return msgspec.structs.replace(body, expires_in=body.expires_at)
+    return body
+
+
+_BODY_KEYS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def ignored_fields(raw: bytes, shape: type[ConfigurationInput]) -> list[str]:
+    """The fields of a JSON body (already decoded once into ``shape``) that ``shape`` does not
+    know: the paths of what decoding ignored, for the request's log line. The top level is
+    scanned without decoding its values (the file's base64 text stays unread)."""
+    try:
+        top = _BODY_KEYS.decode(raw)
+    except msgspec.DecodeError:
+        return []
+    known = shape.__struct_fields__
+    body = {
+        key: msgspec.json.decode(value) if key in NESTED_FIELDS else None
+        for key, value in top.items()
+        if key not in known or key in NESTED_FIELDS
+    }
+    return unknown_fields(body, shape)
 
 
 def decode_file(file: str) -> bytes:
@@ -148,7 +144,7 @@ class TaskResponse(msgspec.Struct, kw_only=True):
     started_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime | None
-    configuration: dict[str, Any]
+    configuration: Configuration
     output: OutputResponse | None
     task_url: str
 
@@ -177,7 +173,9 @@ def render_task(
 ) -> TaskResponse:
     """Task JSON as Chunkr emits it. ``output`` is the decoded output blob, if there is one."""
     task_url = f"{base_url}/api/v1/task/{state.task_id}"
-    configuration = {**state.configuration, "input_file_url": f"{task_url}/input"}
+    configuration = msgspec.structs.replace(
+        configuration_of(state.configuration), input_file_url=f"{task_url}/input"
+    )
     rendered_output = None
     if output is not None:
         rendered_output = OutputResponse(

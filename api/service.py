@@ -14,15 +14,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from api.contract import DEFAULT_CONFIGURATION, check_file_name, normalise_fields
-from api.core import Finished, TaskView, now
+from api.configuration import ConfigurationInput, fields_from_input, parse_fields
+from api.contract import check_file_name
+from api.core import Finished, TaskView, note, now
 from api.filetypes import accepted, sniff
 from api.ids import new_task_id
 from api.policy import Caller, Grant, Scope, UseCase, authorize
 from api.refusals import BadRequest
 from api.work import WorkerCases
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
-from ledger.decider import fold, merge_configuration
+from ledger.decider import fold
 from ledger.errors import TaskNotFound
 from ledger.events import EVENT_TAGS, blob_ref
 from ledger.log import FeedQuery, RecordedEvent, TaskQuery
@@ -33,6 +34,8 @@ MAX_LIST_LIMIT = 1000
 #: Past this the offset (page - 1) * limit no longer fits a 64-bit integer.
 MAX_PAGE = 2**31 - 1
 MAX_FEED_LIMIT = 1000
+#: The unknown field names a request's log line lists (all are counted).
+MAX_IGNORED_LOGGED = 20
 
 
 def _itself(view: TaskView) -> TaskView:
@@ -50,10 +53,15 @@ class TaskLedger(WorkerCases):
         *,
         file: bytes,
         file_name: str | None = None,
-        configuration: dict[str, Any] | None = None,
+        configuration: ConfigurationInput | dict[str, Any] | None = None,
+        ignored_fields: Sequence[str] = (),
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> TaskView:
+        """A new task for ``file``. ``configuration`` is what the caller sent (typed, or plain
+        JSON that is checked here); the task stores each field sent, whole, with its own
+        defaults (api.configuration). ``ignored_fields`` are the unknown fields the caller's
+        body held (counted in the request's log line)."""
         authorize(UseCase.CREATE, caller)
         file_name = check_file_name(file_name)
         if not file:
@@ -64,18 +72,19 @@ class TaskLedger(WorkerCases):
                 "Unsupported file type: this server takes PDF, Word, Excel, PowerPoint, JPEG "
                 "and PNG files"
             )
-        fields = normalise_fields(configuration or {})
-        defaults = {**DEFAULT_CONFIGURATION, "expires_in": self.settings.default_expires_in}
-        merged = merge_configuration(defaults, fields)
+        fields = {
+            "expires_in": self.settings.default_expires_in,
+            **self._configuration(configuration, ignored_fields),
+        }
         ref = blob_ref(file)
         command = CreateTask(
             task_id=new_task_id(),
             at=self.clock(),
             owner=caller.owner,
-            configuration=merged,
+            configuration=fields,
             file=ref,
             file_name=file_name,
-            expires_in=merged.get("expires_in"),
+            expires_in=fields["expires_in"],
             media_type=media_type,
         )
         fp = (ref.sha256, file_name, fields)
@@ -192,13 +201,16 @@ class TaskLedger(WorkerCases):
         self,
         caller: Caller,
         task_id: str,
-        configuration: dict[str, Any],
+        configuration: ConfigurationInput | dict[str, Any],
         *,
+        ignored_fields: Sequence[str] = (),
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> TaskView:
+        """Run a finished task again with the fields sent replacing the task's, each whole (with
+        its own defaults); the fields not sent keep their values."""
         grant = authorize(UseCase.UPDATE, caller)
-        fields = normalise_fields(configuration)
+        fields = self._configuration(configuration, ignored_fields)
         command = UpdateTask(
             task_id=task_id, at=self.clock(), owner=grant.owner, configuration=fields
         )
@@ -212,6 +224,18 @@ class TaskLedger(WorkerCases):
             idempotency_key,
             request_id,
         )
+
+    @staticmethod
+    def _configuration(
+        sent: ConfigurationInput | dict[str, Any] | None, ignored: Sequence[str]
+    ) -> dict[str, Any]:
+        if ignored:
+            note(ignored_fields=len(ignored), ignored=list(ignored[:MAX_IGNORED_LOGGED]))
+        if sent is None:
+            return {}
+        if isinstance(sent, dict):
+            return parse_fields(sent)
+        return fields_from_input(sent)
 
     async def cancel(
         self,

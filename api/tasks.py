@@ -7,7 +7,7 @@ service's."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from litestar import Controller, MediaType, Request, delete, get, patch, post
 from litestar.datastructures import State
@@ -18,7 +18,17 @@ from litestar.response.base import ASGIResponse
 from api.auth import base_url, guard, request_id
 from api.openapi import AUTH, READ, WRITE, json_reply, responses
 from api.policy import Caller, UseCase
-from api.schemas import CreateBody, TaskResponse, UpdateBody, decode_file, encode, render_view
+from api.refusals import BadRequest
+from api.schemas import (
+    CreateBody,
+    TaskResponse,
+    UpdateBody,
+    configuration_sent,
+    decode_file,
+    encode,
+    ignored_fields,
+    render_view,
+)
 from api.service import MAX_LIST_LIMIT, TaskLedger
 
 Service = NamedDependency[TaskLedger]
@@ -50,14 +60,12 @@ class TaskController(Controller):
         data: JSONBody[CreateBody],
         idempotency_key: IdempotencyKey = None,
     ) -> TaskResponse:
-        fields: dict[str, Any] = data.as_dict()
-        for name in ("file", "file_name"):
-            fields.pop(name, None)
         view = await service.create(
             request.user,
             file=decode_file(data.file),
             file_name=data.file_name,
-            configuration=fields,
+            configuration=configuration_sent(data),
+            ignored_fields=ignored_fields(await request.body(), CreateBody),
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
@@ -112,10 +120,16 @@ class TaskController(Controller):
         data: JSONBody[UpdateBody | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> TaskResponse:
+        if data is None:
+            raise BadRequest(
+                "Request body is empty; expected a JSON object with the configuration fields "
+                "to change"
+            )
         view = await service.update(
             request.user,
             task_id,
-            data.as_dict() if data is not None else {},
+            configuration_sent(data),
+            ignored_fields=ignored_fields(await request.body(), UpdateBody),
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )

@@ -30,7 +30,7 @@ class CreateTask(Command):
 
 
 class UpdateTask(Command):
-    #: Configuration fields to merge onto the current configuration.
+    #: Configuration fields that replace the current ones, each whole.
     configuration: dict[str, Any]
     owner: str | None = None
 

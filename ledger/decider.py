@@ -68,16 +68,10 @@ def initial_state(task_id: str) -> TaskState:
     return TaskState(task_id=task_id)
 
 
-def merge_configuration(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``patch`` onto ``current`` field by field; nested objects are merged the same way,
-    so ``{"chunk_processing": {"target_length": 7}}`` keeps the other chunk_processing fields."""
-    merged = dict(current)
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_configuration(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def updated_configuration(current: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
+    """An update's configuration: each top-level field sent replaces the current one whole (the
+    caller has filled it with its own defaults); the fields not sent keep their values."""
+    return {**current, **sent}
 
 
 def _expiry(at: datetime, expires_in: int | None) -> datetime | None:
@@ -162,7 +156,7 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
         case UpdateTask():
             if status not in (SUCCEEDED, FAILED):
                 raise InvalidTransition(f"Task cannot be updated: status is {status}")
-            configuration = merge_configuration(state.configuration, command.configuration)
+            configuration = updated_configuration(state.configuration, command.configuration)
             expires_in = configuration.get("expires_in", state.expires_in)
             return [
                 UpdateRequested(

@@ -458,17 +458,15 @@ def test_a_failed_task_can_be_updated_and_deleted(alice, create, ledger):
     assert_text(alice.delete(f"/task/{task['task_id']}"), 200, "Task deleted")
 
 
-def test_update_with_an_empty_body_keeps_the_configuration(alice, create, ledger):
+def test_update_with_an_empty_object_keeps_the_configuration(alice, create, ledger):
     task = create(alice)
     ledger.succeed(task["task_id"])
-    for content in (b"{}", b""):
-        before = alice.get(f"/task/{task['task_id']}").json()
-        response = alice.patch(f"/task/{task['task_id']}/parse", content=content)
-        assert response.status_code == 200, response.text
-        assert response.json()["configuration"] == before["configuration"]
-        # Chunks are shown only while Succeeded, not while the update is pending.
-        assert response.json()["output"]["chunks"] == []
-        alice.get(f"/task/{task['task_id']}/cancel")
+    before = alice.get(f"/task/{task['task_id']}").json()
+    response = alice.patch(f"/task/{task['task_id']}/parse", content=b"{}")
+    assert response.status_code == 200, response.text
+    assert response.json()["configuration"] == before["configuration"]
+    # Chunks are shown only while Succeeded, not while the update is pending.
+    assert response.json()["output"]["chunks"] == []
 
 
 def test_an_expired_task_is_not_found(alice, create, ledger):

@@ -45,7 +45,7 @@ from ledger.commands import (
     ReleaseTask,
     UpdateTask,
 )
-from ledger.decider import decide, fold, initial_state, merge_configuration
+from ledger.decider import decide, fold, initial_state, updated_configuration
 from ledger.errors import InvalidTransition, LeaseLost, TaskAlreadyExists, TaskNotFound
 from ledger.events import (
     Cancelled,
@@ -64,10 +64,8 @@ from ledger.events import (
 NOW = at(100)  # every "when" happens here: after the given leases and expiries have run out
 OUTPUT2 = blob(b"second output")
 PATCH = {"chunk_processing": {"target_length": 7}}
-MERGED = {
-    "chunk_processing": {"target_length": 7, "ignore_headers_and_footers": True},
-    "ocr_strategy": "All",
-}
+#: The update's configuration: chunk_processing replaced whole, ocr_strategy kept.
+MERGED = {"chunk_processing": {"target_length": 7}, "ocr_strategy": "All"}
 
 # -- given: one history per status --------------------------------------------------------------
 
@@ -572,46 +570,41 @@ def test_a_pending_update_does_not_expire_on_the_old_expiry():
     given(*history).when(ExpireTask(task_id=ID, at=at(10 * EXPIRES_IN))).then()
 
 
-# -- configuration merge ------------------------------------------------------------------------
+# -- configuration update ----------------------------------------------------------------------
 
 
-def test_update_merges_configuration_recursively():
+def test_update_replaces_each_sent_field_whole_and_keeps_the_others():
     current = {
         "chunk_processing": {
             "target_length": 512,
-            "ignore_headers_and_footers": True,
-            "tokenizer": {"name": "Word", "lowercase": False},
+            "ignore_headers_and_footers": False,
+            "tokenizer": {"String": "bert-base-uncased"},
         },
         "ocr_strategy": "All",
-        "segmentation_strategy": "LayoutAnalysis",
+        "segmentation_strategy": "Page",
     }
     state = state_of([created(configuration=current), claimed(), succeeded()])
-    patch = {
-        "chunk_processing": {"target_length": 7, "tokenizer": {"lowercase": True}},
-        "ocr_strategy": "Auto",
-        "high_resolution": True,
-    }
-    (event,) = decide(UpdateTask(task_id=ID, at=NOW, configuration=patch), state)
-    assert event.configuration == {
+    sent = {
         "chunk_processing": {
             "target_length": 7,
             "ignore_headers_and_footers": True,
-            "tokenizer": {"name": "Word", "lowercase": True},
+            "tokenizer": {"Enum": "Word"},
         },
         "ocr_strategy": "Auto",
-        "segmentation_strategy": "LayoutAnalysis",
-        "high_resolution": True,
     }
-    # The task's configuration before the update is untouched (no aliasing of nested dicts).
+    (event,) = decide(UpdateTask(task_id=ID, at=NOW, configuration=sent), state)
+    # chunk_processing is the one sent, not a merge of old and new (no tokenizer with both
+    # Enum and String); segmentation_strategy, not sent, is kept.
+    assert event.configuration == {**sent, "segmentation_strategy": "Page"}
+    # The task's configuration before the update is untouched.
     assert state.configuration == current
-    assert current["chunk_processing"]["tokenizer"] == {"name": "Word", "lowercase": False}
     assert fold([event], state).configuration == event.configuration
 
 
-def test_merge_replaces_a_nested_object_with_a_scalar_and_back():
-    assert merge_configuration({"a": {"b": 1}}, {"a": None}) == {"a": None}
-    assert merge_configuration({"a": 3}, {"a": {"b": 1}}) == {"a": {"b": 1}}
-    assert merge_configuration({"a": {"b": 1, "c": 2}}, {}) == {"a": {"b": 1, "c": 2}}
+def test_updated_configuration_is_a_top_level_replace():
+    assert updated_configuration({"a": {"b": 1}}, {"a": None}) == {"a": None}
+    assert updated_configuration({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3}}
+    assert updated_configuration({"a": {"b": 1, "c": 2}}, {}) == {"a": {"b": 1, "c": 2}}
 
 
 def test_update_can_change_expires_in_through_the_configuration():
