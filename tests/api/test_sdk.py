@@ -146,3 +146,36 @@ def test_a_bad_key_raises_401(server, text_file, monkeypatch):
         assert info.value.response.status_code == 401
     finally:
         client.close()
+
+
+def test_a_string_tokenizer_and_a_table_config_round_trip_through_the_sdk(chunkr, text_file):
+    from chunkr_ai.models import (
+        GenerationConfig,
+        GenerationStrategy,
+        SegmentFormat,
+        SegmentProcessing,
+        TokenizerType,
+    )
+
+    sent = Configuration(
+        chunk_processing=ChunkProcessing(
+            target_length=64, tokenizer=TokenizerType(string_value="bert-base-uncased")
+        ),
+        segment_processing=SegmentProcessing(
+            table=GenerationConfig(format=SegmentFormat.HTML, strategy=GenerationStrategy.AUTO)
+        ),
+    )
+    created = chunkr.create_task(text_file, sent)
+    got = chunkr.get_task(created.task_id)
+    tokenizer = got.configuration.chunk_processing.tokenizer
+    assert (tokenizer.string_value, tokenizer.enum_value) == ("bert-base-uncased", None)
+    table = got.configuration.segment_processing.table
+    assert (table.format, table.strategy) == (SegmentFormat.HTML, GenerationStrategy.AUTO)
+    # Chunkr's defaults for what was not sent: the Table's own, and every other type's.
+    assert (table.crop_image.value, table.extended_context) == ("Auto", False)
+    picture = got.configuration.segment_processing.picture
+    assert (picture.crop_image.value, picture.strategy, picture.format) == (
+        "All",
+        GenerationStrategy.AUTO,
+        SegmentFormat.MARKDOWN,
+    )
