@@ -14,11 +14,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
+from litestar.types import Message, Scope
 
 from api.audit import AuditController
 from api.auth import PUBLIC_DOCS, KeyAuthentication
@@ -37,6 +40,38 @@ from ledger import __version__
 def provide_service(state: State) -> TaskLedger:
     service: TaskLedger = state.service
     return service
+
+
+#: Response headers a browser script may read: the request id, a retry's wait, a deprecation.
+EXPOSED_HEADERS = ["X-Request-Id", "Retry-After", "Content-Disposition"]
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """CORS for ``settings.cors_origins`` (Chunkr answers every route with ``*``): any method
+    and request header; no credentials (the API key travels in a header, never a cookie)."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=EXPOSED_HEADERS,
+        max_age=600,
+    )
+
+
+async def allow_every_method(message: Message, scope: Scope) -> None:
+    """OPTIONS answers ``Allow`` with every method of its path. Litestar 2.25 generates the
+    OPTIONS handler when a path's first handler is registered and it keeps that route's methods:
+    a path served by two handlers (GET and DELETE /api/v1/task/{id}) would answer one of them
+    (tests/api/test_cors.py checks every path)."""
+    if scope.get("method") != "OPTIONS" or message["type"] != "http.response.start":
+        return
+    template = scope.get("path_template")
+    for route in scope["litestar_app"].routes:
+        if isinstance(route, HTTPRoute) and route.path_format == template:
+            MutableScopeHeaders.from_message(message)["Allow"] = ", ".join(sorted(route.methods))
+            return
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -72,6 +107,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
+        cors_config=cors_config(settings),
+        before_send=[allow_every_method],
         openapi_config=OpenAPIConfig(
             title="taskledger",
             version=__version__,

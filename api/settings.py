@@ -43,6 +43,9 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Which inputs create takes: ``any`` file, or only ``chunkr``'s types (by their first bytes;
     #: others are 400 "Unsupported file type"). See api.filetypes.
     file_types: str = "any"
+    #: Origins a browser may call the API from (CORS; ``*``: any, as Chunkr); empty: no CORS
+    #: headers at all. A preflight needs no key.
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 SETTINGS_ENV = "TASKLEDGER_SETTINGS"

@@ -9,7 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Controller, MediaType, Request, delete, get, patch, post
+from litestar import (
+    Controller,
+    MediaType,
+    Request,
+    delete,
+    get,
+    patch,
+    post,
+)
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter

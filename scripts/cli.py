@@ -122,6 +122,12 @@ def cli() -> None:
     "judged by their first bytes).",
 )
 @click.option(
+    "--cors-origins",
+    default="*",
+    show_default=True,
+    help="Comma-separated origins browsers may call the API from ('*': any; '': no CORS).",
+)
+@click.option(
     "--log-json/--log-console",
     default=None,
     help="Log format (default: console on a terminal, JSON otherwise).",
@@ -142,6 +148,7 @@ def serve(
     workers: int,
     park_ms: float,
     file_types: str,
+    cors_origins: str,
     log_json: bool | None,
 ) -> None:
     """Run the HTTP API.
@@ -189,6 +196,7 @@ def serve(
         rate_limit_burst=rate_limit_burst,
         park_ms=park_ms,
         file_types=file_types,
+        cors_origins=tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
     )
     click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
     if workers > 1:
@@ -333,14 +341,6 @@ def keys_revoke(db_path: Path | None, key_id: str) -> None:
     default="scripts.processors:text_chunks",
     show_default=True,
     help="module:function that turns (bytes, file_name, configuration) into output.",
-)
-@click.option(
-    "--file-types",
-    default="any",
-    show_default=True,
-    type=click.Choice(FILE_TYPE_POLICIES),
-    help="Inputs create takes: any file, or only Chunkr's types (PDF, Office, JPEG, PNG; "
-    "judged by their first bytes).",
 )
 @click.option(
     "--log-json/--log-console",
