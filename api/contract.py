@@ -1,18 +1,13 @@
-"""Chunkr's task contract, apart from HTTP: the default configuration, Chunkr's input spellings,
-the checks on a file name, and the output shape the chunkr-ai SDK parses. The service applies
+"""Chunkr's task contract, apart from HTTP: the default configuration, Chunkr's input spellings
+and the checks on a file name (the output's shape is ``api/output.py``). The service applies
 them; the HTTP adapter and the command line share them through it."""
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, Literal
-
-import msgspec
-from msgspec import Meta
+from typing import Any
 
 from api.refusals import BadRequest
-
-NonNegativeInt = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 
 DEFAULT_CONFIGURATION: dict[str, Any] = {
     "chunk_processing": {
@@ -63,63 +58,3 @@ def check_file_name(name: str | None) -> str | None:
     if "/" in name or "\\" in name:
         raise BadRequest("file_name must be a plain file name, without directories")
     return name
-
-
-class BoundingBox(msgspec.Struct, kw_only=True):
-    left: float
-    top: float
-    width: float
-    height: float
-
-
-class Segment(msgspec.Struct, kw_only=True):
-    """The fields of a segment the chunkr-ai SDK requires; others pass through untouched."""
-
-    bbox: BoundingBox
-    page_height: float
-    page_width: float
-    page_number: int
-    segment_id: str
-    segment_type: Literal[
-        "Caption",
-        "Footnote",
-        "Formula",
-        "ListItem",
-        "Page",
-        "PageFooter",
-        "PageHeader",
-        "Picture",
-        "SectionHeader",
-        "Table",
-        "Text",
-        "Title",
-    ]
-    confidence: float | None
-
-
-class Chunk(msgspec.Struct, kw_only=True):
-    chunk_id: str
-    chunk_length: int
-    segments: list[Segment]
-
-
-class Output(msgspec.Struct, kw_only=True):
-    chunks: list[Chunk]
-    file_name: str | None = None
-    page_count: NonNegativeInt | None = None
-    pdf_url: str | None = None
-
-
-def check_output(output: dict[str, Any], file_name: str | None) -> dict[str, Any]:
-    """Validate a worker's output against what the SDK parses; fill Chunkr's optional keys."""
-    try:
-        msgspec.convert(output, Output)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"Invalid output: {exc}") from None
-    return {
-        "file_name": file_name,
-        "page_count": None,
-        "pdf_url": None,
-        "extracted_json": None,
-        **output,
-    }

@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
-from api.contract import check_output
 from api.core import Finished, ServiceCore, TaskView, log_fields, note
+from api.output import checked_output
 from api.policy import Caller, Grant, UseCase, authorize
 from api.refusals import BadRequest
 from ledger.commands import (
@@ -120,8 +120,7 @@ class WorkerCases(ServiceCore):
         state = await self.reads.run(self.store.state, task_id)
         if state is None or not state.live:
             raise TaskNotFound()
-        full = check_output(output, state.file_name)
-        data = msgspec.json.encode(full)
+        full, data = checked_output(output, state.file_name)
         ref = blob_ref(data)
         command = CompleteTask(task_id=task_id, at=self.clock(), worker_id=worker_id, output=ref)
 

@@ -7,11 +7,15 @@ your own with ``taskledger worker --processor mypackage.module:function``.
 
 The reference processor, ``text_chunks``, handles text-like files (plain text, Markdown, HTML,
 JSON): it splits the words into chunks of ``chunk_processing.target_length`` words (default 512),
-each chunk one ``Text`` segment with every field the chunkr-ai SDK requires.
+each chunk one ``Text`` segment with every field the chunkr-ai SDK requires. Its ``content``,
+``text`` and ``markdown`` are the chunk's words and its ``html`` the same words escaped in a
+``<p>``: strings, never null, as Chunkr sends them (the server refuses a null; see
+``api/output.py``).
 """
 
 from __future__ import annotations
 
+import html
 import html.parser
 import json
 import uuid
@@ -99,7 +103,7 @@ def text_chunks(
             "content": content,
             "text": content,
             "markdown": content,
-            "html": None,
+            "html": f"<p>{html.escape(content, quote=False)}</p>",
             "page_height": PAGE_HEIGHT,
             "page_width": PAGE_WIDTH,
             "page_number": 1,

@@ -3,11 +3,13 @@ in the shape the chunkr-ai SDK parses; anything else is refused."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
 from chunkr_ai.api.configuration import OutputResponse
 
+from api.output import check_output
 from scripts.processors import ProcessingError, text_chunks
 
 WORDS = [f"word{n}" for n in range(23)]
@@ -118,3 +120,35 @@ def test_output_parses_with_the_sdk_output_model(name):
         assert segment.segment_length == chunk.chunk_length == len(segment.content.split())
     ids = [c.chunk_id for c in parsed.chunks] + [c.segments[0].segment_id for c in parsed.chunks]
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("name", list(TEXT_LIKE))
+def test_output_passes_the_servers_output_check(name):
+    file_name, data, words = TEXT_LIKE[name]
+    output = text_chunks(data, file_name, config(4))
+
+    full = check_output(output, "ignored.txt")  # the processor names the file itself
+
+    assert full["file_name"] == file_name
+    for chunk, checked in zip(output["chunks"], full["chunks"], strict=True):
+        assert checked["segments"][0] == {"image": None, "llm": None, **chunk["segments"][0]}
+        assert {k: checked[k] for k in chunk if k != "segments"} == {
+            k: v for k, v in chunk.items() if k != "segments"
+        }
+    parsed = OutputResponse.model_validate(full)
+    for chunk in parsed.chunks:
+        segment = chunk.segments[0]
+        assert segment.text == segment.content == segment.markdown == chunk.content
+        assert segment.html == f"<p>{html.escape(segment.content, quote=False)}</p>"
+
+
+def test_html_of_a_segment_is_escaped():
+    output = text_chunks(b'if a < b && c > "d" then', "rule.txt", config(100))
+    segment = output["chunks"][0]["segments"][0]
+    assert segment["html"] == '<p>if a &lt; b &amp;&amp; c &gt; "d" then</p>'
+    assert segment["markdown"] == segment["text"] == 'if a < b && c > "d" then'
+    assert check_output(output, "rule.txt")["chunks"][0]["segments"][0] == {
+        "image": None,
+        "llm": None,
+        **segment,
+    }
