@@ -98,11 +98,20 @@ def test_history_carries_each_events_data(story, events):
     assert created["owner"] == "alice"
     assert created["file_name"] == "a.txt"
     assert created["expires_in"] == 3600
-    assert created["configuration"]["chunk_processing"]["target_length"] == 512
+    # The event records the configuration fields sent (the rest are Chunkr's defaults).
+    assert created["configuration"] == {"expires_in": 3600}
     assert claimed["worker_id"] == "w-audit" and claimed["attempt"] == 1
     assert succeeded["worker_id"] == "w-audit"
     assert len(succeeded["output"]["sha256"]) == 64
-    assert updated["configuration"]["chunk_processing"]["target_length"] == 7
+    # The update's chunk_processing, whole, with its own defaults; expires_in kept.
+    assert updated["configuration"] == {
+        "expires_in": 3600,
+        "chunk_processing": {
+            "ignore_headers_and_footers": True,
+            "target_length": 7,
+            "tokenizer": {"Enum": "Word"},
+        },
+    }
     assert cancelled["at"] >= updated["at"]
 
 
