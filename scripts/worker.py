@@ -149,6 +149,15 @@ class Worker:
         if path != "release" and not self.stopping.is_set():
             body = {**body, "claim_next": True, "lease_seconds": self.lease_seconds}
         response = self.post(client, f"/task/{task_id}/{path}", body)
+        if response is not None and path == "complete" and response.status_code == 400:
+            # The server refused the processor's output (it names the field): trying again
+            # would produce the same output, so the task fails with that reason.
+            log.warning("output_refused", task_id=task_id, body=response.text[:200])
+            path = "fail"
+            error = f"Processing error: the output was refused: {response.text}"[:10_000]
+            body = {**body, "error": error}
+            del body["output"]
+            response = self.post(client, f"/task/{task_id}/fail", body)
         if response is not None and response.status_code == 200:
             self.processed += path != "release"
             log.info("task_finished", task_id=task_id, outcome=path)
