@@ -11,7 +11,7 @@ adapter, the command line and the tests call the same methods. It imports nothin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from api.configuration import ConfigurationInput, fields_from_input, parse_fields
@@ -36,6 +36,19 @@ MAX_PAGE = 2**31 - 1
 MAX_FEED_LIMIT = 1000
 #: The unknown field names a request's log line lists (all are counted).
 MAX_IGNORED_LOGGED = 20
+
+
+def utc_time(name: str, when: datetime | None) -> datetime | None:
+    """A query's time in UTC; BadRequest if it has no time zone or falls outside the years
+    1-9999 once in UTC (``0001-01-01T00:00:00+05:00`` does)."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise BadRequest(f"{name} must be an RFC 3339 time with a time zone")
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"{name} is outside the range of times this server keeps") from None
 
 
 def _itself(view: TaskView) -> TaskView:
@@ -128,8 +141,7 @@ class TaskLedger(WorkerCases):
         grant = authorize(UseCase.GET_AS_OF, caller)
         if as_of_version is not None and as_of is not None:
             raise BadRequest("Give as_of_version or as_of, not both")
-        if as_of is not None and as_of.tzinfo is None:
-            raise BadRequest("as_of must be an RFC 3339 time with a time zone")
+        as_of = utc_time("as_of", as_of)
         if as_of_version is not None and as_of_version < 1:
             raise BadRequest("Invalid request: as_of_version: must be a whole number, 1 or more")
         return await self.reads.run(
@@ -184,9 +196,7 @@ class TaskLedger(WorkerCases):
             raise BadRequest(f"page must be at most {MAX_PAGE}")
         if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
-        for name, when in (("start", start), ("end", end)):
-            if when is not None and when.tzinfo is None:
-                raise BadRequest(f"{name} must be an RFC 3339 time with a time zone")
+        start, end = utc_time("start", start), utc_time("end", end)
         offset = (page - 1) * limit if page is not None and limit is not None else 0
         query = TaskQuery(
             at=self.clock(), owner=grant.owner, limit=limit, offset=offset, start=start, end=end
