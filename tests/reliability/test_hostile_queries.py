@@ -119,3 +119,22 @@ def test_every_edge_time_on_the_list_is_a_clear_answer(api, name, when):
     ):
         assert response.status_code == 400
         assert "outside the range of times" in response.text
+
+
+def nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [490, 700, 975, 1500, 5000])
+def test_json_nested_hundreds_deep_is_never_a_500(api, depth):
+    """Depths around the interpreter's recursion limit (a RecursionError was a 500 there)."""
+    user, task = api
+    bodies = [
+        ("POST", "/task/parse", f'{{"file": "aGk=", "json_schema": {nested(depth)}}}'),
+        ("POST", "/task/parse", f'{{"file": "aGk=", "model": [{nested(depth)}]}}'),
+        ("POST", "/task/parse", f'{{"file": "aGk=", "segment_processing": {nested(depth)}}}'),
+        ("PATCH", f"/task/{task}/parse", f'{{"chunk_processing": {nested(depth)}}}'),
+        ("PATCH", f"/task/{task}/parse", f'{{"unknown": {nested(depth)}}}'),
+    ]
+    for method, path, body in bodies:
+        check(user.request(method, path, content=body.encode()))
