@@ -1,60 +1,63 @@
-"""Chunkr's task contract, apart from HTTP: the default configuration, Chunkr's input spellings
-and the checks on a file name (the output's shape is ``api/output.py``). The service applies
-them; the HTTP adapter and the command line share them through it."""
+"""Chunkr's task contract, apart from HTTP: the checks on the names a caller gives (a file's, a
+worker's). The configuration is ``api/configuration.py``, the output's shape ``api/output.py``.
+The service applies them; the HTTP adapter and the command line share them through it."""
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
 
 from api.refusals import BadRequest
 
-DEFAULT_CONFIGURATION: dict[str, Any] = {
-    "chunk_processing": {
-        "ignore_headers_and_footers": True,
-        "target_length": 512,
-        "tokenizer": {"Enum": "Word"},
-    },
-    "error_handling": "Fail",
-    "expires_in": None,
-    "high_resolution": True,
-    "ocr_strategy": "All",
-    "segmentation_strategy": "LayoutAnalysis",
-    "llm_processing": {
-        "model_id": None,
-        "fallback_strategy": "Default",
-        "max_completion_tokens": None,
-        "temperature": 0.0,
-    },
-}
-
-
-def normalise_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Chunkr's input spellings to its stored ones: ``expires_at`` -> ``expires_in``,
-    a bare tokenizer name -> ``{"Enum": name}``, ``ocr_strategy: Off`` -> ``Auto``."""
-    fields = dict(fields)
-    if "expires_at" in fields:
-        fields.setdefault("expires_in", fields.pop("expires_at"))
-    chunking = fields.get("chunk_processing")
-    if isinstance(chunking, dict) and isinstance(chunking.get("tokenizer"), str):
-        fields["chunk_processing"] = {**chunking, "tokenizer": {"Enum": chunking["tokenizer"]}}
-    if fields.get("ocr_strategy") == "Off":
-        fields["ocr_strategy"] = "Auto"
-    return fields
-
-
 MAX_FILE_NAME = 255
+MAX_WORKER_ID = 200
+
+#: Categories of characters no name may hold: controls (Cc), format characters (Cf: the
+#: bidirectional overrides that make ``exe.txt`` display as ``txt.exe``, zero-width spaces,
+#: invisible joiners), line and paragraph separators, unassigned and private-use code points,
+#: surrogates.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn", "Co", "Cs"})
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character of ``text`` no name may hold, as ``U+XXXX``; None if there is none."""
+    for ch in text:
+        if unicodedata.category(ch) in UNSAFE_CATEGORIES:
+            return f"U+{ord(ch):04X}"
+    return None
 
 
 def check_file_name(name: str | None) -> str | None:
+    """A file name as given, or BadRequest saying what is wrong with it: empty, ``.`` or ``..``,
+    a path, too long, or holding a control, format (bidirectional override, zero-width) or
+    unassigned character."""
     if name is None:
         return None
+    if not name.strip():
+        raise BadRequest("file_name must not be empty")
+    if name in (".", ".."):
+        raise BadRequest("file_name must be a file name, not . or ..")
     if len(name) > MAX_FILE_NAME:
         raise BadRequest(f"file_name is longer than {MAX_FILE_NAME} characters")
-    if not name.isprintable() and any(
-        unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name
-    ):
-        raise BadRequest("file_name must not contain control characters")
+    found = unsafe_character(name)
+    if found is not None:
+        raise BadRequest(
+            "file_name must not contain control characters or format characters such as "
+            f"bidirectional overrides ({found})"
+        )
     if "/" in name or "\\" in name:
         raise BadRequest("file_name must be a plain file name, without directories")
     return name
+
+
+def check_worker_id(worker_id: str) -> str:
+    """A worker id as given, or BadRequest: 1 to 200 characters, none of them a control, format
+    or unassigned character (two ids that look alike must be alike)."""
+    if not worker_id or len(worker_id) > MAX_WORKER_ID:
+        raise BadRequest(f"worker_id must be 1 to {MAX_WORKER_ID} characters")
+    found = unsafe_character(worker_id)
+    if found is not None:
+        raise BadRequest(
+            "worker_id must not contain control characters or format characters such as "
+            f"bidirectional overrides ({found})"
+        )
+    return worker_id

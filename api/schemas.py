@@ -18,6 +18,7 @@ from api.configuration import (
     configuration_of,
     unknown_fields,
 )
+from api.contract import MAX_WORKER_ID
 from api.core import Finished, TaskView
 from api.refusals import BadRequest
 from ledger.events import SUCCEEDED
@@ -89,7 +90,11 @@ def decode_file(file: str) -> bytes:
     return data
 
 
-WorkerId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: Also checked by the service (api.contract.check_worker_id): no format, bidirectional or
+#: unassigned character either.
+WorkerId = Annotated[
+    str, Meta(min_length=1, max_length=MAX_WORKER_ID, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 
 
 class ClaimBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

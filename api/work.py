@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from api.contract import check_worker_id
 from api.core import Finished, ServiceCore, TaskView, log_fields, note
 from api.output import checked_output
 from api.policy import Caller, Grant, UseCase, authorize
@@ -47,6 +48,7 @@ class WorkerCases(ServiceCore):
         (capped by the settings) for one; None if none came, or once ``gone`` is done (the
         worker stopped listening: nothing is ever claimed for it then)."""
         authorize(UseCase.CLAIM, caller)
+        worker_id = check_worker_id(worker_id)
         seconds = self.lease_for(lease_seconds)
         wait = min(wait_seconds, self.settings.max_wait_seconds)
         deadline = time.monotonic() + wait
@@ -88,6 +90,7 @@ class WorkerCases(ServiceCore):
     ) -> TaskView:
         """Extend the lease; the answer's state holds the new ``lease_until``."""
         authorize(UseCase.HEARTBEAT, caller)
+        worker_id = check_worker_id(worker_id)
         at = self.clock()
         until = at + timedelta(seconds=self.lease_for(lease_seconds))
         command = ExtendLease(task_id=task_id, at=at, worker_id=worker_id, lease_until=until)
@@ -117,6 +120,7 @@ class WorkerCases(ServiceCore):
         """Succeed the task with a Chunkr-shaped ``output``; with ``claim_next``, then claim the
         worker's next task in the same call."""
         authorize(UseCase.COMPLETE, caller)
+        worker_id = check_worker_id(worker_id)
         state = await self.reads.run(self.store.state, task_id)
         if state is None or not state.live:
             raise TaskNotFound()
@@ -156,6 +160,7 @@ class WorkerCases(ServiceCore):
         request_id: str | None = None,
     ) -> Finished:
         authorize(UseCase.FAIL, caller)
+        worker_id = check_worker_id(worker_id)
         command = FailTask(task_id=task_id, at=self.clock(), worker_id=worker_id, error=error)
 
         def build(tx: Any, outcome: Outcome) -> Finished:
@@ -185,6 +190,7 @@ class WorkerCases(ServiceCore):
     ) -> TaskView:
         """Give the task back unfinished (re-queued at once, the attempt not used up)."""
         authorize(UseCase.RELEASE, caller)
+        worker_id = check_worker_id(worker_id)
         command = ReleaseTask(task_id=task_id, at=self.clock(), worker_id=worker_id)
         return await self._run(
             UseCase.RELEASE,

@@ -185,7 +185,7 @@ CASES = [
         "POST",
         CREATE,
         400,
-        "=file_name must not contain control characters",
+        "file_name must not contain control characters",
         content=body(file_name="a\nb.txt"),
     ),
     case(
@@ -193,7 +193,7 @@ CASES = [
         "POST",
         CREATE,
         400,
-        "=file_name must not contain control characters",
+        "file_name must not contain control characters",
         content=body(file_name="a.txt\r\nX-Injected: 1"),
     ),
     case(
@@ -201,7 +201,7 @@ CASES = [
         "POST",
         CREATE,
         400,
-        "=file_name must not contain control characters",
+        "file_name must not contain control characters",
         content=body(file_name="a\x00.txt"),
     ),
     case(
@@ -395,7 +395,6 @@ def test_nothing_was_written_and_the_server_is_well(server, alice, targets, base
 def test_file_name_with_a_c1_control_character_is_refused(alice, name):
     # Kept out of the table: if the server wrongly accepts it, it appends an event.
     response = alice.post("/task/parse", content=body(file_name=name))
-    assert (response.status_code, response.text) == (
-        400,
-        "file_name must not contain control characters",
-    )
+    assert response.status_code == 400
+    assert response.text.startswith("file_name must not contain control characters")
+    assert f"(U+{ord(name[1]):04X})" in response.text

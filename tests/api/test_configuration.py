@@ -298,3 +298,9 @@ def test_the_log_line_counts_the_ignored_fields(real_server, create):
     (line,) = mine
     assert line["ignored_fields"] == 2
     assert line["ignored"] == ["bogus", "chunk_processing.size"]
+
+
+def test_unknown_fields_cannot_set_what_the_server_decides(alice, create):
+    task = create(alice, owner="bob", admin=True, status="Succeeded", task_id="mine")
+    assert task["status"] == "Starting" and task["task_id"] != "mine"
+    assert task["task_id"] in {t["task_id"] for t in alice.get("/tasks").json()}
