@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,32 @@ def open_store(db_path: Path) -> Store:
             f"Cannot open the database {db_path} for writing: {exc}. Check the path, its "
             "permissions and the free space."
         ) from None
+
+
+def admin_key_file(db: Path) -> Path:
+    """Where ``serve`` leaves the first admin key when no terminal is there to show it."""
+    return db.with_name(db.name + ".admin-key")
+
+
+def announce_admin_key(db: Path, key_id: str, key: str) -> None:
+    """Give the first admin key to the person starting the server, and to nothing else: on the
+    terminal (stderr) when there is one; otherwise in a file only its owner can read (0600),
+    named on stderr, so it never lands in a log that captures stdout or stderr."""
+    if sys.stderr.isatty():
+        click.echo(
+            f"No API keys yet: created an admin key (id {key_id}). It is shown only once:\n{key}",
+            err=True,
+        )
+        return
+    path = admin_key_file(db)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as out:
+        out.write(key + "\n")
+    click.echo(
+        f"No API keys yet: created an admin key (id {key_id}). It is in {path} (readable only by "
+        "you); read it, keep it somewhere safe and delete the file.",
+        err=True,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,12 +196,7 @@ def serve(
     try:
         if store.records.count_keys() == 0:
             record, key = key_store.create_key(store.records, "admin", "admin")
-            click.echo(
-                f"No API keys yet: created an admin key (id {record.key_id}). "
-                "It is shown only once:",
-                err=True,
-            )
-            click.echo(key)
+            announce_admin_key(db, record.key_id, key)
     except LedgerError as exc:
         raise click.ClickException(
             f"Cannot open the database {db} for writing: {exc}. Check the path, its permissions "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -296,7 +297,12 @@ def export(db_path: Path | None, output: Path | None) -> None:
         taskledger export --db ./taskledger.db > events.jsonl
     """
     store = open_store(db_path)
-    out = open(output, "w") if output else sys.stdout
+    # The export holds every input and output: a file of it is its owner's alone (0600).
+    out = (
+        open(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+        if output
+        else sys.stdout
+    )
     try:
         with progress_bar("exporting", event_count(store)) as advance:
             for record in store.backend.export_records():

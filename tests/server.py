@@ -64,11 +64,11 @@ class Server:
         else:
             self.stop()
             raise RuntimeError("taskledger serve did not answer /health in time")
-        # The admin key is printed on stdout only when the database had no keys.
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        printed = (self.proc.stdout.read() or b"").decode().strip()
-        if printed:
-            self.admin_key = printed.splitlines()[-1]
+        # On a database with no keys, serve (its stderr not a terminal here) leaves the admin
+        # key it made in <db>.admin-key, mode 0600, and nothing on stdout.
+        key_file = self.db.with_name(self.db.name + ".admin-key")
+        if key_file.exists() and self.admin_key is None:
+            self.admin_key = key_file.read_text().strip()
         return self
 
     def kill(self) -> None:

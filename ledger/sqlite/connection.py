@@ -3,6 +3,7 @@ triggers, schema migrations, and the mapping of driver errors to StorageUnavaila
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -71,9 +72,27 @@ def storage_error(exc: sqlite3.Error) -> Exception:
     return exc
 
 
+#: Permissions of a database file this creates: its owner's alone (the log holds every input, every
+#: output and the key hashes). SQLite gives the -wal and -shm files the database file's mode.
+FILE_MODE = 0o600
+
+
+def create_private(path: str | Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (an existing file keeps its mode:
+    an operator may have widened it on purpose)."""
+    if str(path) == ":memory:" or str(path).startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    except OSError:
+        return  # it exists, or cannot be made: SQLite itself says why when it opens it
+    os.close(fd)
+
+
 def connect(
     path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
 ) -> sqlite3.Connection:
+    create_private(path)
     conn = sqlite3.connect(
         str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
     )

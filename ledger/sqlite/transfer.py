@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ledger.chain import GENESIS, chain_hash
 from ledger.errors import ImportRefused
 from ledger.events import blob_ref
-from ledger.sqlite.connection import connect
+from ledger.sqlite.connection import connect, create_private
 
 if TYPE_CHECKING:
     from ledger.sqlite.log import SqliteLog
@@ -125,6 +125,7 @@ def backup(log: SqliteLog, destination: str | Path) -> None:
     destination = Path(destination)
     if destination.exists():
         raise FileExistsError(f"{destination} already exists")
+    create_private(destination)
     target = sqlite3.connect(str(destination))
     try:
         source = connect(log.path, busy_timeout_ms=log.busy_timeout_ms)
