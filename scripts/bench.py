@@ -263,10 +263,10 @@ def start_taskledger(
         log=log,
         workers=workers,
     )
-    assert proc.proc.stdout is not None
-    os.set_blocking(proc.proc.stdout.fileno(), False)
-    printed = (proc.proc.stdout.read() or b"").decode().strip()
-    key = printed.splitlines()[-1] if printed else ""
+    # A new database's admin key: serve leaves it in <db>.admin-key (0600) when its stderr is
+    # not a terminal, as here.
+    key_file = db.with_name(db.name + ".admin-key")
+    key = key_file.read_text().strip() if key_file.exists() else ""
     return proc, key
 
 
