@@ -27,6 +27,7 @@ from api.audit import AuditController
 from api.auth import PUBLIC_DOCS, KeyAuthentication
 from api.composition import close_service, open_service
 from api.errors import EXCEPTION_HANDLERS
+from api.files import FilesController
 from api.health import HealthController
 from api.requestlog import request_log_middleware
 from api.service import TaskLedger
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> Litestar:
             TasksController,
             WorkerController,
             AuditController,
+            FilesController,
         ],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

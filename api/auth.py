@@ -2,8 +2,9 @@
 
 ``KeyAuthentication`` puts the caller (``api.policy.Caller``) on ``request.user``; a route's
 permission is an **async** guard made by ``guard(use_case)`` from the one policy table (Litestar 2
-runs sync guards on a thread). Also the two per-request facts the handlers pass on to the
-service: the request id and the base of absolute URLs."""
+runs sync guards on a thread). Also the per-request facts the handlers pass on to the service:
+the request id, the base of absolute URLs (never a Host that is not allowed: a forged Host
+cannot plant links), and the links an answer carries."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from litestar import Request
     from litestar.handlers.base import BaseRouteHandler
 
+    from api.links import Linker
     from api.service import TaskLedger
 
 #: The API's own documentation needs no key (nor do the routes marked ``exclude_from_auth``:
@@ -73,13 +75,20 @@ def request_id(request: Request[Any, Any, Any]) -> str | None:
 
 def base_url(request: Request[Any, Any, Any]) -> str:
     """Where this service is reached, for absolute URLs in responses: ``--public-url`` if set,
-    else the request's own scheme and Host."""
-    public = request.app.state.service.settings.public_url
+    else the request's own scheme and Host if ``--allowed-hosts`` lists that Host, else the
+    first allowed host (``api.links.Hosts``): a forged Host header never names the links."""
+    service: TaskLedger = request.app.state.service
+    public = service.settings.public_url
     if public:
         return str(public).rstrip("/")
     scope = request.scope
-    host = header(scope, b"host")
-    if not host:
-        server = scope.get("server")
-        host = f"{server[0]}:{server[1]}" if server else "localhost"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
+    scheme = scope.get("scheme", "http")
+    host = service.hosts.choose(header(scope, b"host"), scheme, scope.get("server"))
+    return f"{scheme}://{host}{scope.get('root_path', '')}".rstrip("/")
+
+
+def linker(request: Request[Any, Any, Any], *, base64_urls: bool = False) -> Linker:
+    """The links of this request's answer: its base URL, and file links for its caller (signed,
+    or ``data:`` URLs with ``base64_urls``)."""
+    service: TaskLedger = request.app.state.service
+    return service.linker(request.user, base_url(request), base64_urls=base64_urls)

@@ -54,6 +54,9 @@ class UseCase(enum.Enum):
     FAIL = "fail tasks"
     RELEASE = "release tasks"
     READ_INPUT = "read input files"
+    #: Signed links to a task's input (``input_file_url``, ``pdf_url``) in its answers: whoever
+    #: holds one may fetch the input with no key until it expires (``api.links``).
+    LINK_INPUT = "hand out links to input files"
     HISTORY = "read task histories"
     FEED = "read the event feed"
 
@@ -76,6 +79,9 @@ POLICY: dict[UseCase, dict[str, Scope]] = {
     UseCase.FAIL: _WORK,
     UseCase.RELEASE: _WORK,
     UseCase.READ_INPUT: {"user": OWN, "worker": PROCESSING_ONLY, "admin": ANY},
+    # Not a worker: its key may read an input only while processing it, and a link outlives
+    # that (its answers carry the authenticated input route instead).
+    UseCase.LINK_INPUT: {"user": OWN, "admin": ANY},
     UseCase.HISTORY: {"user": OWN, "worker": ANY, "admin": EVER},
     UseCase.FEED: {"user": OWN, "admin": EVER},
 }

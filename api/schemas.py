@@ -20,6 +20,7 @@ from api.configuration import (
 )
 from api.contract import MAX_WORKER_ID
 from api.core import Finished, TaskView
+from api.links import Linker
 from api.refusals import BadRequest
 from ledger.events import SUCCEEDED
 from ledger.log import RecordedEvent
@@ -172,14 +173,16 @@ class FinishedTaskResponse(TaskResponse, kw_only=True):
 def render_task(
     state: TaskState,
     *,
-    base_url: str,
+    links: Linker,
     output: dict[str, Any] | None,
     include_chunks: bool,
 ) -> TaskResponse:
-    """Task JSON as Chunkr emits it. ``output`` is the decoded output blob, if there is one."""
-    task_url = f"{base_url}/api/v1/task/{state.task_id}"
+    """Task JSON as Chunkr emits it. ``output`` is the decoded output blob, if there is one;
+    ``links`` gives the base URL and the file links (signed, or ``data:``: api.links)."""
+    task_url = f"{links.base_url}/api/v1/task/{state.task_id}"
+    files = links.files(state)
     configuration = msgspec.structs.replace(
-        configuration_of(state.configuration), input_file_url=f"{task_url}/input"
+        configuration_of(state.configuration), input_file_url=files.input_file_url
     )
     rendered_output = None
     if output is not None:
@@ -187,7 +190,7 @@ def render_task(
             chunks=output.get("chunks", []) if include_chunks and state.status == SUCCEEDED else [],
             file_name=output.get("file_name", state.file_name),
             page_count=output.get("page_count"),
-            pdf_url=output.get("pdf_url"),
+            pdf_url=files.pdf_url or output.get("pdf_url"),
         )
     elif state.file_name is not None:
         rendered_output = OutputResponse(
@@ -219,15 +222,13 @@ class LeaseResponse(msgspec.Struct, kw_only=True):
 encode = msgspec.json.Encoder().encode
 
 
-def render_view(view: TaskView, base_url: str, include_chunks: bool = True) -> TaskResponse:
-    return render_task(
-        view.state, base_url=base_url, output=view.output, include_chunks=include_chunks
-    )
+def render_view(view: TaskView, links: Linker, include_chunks: bool = True) -> TaskResponse:
+    return render_task(view.state, links=links, output=view.output, include_chunks=include_chunks)
 
 
-def render_claimed(view: TaskView, base_url: str) -> ClaimedTaskResponse:
+def render_claimed(view: TaskView, links: Linker) -> ClaimedTaskResponse:
     state = view.state
-    task = render_task(state, base_url=base_url, output=None, include_chunks=False)
+    task = render_task(state, links=links, output=None, include_chunks=False)
     return ClaimedTaskResponse(
         **msgspec.structs.asdict(task),
         lease_until=state.lease_until,
@@ -236,14 +237,14 @@ def render_claimed(view: TaskView, base_url: str) -> ClaimedTaskResponse:
     )
 
 
-def render_finished(finished: Finished, base_url: str) -> FinishedTaskResponse:
-    task = render_view(finished.task, base_url)
+def render_finished(finished: Finished, links: Linker) -> FinishedTaskResponse:
+    task = render_view(finished.task, links)
     nxt = finished.next
     return FinishedTaskResponse(
         **msgspec.structs.asdict(task),
         next=msgspec.UNSET
         if nxt is msgspec.UNSET
-        else (None if nxt is None else render_claimed(nxt, base_url)),
+        else (None if nxt is None else render_claimed(nxt, links)),
     )
 
 

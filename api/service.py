@@ -19,6 +19,7 @@ from api.contract import check_file_name
 from api.core import Finished, TaskView, note, now
 from api.filetypes import accepted, sniff
 from api.ids import new_task_id
+from api.links import LinkCases
 from api.policy import Caller, Grant, Scope, UseCase, authorize
 from api.refusals import BadRequest
 from api.work import WorkerCases
@@ -55,8 +56,8 @@ def _itself(view: TaskView) -> TaskView:
     return view
 
 
-class TaskLedger(WorkerCases):
-    """The use cases (the workers' in ``api.work``)."""
+class TaskLedger(LinkCases, WorkerCases):
+    """The use cases (the workers' in ``api.work``, the file links' in ``api.links``)."""
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -187,6 +188,20 @@ class TaskLedger(WorkerCases):
         end: datetime | None = None,
     ) -> list[TaskView]:
         """A page of the caller's tasks, newest first (every owner's for an admin)."""
+        return await self.list_as(caller, _itself, page=page, limit=limit, start=start, end=end)
+
+    async def list_as(
+        self,
+        caller: Caller,
+        present: Callable[[TaskView], P],
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[P]:
+        """``list_tasks``, each task shaped by ``present`` on the reader thread that read it
+        (as ``get_as``: ``data:`` links read the inputs there)."""
         grant = authorize(UseCase.LIST, caller)
         if page is not None and limit is None:
             raise BadRequest("Limit is required when page is provided")
@@ -201,11 +216,11 @@ class TaskLedger(WorkerCases):
         query = TaskQuery(
             at=self.clock(), owner=grant.owner, limit=limit, offset=offset, start=start, end=end
         )
-        return await self.reads.run(self._list, query)
+        return await self.reads.run(self._list, query, present)
 
-    def _list(self, query: TaskQuery) -> list[TaskView]:
+    def _list(self, query: TaskQuery, present: Callable[[TaskView], P]) -> list[P]:
         states = self.store.views.list_tasks(query)
-        return [TaskView(state=s, output=self._output(s)) for s in states]
+        return [present(TaskView(state=s, output=self._output(s))) for s in states]
 
     async def update(
         self,

@@ -16,8 +16,16 @@ def default_db_path() -> Path:
 
 class Settings(msgspec.Struct, kw_only=True):
     db_path: Path
-    #: Base of absolute URLs (task_url, input_file_url). None: taken from each request's Host.
+    #: Base of absolute URLs (task_url, input_file_url, pdf_url). None: from each request's
+    #: Host, when it is one of ``allowed_hosts``.
     public_url: str | None = None
+    #: The hosts (``host`` for any port, or ``host:port``) a request's Host may name for the
+    #: links in its answer when ``public_url`` is not set; any other Host (a forged one) gets
+    #: links to the first. ``taskledger serve`` defaults to its bind address (see
+    #: api.links.default_allowed_hosts).
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    #: Lifetime (seconds) of the signed file links (input_file_url, pdf_url); see api.links.
+    url_ttl: int = 3600
     #: Request bodies over this many bytes get 413.
     max_body_bytes: int = 32 * 1024 * 1024
     #: SQLite durability: FULL (default) fsyncs every commit; NORMAL may lose the last commits on

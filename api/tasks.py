@@ -23,7 +23,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response.base import ASGIResponse
 
-from api.auth import base_url, guard, request_id
+from api.auth import guard, linker, request_id
 from api.openapi import AUTH, READ, WRITE, json_reply, responses
 from api.policy import Caller, UseCase
 from api.refusals import BadRequest
@@ -47,7 +47,13 @@ IdempotencyKey = Annotated[
         name="Idempotency-Key", description="Retry safely: the first outcome is replayed"
     ),
 ]
-ChunkrFlag = Annotated[bool, QueryParameter(description="Accepted for Chunkr compatibility")]
+Base64Urls = Annotated[
+    bool,
+    QueryParameter(
+        description="Answer input_file_url and pdf_url as data: URLs holding the file (base64) "
+        "instead of signed links"
+    ),
+]
 
 
 class TaskController(Controller):
@@ -77,7 +83,7 @@ class TaskController(Controller):
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
-        return render_view(view, base_url(request))
+        return render_view(view, linker(request))
 
     @get(
         "/{task_id:str}",
@@ -93,7 +99,7 @@ class TaskController(Controller):
         include_chunks: Annotated[
             bool, QueryParameter(description="Include the output's chunks")
         ] = True,
-        base64_urls: ChunkrFlag = False,
+        base64_urls: Base64Urls = False,
         as_of_version: Annotated[
             int | None, QueryParameter(ge=1, description="The task as it was after its N-th event")
         ] = None,
@@ -103,11 +109,11 @@ class TaskController(Controller):
     ) -> ASGIResponse:
         # A raw reply: the Task JSON is rendered and encoded on the reader thread, not by
         # Litestar on the event loop (BENCHMARKS.md: the route's busiest cost).
-        url = base_url(request)
+        links = linker(request, base64_urls=base64_urls)
         body = await service.get_as(
             request.user,
             task_id,
-            lambda view: encode(render_view(view, url, include_chunks)),
+            lambda view: encode(render_view(view, links, include_chunks)),
             as_of_version=as_of_version,
             as_of=as_of,
         )
@@ -141,7 +147,7 @@ class TaskController(Controller):
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
-        return render_view(view, base_url(request))
+        return render_view(view, linker(request))
 
     @get(
         "/{task_id:str}/cancel",
@@ -213,8 +219,14 @@ class TasksController(Controller):
         include_chunks: Annotated[
             bool, QueryParameter(description="Include outputs' chunks")
         ] = False,
-        base64_urls: ChunkrFlag = False,
+        base64_urls: Base64Urls = False,
     ) -> list[TaskResponse]:
-        views = await service.list_tasks(request.user, page=page, limit=limit, start=start, end=end)
-        url = base_url(request)
-        return [render_view(view, url, include_chunks) for view in views]
+        links = linker(request, base64_urls=base64_urls)
+        return await service.list_as(
+            request.user,
+            lambda view: render_view(view, links, include_chunks),
+            page=page,
+            limit=limit,
+            start=start,
+            end=end,
+        )

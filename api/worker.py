@@ -12,7 +12,7 @@ from urllib.parse import quote
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath, JSONBody
 
-from api.auth import base_url, guard, request_id
+from api.auth import guard, linker, request_id
 from api.openapi import READ, WRITE, responses
 from api.policy import UseCase
 from api.schemas import (
@@ -92,7 +92,7 @@ class WorkerController(Controller):
                 gone.cancel()
         if view is None:
             raise NothingToDo()  # 204, by the error table
-        return render_claimed(view, base_url(request))
+        return render_claimed(view, linker(request))
 
     @post(
         "/task/{task_id:str}/heartbeat",
@@ -144,7 +144,7 @@ class WorkerController(Controller):
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
-        return render_finished(finished, base_url(request))
+        return render_finished(finished, linker(request))
 
     @post(
         "/task/{task_id:str}/fail",
@@ -171,7 +171,7 @@ class WorkerController(Controller):
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
-        return render_finished(finished, base_url(request))
+        return render_finished(finished, linker(request))
 
     @post(
         "/task/{task_id:str}/release",
@@ -195,7 +195,7 @@ class WorkerController(Controller):
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
-        return render_view(view, base_url(request))
+        return render_view(view, linker(request))
 
     @get(
         "/task/{task_id:str}/input",

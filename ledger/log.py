@@ -3,10 +3,11 @@
 The domain never sees SQL: the decider works on events, a backend stores them. A backend is
 three objects: the ``EventLog`` (events, blobs, transactions, the write turn), the
 ``TaskViews`` (the read models' tables: one row per task, the claim queue, the event feed) and
-the ``Records`` (API keys and idempotency outcomes). The embedded SQLite backend lives in
-``ledger.sqlite``; a backend is done when it passes the contract suite in
-``tests/backends/``. ``tx`` is a backend's transaction handle: what ``transaction()`` yields;
-a read given ``tx=None`` uses a read connection of the backend's choosing.
+the ``Records`` (API keys, idempotency outcomes and the secret that signs file links). The
+embedded SQLite backend lives in ``ledger.sqlite``; a backend is done when it passes the
+contract suite in ``tests/backends/``. ``tx`` is a backend's transaction handle: what
+``transaction()`` yields; a read given ``tx=None`` uses a read connection of the backend's
+choosing.
 """
 
 from __future__ import annotations
@@ -242,7 +243,9 @@ class StoredOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Records(Protocol):
-    """The application's own records: API keys (stored hashed) and idempotency outcomes."""
+    """The application's own records: API keys (stored hashed), idempotency outcomes, and the
+    secret that signs file links (one at a time; every process sharing the database reads the
+    same one)."""
 
     def add_key(self, record: KeyRecord, key_hash: str) -> None:
         """Store a new key; DuplicateRecord if its id is taken (nothing is changed then)."""
@@ -266,6 +269,16 @@ class Records(Protocol):
         self, tx: Any, key_id: str, idempotency_key: str, outcome: StoredOutcome, at: str
     ) -> None:
         """Keep ``outcome``; DuplicateRecord if this key already has one."""
+        ...
+
+    def url_secret(self) -> bytes:
+        """The secret that signs file links: 32 random bytes, made and stored on first use
+        (two instances asking at once get the same one) and the same until rotated."""
+        ...
+
+    def rotate_url_secret(self) -> bytes:
+        """Replace the secret with a new random one, committed at once; returns it. Links
+        signed with the old one no longer verify."""
         ...
 
 

@@ -12,6 +12,7 @@ import click
 from api import keys as key_store
 from api.composition import Store
 from api.filetypes import FILE_TYPE_POLICIES
+from api.links import binds_every_interface, default_allowed_hosts, parse_host
 from api.policy import ROLES
 from api.settings import Settings
 from ledger.errors import LedgerError
@@ -69,7 +70,23 @@ def cli() -> None:
 @click.option(
     "--public-url",
     default=None,
-    help="Base of the absolute task_url (default: from each request's Host).",
+    help="Base of the absolute URLs in answers: task_url, input_file_url, pdf_url (default: "
+    "from each request's Host, when --allowed-hosts lists it).",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    callback=lambda ctx, param, value: _allowed_hosts(value),
+    help="Comma-separated host or host:port list a request's Host may name links with (no "
+    "--public-url); any other Host gets links to the first (default: the --host and --port "
+    "address, with localhost and 127.0.0.1 when that is loopback).",
+)
+@click.option(
+    "--url-ttl",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Lifetime in seconds of the signed input_file_url and pdf_url links.",
 )
 @click.option(
     "--max-body-mb",
@@ -164,6 +181,8 @@ def serve(
     host: str,
     port: int,
     public_url: str | None,
+    allowed_hosts: tuple[str, ...] | None,
+    url_ttl: int,
     max_body_mb: int,
     synchronous: str,
     default_expires_in: int | None,
@@ -205,9 +224,20 @@ def serve(
     finally:
         store.close()
     configure_logging(json=log_json)
+    if allowed_hosts is None:
+        allowed_hosts = default_allowed_hosts(host, port)
+        if public_url is None and binds_every_interface(host):
+            click.echo(
+                f"Listening on every interface with neither --public-url nor --allowed-hosts: "
+                f"links in answers name {allowed_hosts[0]} unless the request's Host is one of "
+                f"{', '.join(allowed_hosts)}.",
+                err=True,
+            )
     settings = Settings(
         db_path=db,
         public_url=public_url,
+        allowed_hosts=allowed_hosts,
+        url_ttl=url_ttl,
         max_body_bytes=max_body_mb * 1024 * 1024,
         synchronous=synchronous.upper(),
         default_expires_in=default_expires_in,
@@ -244,7 +274,24 @@ def serve(
 
 @cli.group()
 def keys() -> None:
-    """Create, list and revoke API keys."""
+    """Create, list and revoke API keys; rotate the secret that signs file links."""
+
+
+def _allowed_hosts(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+    if not entries:
+        raise click.BadParameter(
+            "give at least one host or host:port", param_hint="--allowed-hosts"
+        )
+    for entry in entries:
+        if parse_host(entry) is None:
+            raise click.BadParameter(
+                f"{entry!r} is not a host or host:port (IPv6 in brackets: [::1]:8000)",
+                param_hint="--allowed-hosts",
+            )
+    return entries
 
 
 @keys.command("create")
@@ -330,6 +377,29 @@ def keys_revoke(db_path: Path | None, key_id: str) -> None:
     if not revoked:
         raise click.ClickException(f"No active key with id {key_id}")
     click.echo(f"Revoked key {key_id}.")
+
+
+@keys.command("rotate-url-secret")
+@db_option
+def keys_rotate_url_secret(db_path: Path | None) -> None:
+    """Replace the secret that signs file links (input_file_url, pdf_url).
+
+    Every link handed out before is refused (403) from then on, by every server on the
+    database, with no restart; servers sign new links with the new secret within 2 seconds.
+    Clients get fresh links by reading their tasks again.
+
+    Example:
+
+        taskledger keys rotate-url-secret --db ./taskledger.db
+    """
+    store = open_store(resolve_db(db_path))
+    try:
+        store.records.rotate_url_secret()
+    except LedgerError as exc:
+        raise click.ClickException(f"Cannot rotate the link secret: {exc}") from None
+    finally:
+        store.close()
+    click.echo("Rotated the link secret: links handed out before now are refused (403).")
 
 
 @cli.command()

@@ -10,7 +10,8 @@ wire, connection close, a streamed response read while it is written, the server
 keeps using ``tests.server.Server``.
 
 Absolute URLs the API builds from the request's Host header (``task_url``, ``input_file_url``)
-start with ``InProcessServer.url`` (``http://testserver.local``).
+start with ``InProcessServer.url`` (``http://testserver.local``): its host is the server's
+``allowed_hosts`` unless a test gives others (the Settings default names only localhost).
 
 Keys are written straight into the database with ``add_key`` (and revoked with ``revoke_key``):
 this module is the one place in the tests that calls the key store (``api.keys``; ``taskledger
@@ -94,6 +95,7 @@ class InProcessServer:
         from api.settings import Settings
 
         self.db = db
+        settings.setdefault("allowed_hosts", (BASE_URL.removeprefix("http://"),))
         self.settings = Settings(db_path=db, **settings)
         self.url = BASE_URL
         self.api = f"{BASE_URL}/api/v1"

@@ -1,7 +1,10 @@
-"""Helpers every test suite shares: waiting for a condition, and a Chunkr-shaped output."""
+"""Helpers every test suite shares: waiting for a condition, a Chunkr-shaped output, and answers
+with their signed links' expiry and signature blanked (to compare answers made at other times or
+by other servers)."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -45,3 +48,20 @@ def chunkr_output(file_name: str = "a.txt", text: str = "hello, ledger") -> dict
         "page_count": 1,
         "pdf_url": None,
     }
+
+
+#: A signed file link's query (api.links): it changes with the time and the server's secret.
+SIGNED = re.compile(r"\?expires=[0-9]+&signature=[0-9a-f]{64}")
+
+
+def unsigned(value: Any) -> Any:
+    """``value`` (an answer's JSON, or its text) with every signed link's expiry and signature
+    blanked: two answers that differ only in when (or by which server) their links were signed
+    compare equal, while the links' paths are still compared."""
+    if isinstance(value, str):
+        return SIGNED.sub("?expires=&signature=", value)
+    if isinstance(value, dict):
+        return {k: unsigned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unsigned(v) for v in value]
+    return value

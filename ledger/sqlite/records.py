@@ -1,4 +1,5 @@
-"""The application's own records in SQLite: API keys (by id, hash only) and idempotency outcomes.
+"""The application's own records in SQLite: API keys (by id, hash only), idempotency outcomes,
+and the secret that signs file links (``url_secret``: one row, replaced by a rotation).
 
 An outcome is written in the same transaction as the command's events, so a crash can never
 leave events without their record or a record without its events. (Databases from before the
@@ -7,6 +8,7 @@ outcomes table also hold an ``idempotency`` table of raw HTTP responses; it is n
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 
 from ledger.errors import DuplicateRecord, StorageUnavailable
@@ -30,6 +32,10 @@ CREATE TABLE IF NOT EXISTS idempotency_outcomes (
     outcome BLOB NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (key_id, idempotency_key)
+);
+CREATE TABLE IF NOT EXISTS url_secret (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    secret BLOB NOT NULL
 );
 """
 
@@ -149,3 +155,24 @@ class SqliteRecords:
             if isinstance(error, StorageUnavailable):
                 raise error from exc
             raise
+
+    # -- the secret that signs file links ---------------------------------------------------
+
+    def url_secret(self) -> bytes:
+        row = self._log.reader().execute("SELECT secret FROM url_secret WHERE id = 1").fetchone()
+        if row is not None:
+            return bytes(row[0])
+        # First use: whoever commits first wins; the others read the winner's.
+        with self._log.transaction() as tx:
+            tx.execute(
+                "INSERT OR IGNORE INTO url_secret (id, secret) VALUES (1, ?)",
+                (secrets.token_bytes(32),),
+            )
+            (secret,) = tx.execute("SELECT secret FROM url_secret WHERE id = 1").fetchone()
+        return bytes(secret)
+
+    def rotate_url_secret(self) -> bytes:
+        secret = secrets.token_bytes(32)
+        with self._log.transaction() as tx:
+            tx.execute("INSERT OR REPLACE INTO url_secret (id, secret) VALUES (1, ?)", (secret,))
+        return secret

@@ -94,6 +94,23 @@ def test_get_task_of_a_succeeded_task_parses_the_chunks(chunkr, text_file, ledge
     assert (got.output.file_name, got.output.page_count) == ("notes.txt", 1)
 
 
+def test_the_sdk_reads_signed_links_and_data_urls(chunkr, tmp_path, ledger):
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n")
+    task = chunkr.create_task(pdf)
+    ledger.succeed(task.task_id, file_name="paper.pdf")
+    got = chunkr.get_task(task.task_id)
+    assert got.status == "Succeeded"
+    # Presigned, as Chunkr's: fetched with no key.
+    assert httpx.get(got.configuration.input_file_url).content == pdf.read_bytes()
+    assert got.output.pdf_url is not None
+    assert httpx.get(got.output.pdf_url).content == pdf.read_bytes()
+    inline = chunkr.get_task(task.task_id, base64_urls=True)
+    assert inline.output.pdf_url.startswith("data:application/pdf;base64,")
+    assert inline.configuration.input_file_url == inline.output.pdf_url
+    assert len(inline.output.chunks) == 1
+
+
 def test_poll_follows_task_url_to_the_end(chunkr, text_file, ledger):
     task = chunkr.create_task(text_file)
     ledger.succeed(task.task_id)

@@ -24,7 +24,11 @@ import httpx
 
 from tests.inprocess import InProcessServer, add_key  # noqa: F401 - for the test modules
 from tests.server import Server
-from tests.support import chunkr_output, wait_for  # noqa: F401 - wait_for for the test modules
+from tests.support import (  # noqa: F401 - wait_for and unsigned for the test modules
+    chunkr_output,
+    unsigned,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = "hello, audit"
@@ -82,9 +86,10 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple]:
 
 def served(response: httpx.Response, server: Server | InProcessServer) -> Any:
     """A JSON body with the server's own base URL (in task_url and input_file_url) replaced,
-    so answers of two servers can be compared."""
+    and its signed links' expiry and signature blanked, so answers of two servers (each signing
+    with a secret of its own) can be compared."""
     assert response.status_code == 200, response.text
-    return json.loads(response.text.replace(server.url, "http://server"))
+    return json.loads(unsigned(response.text.replace(server.url, "http://server")))
 
 
 def feed_all(client: httpx.Client, *, limit: int = 1000, **params: Any) -> list[dict[str, Any]]:

@@ -127,3 +127,54 @@ def test_an_outcome_written_in_a_rolled_back_transaction_is_not_there(backend):
     with backend.log.transaction() as tx:  # and the keys are free again
         backend.records.record_outcome(tx, "k1", "idem-1", OUTCOME, "2026-01-01T12:00:00Z")
     assert backend.records.find_outcome("k1", "idem-1") == OUTCOME
+
+
+# -- the secret that signs file links -------------------------------------------------------------
+
+
+def test_the_url_secret_is_made_on_first_use_and_then_kept(backend, other):
+    secret = backend.records.url_secret()
+    assert isinstance(secret, bytes) and len(secret) == 32
+    assert backend.records.url_secret() == secret
+    assert other.records.url_secret() == secret, "every instance reads the one stored secret"
+
+
+def test_two_instances_asking_first_get_the_same_secret(backend, other):
+    import threading
+
+    found: list[bytes] = []
+    start = threading.Barrier(2)
+
+    def ask(instance) -> None:
+        start.wait()
+        found.append(instance.records.url_secret())
+
+    threads = [threading.Thread(target=ask, args=(b,)) for b in (backend, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(found) == 2 and found[0] == found[1]
+
+
+def test_rotating_the_url_secret_replaces_it_for_every_instance(backend, other):
+    first = backend.records.url_secret()
+    rotated = other.records.rotate_url_secret()
+    assert len(rotated) == 32 and rotated != first
+    assert backend.records.url_secret() == rotated, "committed at once, seen by another instance"
+    assert other.records.url_secret() == rotated
+    again = backend.records.rotate_url_secret()
+    assert again not in (first, rotated)
+    assert other.records.url_secret() == again
+
+
+def test_rotating_before_first_use_makes_the_secret(backend):
+    rotated = backend.records.rotate_url_secret()
+    assert backend.records.url_secret() == rotated
+
+
+def test_the_url_secret_is_in_a_backup(backends, backend):
+    secret = backend.records.url_secret()
+    destination = backends.backup_destination()
+    backend.backup(destination)
+    assert backends.open_backup(destination).records.url_secret() == secret

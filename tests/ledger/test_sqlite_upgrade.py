@@ -1,6 +1,7 @@
 """Opening a database written by the version before the storage port: its ``tasks`` rows get
 the ``visible_until`` column (a damaged row does not stop the upgrade), and a retry of a request
-whose Idempotency-Key that version recorded is refused, never run again."""
+whose Idempotency-Key that version recorded is refused, never run again; and the table of the
+secret that signs file links is added."""
 
 from __future__ import annotations
 
@@ -84,6 +85,22 @@ def test_old_task_rows_get_visible_until_and_a_damaged_row_does_not_stop_the_upg
         store.close()
     # Opening it again changes nothing (the migration sees the column and stops).
     Store(db).close()
+
+
+def test_a_database_from_before_signed_links_gets_its_url_secret_table(tmp_path):
+    db = tmp_path / "old.db"
+    old_database(db, [])
+    store = Store(db)
+    try:
+        secret = store.records.url_secret()
+        assert len(secret) == 32
+    finally:
+        store.close()
+    again = Store(db)
+    try:
+        assert again.records.url_secret() == secret, "kept across opens"
+    finally:
+        again.close()
 
 
 @pytest.fixture

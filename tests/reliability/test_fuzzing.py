@@ -62,6 +62,7 @@ OPERATIONS = [
     ("GET", "/api/v1/tasks"),
     ("GET", "/api/v1/task/{task_id}/events"),
     ("GET", "/api/v1/task/{task_id}/input"),
+    ("GET", "/api/v1/files/{task_id}/input"),
     ("POST", "/api/v1/worker/claim"),
     ("POST", "/api/v1/task/{task_id}/heartbeat"),
     ("POST", "/api/v1/task/{task_id}/complete"),
