@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
@@ -97,7 +97,12 @@ def create_app(settings: Settings) -> Litestar:
             HealthController,
             TaskController,
             TasksController,
-            WorkerController,
+            # A worker's complete carries the output: its own limit (serve --max-output-mb).
+            Router(
+                path="/",
+                route_handlers=[WorkerController],
+                request_max_body_size=settings.max_output_bytes,
+            ),
             AuditController,
             FilesController,
         ],

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 
 from api.policy import Forbidden
 from api.refusals import BadRequest, IdempotencyMismatch, InvalidKey, RateLimited
@@ -131,7 +132,13 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         # msgspec finds it before the body meets its type, so it cannot say which field.
         message = "Invalid request body: a number is out of range"
     if exc.status_code == 413:
-        message = "Request body is too large"
+        handler = request.scope.get("route_handler")
+        limit = (
+            handler.resolve_request_max_body_size()
+            if isinstance(handler, HTTPRouteHandler)
+            else None
+        )
+        message = "Request body is too large" + (f" (limit {limit} bytes)" if limit else "")
     return text(message, exc.status_code, exc.headers)
 
 

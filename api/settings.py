@@ -28,6 +28,9 @@ class Settings(msgspec.Struct, kw_only=True):
     url_ttl: int = 3600
     #: Request bodies over this many bytes get 413.
     max_body_bytes: int = 32 * 1024 * 1024
+    #: The worker routes' body limit: a complete carries the task's whole output, which may be
+    #: several times its input (the reference worker fails a task whose output is bigger).
+    max_output_bytes: int = 64 * 1024 * 1024
     #: SQLite durability: FULL (default) fsyncs every commit; NORMAL may lose the last commits on
     #: power loss (never on a process crash).
     synchronous: str = "FULL"

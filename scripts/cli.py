@@ -96,6 +96,14 @@ def cli() -> None:
     help="Largest request body, in MiB (bigger gets 413).",
 )
 @click.option(
+    "--max-output-mb",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest output a worker may complete a task with, in MiB (the worker routes' body "
+    "limit).",
+)
+@click.option(
     "--synchronous",
     default="FULL",
     show_default=True,
@@ -184,6 +192,7 @@ def serve(
     allowed_hosts: tuple[str, ...] | None,
     url_ttl: int,
     max_body_mb: int,
+    max_output_mb: int,
     synchronous: str,
     default_expires_in: int | None,
     lease_seconds: int,
@@ -239,6 +248,7 @@ def serve(
         allowed_hosts=allowed_hosts,
         url_ttl=url_ttl,
         max_body_bytes=max_body_mb * 1024 * 1024,
+        max_output_bytes=max_output_mb * 1024 * 1024,
         synchronous=synchronous.upper(),
         default_expires_in=default_expires_in,
         lease_seconds=lease_seconds,
@@ -428,9 +438,17 @@ def keys_rotate_url_secret(db_path: Path | None) -> None:
     help="Lease asked for on claim; heartbeats renew it every third of it.",
 )
 @click.option(
+    "--max-output-mb",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest output sent, in MiB (match the server's --max-output-mb); a task whose output "
+    "is bigger fails with 'Output too large'.",
+)
+@click.option(
     "--processor",
     "processor_spec",
-    default="scripts.processors:text_chunks",
+    default="scripts.processors:stream_text_chunks",
     show_default=True,
     help="module:function that turns (bytes, file_name, configuration) into output.",
 )
@@ -445,6 +463,7 @@ def worker(
     concurrency: int,
     worker_id: str | None,
     lease_seconds: int,
+    max_output_mb: int,
     processor_spec: str,
     log_json: bool | None,
 ) -> None:
@@ -472,6 +491,7 @@ def worker(
         worker_id=worker_id,
         concurrency=concurrency,
         lease_seconds=lease_seconds,
+        max_output_bytes=max_output_mb * 1024 * 1024,
     )
     sys.exit(runner.run())
 

@@ -4,6 +4,7 @@ the queue if it was claimed after the signal; then the process exits 0."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
@@ -11,11 +12,21 @@ import uuid
 from typing import Any
 
 import httpx
+import msgspec
 import structlog
 
-from scripts.processors import ProcessingError, Processor
+from scripts.processors import OutputTooLarge, ProcessingError, Processor, encode_output
 
 log = structlog.get_logger("taskledger.worker")
+
+#: Request bodies: an output already encoded (msgspec.Raw) goes in as it is, not re-encoded.
+_encode = msgspec.json.Encoder().encode
+
+
+def _limit_in(message: str) -> int | None:
+    """The limit a 413's message names ("Request body is too large (limit N bytes)")."""
+    found = re.search(r"limit (\d+) bytes", message)
+    return int(found.group(1)) if found else None
 
 
 def api_base(url: str) -> str:
@@ -34,6 +45,7 @@ class Worker:
         concurrency: int = 1,
         lease_seconds: int = 60,
         wait_seconds: int = 5,
+        max_output_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.base = api_base(url)
         self.key = key
@@ -42,6 +54,9 @@ class Worker:
         self.concurrency = max(1, concurrency)
         self.lease_seconds = lease_seconds
         self.wait_seconds = wait_seconds
+        #: The largest output sent (the server's --max-output-mb, by default the same): a task
+        #: whose output is bigger fails with "Output too large" instead of being sent.
+        self.max_output_bytes = max_output_bytes
         self.stopping = threading.Event()
         self.processed = 0
 
@@ -116,7 +131,9 @@ class Worker:
         out of reach (the lease then runs out and the task is re-queued)."""
         for attempt in range(3):
             try:
-                return client.post(path, json=body)
+                return client.post(
+                    path, content=_encode(body), headers={"Content-Type": "application/json"}
+                )
             except httpx.HTTPError as exc:
                 log.warning("post_failed", path=path, attempt=attempt + 1, error=str(exc))
                 self.stopping.wait(0.5 * 2**attempt)
@@ -149,7 +166,17 @@ class Worker:
         if path != "release" and not self.stopping.is_set():
             body = {**body, "claim_next": True, "lease_seconds": self.lease_seconds}
         response = self.post(client, f"/task/{task_id}/{path}", body)
-        if response is not None and path == "complete" and response.status_code == 400:
+        if response is not None and path == "complete" and response.status_code == 413:
+            # The server's limit is below this worker's: the output can never be sent.
+            size = len(body["output"])
+            limit = _limit_in(response.text)
+            log.warning("output_too_large", task_id=task_id, size=size, limit=limit)
+            error = f"Output too large ({size} bytes, limit {limit or 'unknown'} bytes)"
+            body = {**body, "error": error}
+            del body["output"]
+            path = "fail"
+            response = self.post(client, f"/task/{task_id}/fail", body)
+        elif response is not None and path == "complete" and response.status_code == 400:
             # The server refused the processor's output (it names the field): trying again
             # would produce the same output, so the task fails with that reason.
             log.warning("output_refused", task_id=task_id, body=response.text[:200])
@@ -186,12 +213,15 @@ class Worker:
         file_name = (task.get("output") or {}).get("file_name")
         try:
             output = self.processor(response.content, file_name, task.get("configuration") or {})
-        except ProcessingError as exc:
+            del response  # the input: the processor has what it needs
+            # A streamed output's chunks are made (and may raise) while it is encoded.
+            encoded = encode_output(output, self.max_output_bytes)
+        except (ProcessingError, OutputTooLarge) as exc:
             return "fail", {"worker_id": slot_id, "error": str(exc)}
         except Exception as exc:
             log.exception("processor_error", task_id=task_id)
             return "fail", {"worker_id": slot_id, "error": f"Processing error: {exc}"}
-        return "complete", {"worker_id": slot_id, "output": output}
+        return "complete", {"worker_id": slot_id, "output": msgspec.Raw(encoded)}
 
     def heartbeat(
         self, task_id: str, slot_id: str, done: threading.Event, lost: threading.Event

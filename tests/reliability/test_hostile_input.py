@@ -46,6 +46,8 @@ def target(tmp_path_factory):
         tmp_path_factory.mktemp("hostile") / "ledger.db",
         "--max-body-mb",
         "1",
+        "--max-output-mb",
+        "1",
         "--sweep-interval",
         "0",
     ).start()
