@@ -13,14 +13,17 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import swagger_ui_bundle
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
+from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
 
 from api.audit import AuditController
@@ -75,6 +78,23 @@ async def allow_every_method(message: Message, scope: Scope) -> None:
             return
 
 
+#: Where the API's documentation page loads its scripts from: this server, never a CDN (the page
+#: must work offline and must not pull code from a third party into a browser holding a key).
+DOCS_ASSETS = "/docs/assets"
+
+
+def docs_page() -> SwaggerRenderPlugin:
+    """Swagger UI at ``/docs`` (and ``/docs/swagger``), its assets served from the
+    ``swagger-ui-bundle`` package."""
+    return SwaggerRenderPlugin(
+        path=["/", "/swagger"],
+        js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+    )
+
+
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -104,6 +124,9 @@ def create_app(settings: Settings) -> Litestar:
                 request_max_body_size=settings.max_output_bytes,
             ),
             AuditController,
+            create_static_files_router(
+                path=DOCS_ASSETS, directories=[swagger_ui_bundle.swagger_ui_path], name="docs"
+            ),
             FilesController,
         ],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
@@ -117,6 +140,7 @@ def create_app(settings: Settings) -> Litestar:
         cors_config=cors_config(settings),
         before_send=[allow_every_method],
         openapi_config=OpenAPIConfig(
+            render_plugins=[docs_page()],
             title="taskledger",
             version=__version__,
             description="An event-sourced task ledger with a Chunkr-compatible task API.",
