@@ -146,6 +146,7 @@ def _chunk(piece: list[str]) -> dict[str, Any]:
         "chunk_length": len(piece),
         "segments": [segment],
         "embed": content,
+        "content": content,
     }
 
 

@@ -16,11 +16,14 @@ WORDS = b" ".join(b"w%05d" % (n % 100_000) for n in range(200_000))  # 1.4 MB of
 
 
 def peak_rss_kib(code: str) -> int:
-    """The peak resident memory (KiB) of a fresh interpreter running ``code``."""
+    """The peak resident memory (KiB) of a fresh interpreter running ``code``: VmHWM, the
+    high-water mark of its own address space (``ru_maxrss`` would carry the parent's over the
+    exec)."""
     script = textwrap.dedent(code) + textwrap.dedent(
         """
-        import resource
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        from pathlib import Path
+        status = Path("/proc/self/status").read_text()
+        print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
