@@ -44,12 +44,14 @@ class AuditController(Controller):
             ResponseHeader(
                 name="X-Next-After",
                 documentation_only=True,
+                value="1000",  # for the schema: a string
                 description="Only when there are more events: the last version on this page, "
                 "to pass as the next page's after",
             ),
             ResponseHeader(
                 name="Link",
                 documentation_only=True,
+                value='</api/v1/task/{task_id}/events?after=1000&limit=1000>; rel="next"',
                 description='Only when there are more events: the next page, rel="next"',
             ),
         ],
