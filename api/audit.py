@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import quote
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Response, get
+from litestar.datastructures import ResponseHeader
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -18,7 +20,7 @@ from api.openapi import AUTH, READ, responses
 from api.policy import UseCase
 from api.refusals import BadRequest
 from api.schemas import EventJSON, FeedPage, event_json
-from api.service import MAX_FEED_LIMIT
+from api.service import MAX_FEED_LIMIT, MAX_HISTORY_LIMIT
 from api.tasks import HttpRequest, Service
 
 #: The largest position a 64-bit integer holds.
@@ -35,14 +37,47 @@ class AuditController(Controller):
 
     @get(
         "/task/{task_id:str}/events",
-        summary="A task's history, oldest first",
+        summary="A page of a task's history, oldest first",
         guards=[guard(UseCase.HISTORY)],
         responses=responses(*READ),
+        response_headers=[
+            ResponseHeader(
+                name="X-Next-After",
+                documentation_only=True,
+                value="1000",  # for the schema: a string
+                description="Only when there are more events: the last version on this page, "
+                "to pass as the next page's after",
+            ),
+            ResponseHeader(
+                name="Link",
+                documentation_only=True,
+                value='</api/v1/task/{task_id}/events?after=1000&limit=1000>; rel="next"',
+                description='Only when there are more events: the next page, rel="next"',
+            ),
+        ],
     )
     async def task_events(
-        self, request: HttpRequest, service: Service, task_id: FromPath[str]
-    ) -> list[EventJSON]:
-        return [event_json(e) for e in await service.history(request.user, task_id)]
+        self,
+        request: HttpRequest,
+        service: Service,
+        task_id: FromPath[str],
+        after: Annotated[
+            int,
+            QueryParameter(ge=0, le=MAX_POSITION, description="The last version seen (0: none)"),
+        ] = 0,
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=MAX_HISTORY_LIMIT, description="Events per page")
+        ] = MAX_HISTORY_LIMIT,
+    ) -> Response[list[EventJSON]]:
+        page = await service.history(request.user, task_id, after=after, limit=limit)
+        headers = {}
+        if page.next_after is not None:
+            next_page = (
+                f"/api/v1/task/{quote(task_id, safe='')}/events"
+                f"?after={page.next_after}&limit={limit}"
+            )
+            headers = {"X-Next-After": str(page.next_after), "Link": f'<{next_page}>; rel="next"'}
+        return Response([event_json(e) for e in page.events], headers=headers)
 
     @get(
         "/events",

@@ -14,6 +14,7 @@ from ledger.handler import CommandHandler, CommandSource
 from ledger.log import Backend, RecordedEvent, stream_id_for
 from ledger.sqlite import SqliteBackend
 from ledger.state import TaskState
+from projections.checkpoints import CHECKPOINT_EVERY, CheckpointProjection, state_at
 from projections.queue import QueueProjection
 from projections.tasks import TasksProjection
 
@@ -36,6 +37,7 @@ class Store:
         busy_timeout_ms: int = 10_000,
         clock: Callable[[], datetime] | None = None,
         backend: Backend | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
         self.backend: Backend = backend or SqliteBackend(
             path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
@@ -46,19 +48,39 @@ class Store:
         self.records = self.backend.records
         self.tasks = TasksProjection(self.views)
         self.queue = QueueProjection(self.views)
-        self.handler = CommandHandler(self.log, self.tasks, [self.tasks, self.queue], clock=clock)
+        self.checkpoints = CheckpointProjection(self.views, checkpoint_every)
+        self.handler = CommandHandler(
+            self.log, self.tasks, [self.tasks, self.queue, self.checkpoints], clock=clock
+        )
 
     def state(self, task_id: str) -> TaskState | None:
         """The projected state of a task (one indexed row), or None if it was never created."""
         return self.views.load_task(task_id)
 
     def replay(self, task_id: str, *, until_version: int | None = None) -> TaskState | None:
-        """The task's state folded afresh from its events (up to ``until_version``)."""
+        """The task's state folded afresh from all its events (up to ``until_version``): the
+        truth the projections and checkpoints are checked against."""
         events = self.log.read_stream(stream_id_for(task_id), until_version=until_version)
         return fold(e.event for e in events) if events else None
 
-    def history(self, task_id: str) -> list[RecordedEvent]:
-        return self.log.read_stream(stream_id_for(task_id))
+    def state_at(self, task_id: str, version: int) -> TaskState | None:
+        """The task's state after its ``version``-th event, folded on from its latest
+        checkpoint: at most ``checkpoint_every - 1`` events read, however long the stream."""
+        return state_at(self.log, self.views, task_id, version)
+
+    def version(self, task_id: str) -> int:
+        """How many events the task's stream holds (0: never created)."""
+        return self.log.stream_version(stream_id_for(task_id))
+
+    def version_at(self, task_id: str, when: datetime) -> int:
+        """The task's last version recorded at or before ``when`` (0: none)."""
+        return self.log.version_at(stream_id_for(task_id), when)
+
+    def history(
+        self, task_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """The task's events after version ``after``, oldest first, at most ``limit``."""
+        return self.log.read_stream(stream_id_for(task_id), after=after, limit=limit)
 
     def claim_source(self, make_command: Callable[[str], AnyCommand | None]) -> CommandSource:
         """A command source that picks the head of the queue inside the write transaction

@@ -13,6 +13,7 @@ from api.policy import Forbidden
 from api.refusals import BadRequest, IdempotencyMismatch, InvalidKey, RateLimited
 from ledger.errors import (
     ConcurrencyConflict,
+    EventLimitReached,
     InvalidTransition,
     LeaseLost,
     LedgerError,
@@ -38,6 +39,8 @@ STATUS: dict[type[BaseException], int] = {
     Forbidden: 403,
     IdempotencyMismatch: 422,
     RateLimited: 429,
+    # No Retry-After: the limit does not lift with time (see docs/api.md, "The event limit").
+    EventLimitReached: 429,
     # msgspec gives up on a body nested deeper than it can decode.
     RecursionError: 400,
 }

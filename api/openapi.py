@@ -19,7 +19,8 @@ DESCRIPTIONS = {
     409: "The worker does not hold the task's lease",
     413: "Request body is too large",
     422: "Idempotency-Key was already used with a different request",
-    429: "Rate limit exceeded for this key; see Retry-After",
+    429: "Rate limit exceeded for this key (see Retry-After), or, for an update, the task has "
+    "reached its limit of events (no Retry-After: create a new task)",
     503: "The database cannot be written right now (disk full, read-only); see Retry-After",
 }
 

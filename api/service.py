@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
+
 from api.configuration import ConfigurationInput, fields_from_input, parse_fields
 from api.contract import check_file_name
 from api.core import Finished, TaskView, note, now
@@ -24,7 +26,6 @@ from api.policy import Caller, Grant, Scope, UseCase, authorize
 from api.refusals import BadRequest
 from api.work import WorkerCases
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
-from ledger.decider import fold
 from ledger.errors import TaskNotFound
 from ledger.events import EVENT_TAGS, blob_ref
 from ledger.log import FeedQuery, RecordedEvent, TaskQuery
@@ -35,6 +36,8 @@ MAX_LIST_LIMIT = 1000
 #: Past this the offset (page - 1) * limit no longer fits a 64-bit integer.
 MAX_PAGE = 2**31 - 1
 MAX_FEED_LIMIT = 1000
+#: The most events a page of one task's history holds (and the default page).
+MAX_HISTORY_LIMIT = 1000
 #: The unknown field names a request's log line lists (all are counted).
 MAX_IGNORED_LOGGED = 20
 
@@ -54,6 +57,14 @@ def utc_time(name: str, when: datetime | None) -> datetime | None:
 
 def _itself(view: TaskView) -> TaskView:
     return view
+
+
+class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a task's events in version order, and the version to page on from (the last
+    one given) when there are more; None on the last page."""
+
+    events: list[RecordedEvent]
+    next_after: int | None = None
 
 
 class TaskLedger(LinkCases, WorkerCases):
@@ -166,16 +177,19 @@ class TaskLedger(LinkCases, WorkerCases):
         at: datetime,
         present: Callable[[TaskView], P],
     ) -> P:
-        events = self._events_seen(grant, task_id, at)
-        if version is not None:
-            if version > len(events):
-                raise BadRequest(f"as_of_version must be between 1 and {len(events)} for this task")
-            events = events[:version]
+        # Never the whole history: the version a time names is a binary search, and the state
+        # at a version is folded from the task's latest checkpoint before it (design.md).
+        current = self._version_seen(grant, task_id, at)
         if when is not None:
-            events = [e for e in events if e.recorded_at <= when]
-            if not events:
+            version = self.store.version_at(task_id, when)
+            if version == 0:
                 raise TaskNotFound("Task not found: it did not exist yet at that time")
-        state = fold(e.event for e in events)
+        elif version is not None and version > current:
+            raise BadRequest(f"as_of_version must be between 1 and {current} for this task")
+        assert version is not None
+        state = self.store.state_at(task_id, version)
+        if state is None:
+            raise TaskNotFound()
         return present(TaskView(state=state, output=self._output(state)))
 
     async def list_tasks(
@@ -237,7 +251,11 @@ class TaskLedger(LinkCases, WorkerCases):
         grant = authorize(UseCase.UPDATE, caller)
         fields = self._configuration(configuration, ignored_fields)
         command = UpdateTask(
-            task_id=task_id, at=self.clock(), owner=grant.owner, configuration=fields
+            task_id=task_id,
+            at=self.clock(),
+            owner=grant.owner,
+            configuration=fields,
+            max_events=self.settings.max_events_per_task,
         )
         return await self._run(
             UseCase.UPDATE,
@@ -307,24 +325,37 @@ class TaskLedger(LinkCases, WorkerCases):
 
     # -- audit -------------------------------------------------------------------------------
 
-    async def history(self, caller: Caller, task_id: str) -> list[RecordedEvent]:
-        """The task's events, oldest first (an admin's include deleted and expired tasks)."""
+    async def history(
+        self, caller: Caller, task_id: str, *, after: int = 0, limit: int = MAX_HISTORY_LIMIT
+    ) -> HistoryPage:
+        """A page of the task's events, oldest first: those after version ``after``, at most
+        ``limit`` (an admin's include deleted and expired tasks)."""
         grant = authorize(UseCase.HISTORY, caller)
-        return await self.reads.run(self._history, grant, task_id, self.clock())
+        if after < 0:
+            raise BadRequest("after must be a version, 0 or more")
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
+        return await self.reads.run(self._history, grant, task_id, self.clock(), after, limit)
 
-    def _history(self, grant: Grant, task_id: str, at: datetime) -> list[RecordedEvent]:
-        return self._events_seen(grant, task_id, at)
+    def _history(
+        self, grant: Grant, task_id: str, at: datetime, after: int, limit: int
+    ) -> HistoryPage:
+        self._version_seen(grant, task_id, at)
+        events = self.store.history(task_id, after=after, limit=limit + 1)
+        if len(events) > limit:
+            return HistoryPage(events=events[:limit], next_after=events[limit - 1].version)
+        return HistoryPage(events=events)
 
-    def _events_seen(self, grant: Grant, task_id: str, at: datetime) -> list[RecordedEvent]:
-        """The task's events if the grant reaches the task. Auditing (every task that ever
-        existed) goes by the log itself, so a task whose projection row is missing or damaged
-        can still be audited."""
+    def _version_seen(self, grant: Grant, task_id: str, at: datetime) -> int:
+        """The task's stream version, if the grant reaches the task. Auditing (every task that
+        ever existed) goes by the log itself, so a task whose projection row is missing or
+        damaged can still be audited."""
         if grant.scope is not Scope.EVER and not grant.sees(self.store.state(task_id), at):
             raise TaskNotFound()
-        events = self.store.history(task_id)
-        if not events:
+        version = self.store.version(task_id)
+        if version == 0:
             raise TaskNotFound()
-        return events
+        return version
 
     async def feed(
         self,
@@ -348,4 +379,4 @@ class TaskLedger(LinkCases, WorkerCases):
         return await self.reads.run(self.store.views.feed, query)
 
 
-__all__ = ["Finished", "TaskLedger", "TaskView", "now"]
+__all__ = ["Finished", "HistoryPage", "TaskLedger", "TaskView", "now"]

@@ -54,6 +54,9 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Which inputs create takes: ``any`` file, or only ``chunkr``'s types (by their first bytes;
     #: others are 400 "Unsupported file type"). See api.filetypes.
     file_types: str = "any"
+    #: The most events one task's stream may hold: past it an update is refused (429, nothing
+    #: appended); cancel, delete and the workers' and sweepers' commands still run.
+    max_events_per_task: int = 10_000
     #: Origins a browser may call the API from (CORS; ``*``: any, as Chunkr); empty: no CORS
     #: headers at all. A preflight needs no key.
     cors_origins: tuple[str, ...] = ("*",)

@@ -33,6 +33,9 @@ class UpdateTask(Command):
     #: Configuration fields that replace the current ones, each whole.
     configuration: dict[str, Any]
     owner: str | None = None
+    #: The most events a task's stream may hold before it runs no more updates (the server's
+    #: ``--max-events-per-task``); None: no limit.
+    max_events: int | None = None
 
 
 class CancelTask(Command):

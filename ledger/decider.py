@@ -27,7 +27,13 @@ from ledger.commands import (
     ReleaseTask,
     UpdateTask,
 )
-from ledger.errors import InvalidTransition, LeaseLost, TaskAlreadyExists, TaskNotFound
+from ledger.errors import (
+    EventLimitReached,
+    InvalidTransition,
+    LeaseLost,
+    TaskAlreadyExists,
+    TaskNotFound,
+)
 from ledger.events import (
     CANCELLED,
     FAILED,
@@ -154,6 +160,12 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
     status = state.status
     match command:
         case UpdateTask():
+            # The cap on a task's events is checked here and only here: an update is the one
+            # command that starts the task over (a new run, more events after it). Cancel and
+            # delete end something, once; the workers' and sweepers' commands finish the run
+            # already under way, which must never be stranded.
+            if command.max_events is not None and state.version >= command.max_events:
+                raise EventLimitReached(command.max_events)
             if status not in (SUCCEEDED, FAILED):
                 raise InvalidTransition(f"Task cannot be updated: status is {status}")
             configuration = updated_configuration(state.configuration, command.configuration)

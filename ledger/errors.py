@@ -27,6 +27,14 @@ class InvalidTransition(LedgerError):
     """The command is not allowed in the task's current status."""
 
 
+class EventLimitReached(LedgerError):
+    """The task's stream holds as many events as a task may have: it runs no more updates."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"This task has reached its limit of {limit} events; create a new task")
+        self.limit = limit
+
+
 class LeaseLost(LedgerError):
     """The worker does not hold the task's current lease (it expired and the task moved on)."""
 

@@ -2,12 +2,12 @@
 
 The domain never sees SQL: the decider works on events, a backend stores them. A backend is
 three objects: the ``EventLog`` (events, blobs, transactions, the write turn), the
-``TaskViews`` (the read models' tables: one row per task, the claim queue, the event feed) and
-the ``Records`` (API keys, idempotency outcomes and the secret that signs file links). The
-embedded SQLite backend lives in ``ledger.sqlite``; a backend is done when it passes the
-contract suite in ``tests/backends/``. ``tx`` is a backend's transaction handle: what
-``transaction()`` yields; a read given ``tx=None`` uses a read connection of the backend's
-choosing.
+``TaskViews`` (the read models' tables: one row per task, the claim queue, the event feed,
+checkpoints of task states) and the ``Records`` (API keys, idempotency outcomes and the secret
+that signs file links). The embedded SQLite backend lives in ``ledger.sqlite``; a backend is
+done when it passes the contract suite in ``tests/backends/``. ``tx`` is a backend's
+transaction handle: what ``transaction()`` yields; a read given ``tx=None`` uses a read
+connection of the backend's choosing.
 """
 
 from __future__ import annotations
@@ -122,8 +122,28 @@ class EventLog(Protocol):
         ...
 
     def read_stream(
-        self, stream_id: str, *, until_version: int | None = None, tx: Any = None
-    ) -> list[RecordedEvent]: ...
+        self,
+        stream_id: str,
+        *,
+        after: int = 0,
+        until_version: int | None = None,
+        limit: int | None = None,
+        tx: Any = None,
+    ) -> list[RecordedEvent]:
+        """The stream's events in version order: those after version ``after`` and up to
+        ``until_version``, at most ``limit`` of them. Its cost follows the events it returns,
+        not the stream's length."""
+        ...
+
+    def stream_version(self, stream_id: str, *, tx: Any = None) -> int:
+        """How many events the stream holds (its last version; 0 for no stream)."""
+        ...
+
+    def version_at(self, stream_id: str, when: datetime, *, tx: Any = None) -> int:
+        """The last version of the stream recorded at or before ``when`` (0 if none was). The
+        events recorded by then are a prefix of the stream: recorded_at never goes backwards
+        along the log. Its cost grows with the logarithm of the stream's length at most."""
+        ...
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]: ...
 
@@ -183,7 +203,7 @@ class FeedQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 class TaskViews(Protocol):
     """The read models' storage: one row per task holding its folded state (with the columns
-    the queries need), the claim queue, and the event feed."""
+    the queries need), the claim queue, the event feed, and checkpoints of task states."""
 
     def load_task(self, task_id: str, *, tx: Any = None) -> TaskState | None: ...
 
@@ -219,8 +239,22 @@ class TaskViews(Protocol):
 
     def feed(self, query: FeedQuery, *, tx: Any = None) -> list[RecordedEvent]: ...
 
+    def save_checkpoint(self, tx: Any, state: TaskState) -> None:
+        """Keep ``state`` as its task's state after its ``state.version``-th event (a checkpoint
+        time travel folds on from; see projections.checkpoints)."""
+        ...
+
+    def load_checkpoint(self, task_id: str, version: int, *, tx: Any = None) -> TaskState | None:
+        """The task's latest checkpoint at or before ``version``, or None."""
+        ...
+
+    def stored_checkpoints(self, *, tx: Any = None) -> Iterator[tuple[str, int, TaskState]]:
+        """``(task_id, version, state)`` of every checkpoint as stored, in task id order and
+        each task's in version order (what ``verify`` walks beside the streams)."""
+        ...
+
     def clear(self, tx: Any) -> None:
-        """Empty the task rows and the queue (before a rebuild)."""
+        """Empty the task rows, the queue and the checkpoints (before a rebuild)."""
         ...
 
 

@@ -3,8 +3,10 @@
 * ``verify`` walks the log twice: in position order to check the hash chain, and stream by stream
   to fold every task afresh and compare it with its stored ``tasks`` row and ``queue`` entry.
   Memory stays flat: one stream's events at a time.
-* ``rebuild`` drops both projections and writes them again from the same stream-by-stream fold,
-  in one transaction.
+  Every checkpoint (``projections.checkpoints``) is compared with the fold at its version on
+  the same walk.
+* ``rebuild`` drops the projections (task rows, queue, checkpoints) and writes them again from
+  the same stream-by-stream fold, in one transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ledger.chain import GENESIS, chain_hash
 from ledger.decider import evolve, initial_state
 from ledger.log import EventLog, TaskViews, task_id_of
 from ledger.state import TaskState
+from projections.checkpoints import CHECKPOINT_EVERY
 from projections.queue import queue_position
 
 Progress = Callable[[int], None]
@@ -28,7 +31,8 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Difference:
-    """One thing ``verify`` found wrong. ``kind`` is chain, task or queue."""
+    """One thing ``verify`` found wrong. ``kind`` is chain, event, blob, task, queue or
+    checkpoint."""
 
     kind: str
     detail: str
@@ -64,8 +68,10 @@ def fold_streams(
     tx: Any = None,
     progress: Progress | None = None,
     on_bad_event: Callable[[UndecodableEvent], None] | None = None,
+    each: Callable[[TaskState], None] | None = None,
 ) -> Iterator[Folded]:
-    """Every task folded from its events, one stream at a time, with its queue position.
+    """Every task folded from its events, one stream at a time, with its queue position;
+    ``each`` is handed the state after every event.
 
     An event that cannot be decoded raises UndecodableEvent, or, with ``on_bad_event``, is
     reported there and skipped."""
@@ -92,6 +98,8 @@ def fold_streams(
         after = evolve(state, event)
         position_in_queue = queue_position(state, after, position, position_in_queue)
         state = after
+        if each is not None:
+            each(state)
         if progress:
             progress(1)
     if state is not None:
@@ -162,7 +170,8 @@ def _verify(
     row = next(rows, None)
     orphans: list[str] = []
     queued = dict(views.queue_entries(tx=tx))
-    for folded in fold_streams(log, tx, progress, bad_event):
+    checkpoints = _CheckpointCheck(views.stored_checkpoints(tx=tx), differences)
+    for folded in fold_streams(log, tx, progress, bad_event, checkpoints.see):
         task_id = folded.state.task_id
         while row is not None and row[0] < task_id:
             orphans.append(row[0])
@@ -201,7 +210,50 @@ def _verify(
         differences.append(Difference("task", "tasks projection row without events", task_id))
     for task_id in sorted(queued):
         differences.append(Difference("queue", "queue entry without events", task_id))
+    checkpoints.finish()
     return differences
+
+
+class _CheckpointCheck:
+    """Walks the stored checkpoints (in task id and version order) beside the fold of the
+    streams (the same order), comparing each with the state the fold reaches at its version."""
+
+    def __init__(
+        self, stored: Iterator[tuple[str, int, TaskState]], differences: list[Difference]
+    ) -> None:
+        self._stored = stored
+        self._next = next(stored, None)
+        self._differences = differences
+
+    def see(self, state: TaskState) -> None:
+        here = (state.task_id, state.version)
+        while self._next is not None and self._next[:2] <= here:
+            (task_id, version, checkpoint), self._next = self._next, next(self._stored, None)
+            if (task_id, version) < here:
+                self._orphan(task_id, version)
+            elif checkpoint != state:
+                self._differences.append(
+                    Difference(
+                        "checkpoint",
+                        f"checkpoint at version {version} differs from the fold of its "
+                        "events: " + _diff(checkpoint, state),
+                        task_id,
+                    )
+                )
+
+    def finish(self) -> None:
+        while self._next is not None:
+            (task_id, version, _), self._next = self._next, next(self._stored, None)
+            self._orphan(task_id, version)
+
+    def _orphan(self, task_id: str, version: int) -> None:
+        self._differences.append(
+            Difference(
+                "checkpoint",
+                f"checkpoint at version {version} without an event at that version",
+                task_id,
+            )
+        )
 
 
 def _diff(stored: TaskState, folded: TaskState) -> str:
@@ -213,13 +265,25 @@ def _diff(stored: TaskState, folded: TaskState) -> str:
     return "; ".join(fields)
 
 
-def rebuild(log: EventLog, views: TaskViews, progress: Progress | None = None) -> int:
-    """Drop and rebuild the tasks and queue projections from the log in one transaction (or
-    inside the caller's, if one is open); returns how many tasks were written."""
+def rebuild(
+    log: EventLog,
+    views: TaskViews,
+    progress: Progress | None = None,
+    *,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+) -> int:
+    """Drop and rebuild the tasks, queue and checkpoint projections from the log in one
+    transaction (or inside the caller's, if one is open); returns how many tasks were
+    written."""
     count = 0
     with log.transaction() as tx:
         views.clear(tx)
-        for folded in fold_streams(log, tx, progress):
+
+        def keep(state: TaskState) -> None:
+            if state.version % checkpoint_every == 0:
+                views.save_checkpoint(tx, state)
+
+        for folded in fold_streams(log, tx, progress, each=keep):
             views.save_task(tx, folded.state)
             if folded.queue_position is not None:
                 views.enqueue(tx, folded.state.task_id, folded.queue_position)

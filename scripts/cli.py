@@ -166,6 +166,13 @@ def cli() -> None:
     help="Longest the writer parks the event loop while a batch's commands run (0: never).",
 )
 @click.option(
+    "--max-events-per-task",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Events one task may hold: past it an update is refused with 429 (create a new task).",
+)
+@click.option(
     "--file-types",
     default="any",
     show_default=True,
@@ -202,6 +209,7 @@ def serve(
     rate_limit_burst: int,
     workers: int,
     park_ms: float,
+    max_events_per_task: int,
     file_types: str,
     cors_origins: str,
     log_json: bool | None,
@@ -257,6 +265,7 @@ def serve(
         rate_limit_per_second=rate_limit,
         rate_limit_burst=rate_limit_burst,
         park_ms=park_ms,
+        max_events_per_task=max_events_per_task,
         file_types=file_types,
         cors_origins=tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
     )

@@ -29,11 +29,12 @@ from rich.table import Table
 
 from api.composition import Store, close_service, open_service
 from api.policy import OPERATOR
+from api.service import MAX_HISTORY_LIMIT
 from api.settings import Settings
 from ledger import codec
 from ledger.decider import evolve, initial_state
 from ledger.errors import ImportRefused, LedgerError, TaskNotFound
-from ledger.log import FeedQuery, RecordedEvent
+from ledger.log import FeedQuery, RecordedEvent, stream_id_for
 from projections import audit
 from scripts.options import db_option, resolve_db
 
@@ -105,6 +106,19 @@ def parse_until(value: str | None) -> tuple[int | None, datetime | None]:
     return None, when
 
 
+def pages(store: Store, task_id: str, until_version: int | None) -> Iterator[RecordedEvent]:
+    """The task's events in version order (up to ``until_version``), read a page at a time."""
+    cursor = 0
+    while True:
+        page = store.log.read_stream(
+            stream_id_for(task_id), after=cursor, until_version=until_version, limit=1000
+        )
+        yield from page
+        if len(page) < 1000:
+            return
+        cursor = page[-1].version
+
+
 @click.command()
 @db_option
 @click.argument("task_id")
@@ -120,12 +134,11 @@ def replay(db_path: Path | None, task_id: str, until: str | None) -> None:
     """
     until_version, until_time = parse_until(until)
     store = open_store(db_path)
-    events = store.history(task_id)
-    if not events:
+    if store.version(task_id) == 0:
         raise click.ClickException(f"No events for task {task_id}")
     state = initial_state(task_id)
     table = Table("pos", "ver", "event", "recorded at", "status", "message", "configuration")
-    for recorded in events:
+    for recorded in pages(store, task_id, until_version):
         if until_version is not None and recorded.version > until_version:
             break
         if until_time is not None and recorded.recorded_at > until_time:
@@ -152,31 +165,60 @@ def replay(db_path: Path | None, task_id: str, until: str | None) -> None:
 @click.command()
 @db_option
 @click.argument("task_id")
-def history(db_path: Path | None, task_id: str) -> None:
+@click.option(
+    "--after",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Start after this version (default 0: from the first event).",
+)
+@click.option(
+    "--limit",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Print at most this many events (default: every one after --after).",
+)
+def history(db_path: Path | None, task_id: str, after: int, limit: int | None) -> None:
     """Print a task's events, oldest first, with who caused each.
+
+    The events are read a page of 1000 at a time, as GET /api/v1/task/{id}/events serves them,
+    and JSON lines are printed page by page (a table once at the end).
 
     Example:
 
-        taskledger history --db ./taskledger.db 3f0c9d2e-6a51-4a57-9a3b-1f2b7f0c1e11
+        taskledger history --db ./taskledger.db 3f0c9d2e-6a51-4a57-9a3b-1f2b7f0c1e11 --after 1000
     """
     path = resolve_db(db_path)
     if not path.exists():
         raise click.ClickException(f"No database at {path}")
+    shown: list[RecordedEvent] = []
 
-    async def read() -> list[RecordedEvent]:
+    async def read() -> None:
         # The same use case the HTTP API serves, as the operator (who holds the file, so may
         # audit every task, deleted and expired ones included).
         service = open_service(Settings(db_path=path, sweep_interval=0))
         try:
-            return await service.history(OPERATOR, task_id)
+            cursor, left = after, limit
+            while left is None or left > 0:
+                size = MAX_HISTORY_LIMIT if left is None else min(left, MAX_HISTORY_LIMIT)
+                page = await service.history(OPERATOR, task_id, after=cursor, limit=size)
+                if as_json_lines():
+                    print_events(page.events)
+                else:
+                    shown.extend(page.events)
+                if left is not None:
+                    left -= len(page.events)
+                if page.next_after is None:
+                    return
+                cursor = page.next_after
         finally:
             close_service(service)
 
     try:
-        events = asyncio.run(read())
+        asyncio.run(read())
     except TaskNotFound:
         raise click.ClickException(f"No events for task {task_id}") from None
-    print_events(events)
+    if not as_json_lines():
+        print_events(shown)
 
 
 def print_events(events: list[RecordedEvent]) -> None:

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -328,16 +328,56 @@ class SqliteLog:
         self,
         stream_id: str,
         *,
+        after: int = 0,
         until_version: int | None = None,
+        limit: int | None = None,
         tx: sqlite3.Connection | None = None,
     ) -> list[RecordedEvent]:
+        """A range of the stream by version: one seek in the ``(stream_id, version)`` index,
+        then the rows asked for."""
         conn = tx or self.reader()
         rows = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version <= ?"
-            " ORDER BY version",
-            (stream_id, until_version if until_version is not None else 2**62),
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version > ?"
+            " AND version <= ? ORDER BY version LIMIT ?",
+            (
+                stream_id,
+                after,
+                until_version if until_version is not None else 2**62,
+                limit if limit is not None else -1,
+            ),
         ).fetchall()
         return [row_to_recorded(row) for row in rows]
+
+    def stream_version(self, stream_id: str, *, tx: sqlite3.Connection | None = None) -> int:
+        conn = tx or self.reader()
+        (version,) = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        return version
+
+    def version_at(
+        self, stream_id: str, when: datetime, *, tx: sqlite3.Connection | None = None
+    ) -> int:
+        """A binary search over the stream's versions, each probe one seek in the
+        ``(stream_id, version)`` index: about 17 rows for 100,000 events. It relies on
+        recorded_at never going backwards along the log (``append`` sees to it), so the events
+        recorded by ``when`` are a prefix of the stream. An index on ``(stream_id,
+        recorded_at)`` would answer in one seek, but every append would pay to keep it."""
+        conn = tx or self.reader()
+        stamp = codec.timestamp(when)
+        low, high = 0, self.stream_version(stream_id, tx=conn)
+        # Versions 1..low were recorded at or before ``when``; versions after high were not.
+        while low < high:
+            middle = (low + high + 1) // 2
+            (recorded_at,) = conn.execute(
+                "SELECT recorded_at FROM events WHERE stream_id = ? AND version = ?",
+                (stream_id, middle),
+            ).fetchone()
+            if recorded_at <= stamp:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         rows = (

@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS queue (
     position INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_fifo ON queue (position);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    task_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (task_id, version)
+);
 """
 
 
@@ -223,6 +229,39 @@ class SqliteViews:
     def clear(self, tx: sqlite3.Connection) -> None:
         tx.execute("DELETE FROM tasks")
         tx.execute("DELETE FROM queue")
+        tx.execute("DELETE FROM checkpoints")
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self, tx: sqlite3.Connection, state: TaskState) -> None:
+        tx.execute(
+            "INSERT OR REPLACE INTO checkpoints (task_id, version, state) VALUES (?, ?, ?)",
+            (state.task_id, state.version, codec.encode_str(state)),
+        )
+
+    def load_checkpoint(
+        self, task_id: str, version: int, *, tx: sqlite3.Connection | None = None
+    ) -> TaskState | None:
+        """One seek in the primary key, backwards from ``version``."""
+        row = (
+            self._conn(tx)
+            .execute(
+                "SELECT state FROM checkpoints WHERE task_id = ? AND version <= ?"
+                " ORDER BY version DESC LIMIT 1",
+                (task_id, version),
+            )
+            .fetchone()
+        )
+        return codec.decode_state(row[0]) if row else None
+
+    def stored_checkpoints(
+        self, *, tx: sqlite3.Connection | None = None
+    ) -> Iterator[tuple[str, int, TaskState]]:
+        rows = self._conn(tx).execute(
+            "SELECT task_id, version, state FROM checkpoints ORDER BY task_id, version"
+        )
+        for task_id, version, state in rows:
+            yield task_id, version, codec.decode_state(state)
 
     # -- the event feed ---------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from api.policy import Forbidden
 from api.refusals import BadRequest, IdempotencyMismatch, InvalidKey, RateLimited
 from ledger.errors import (
     ConcurrencyConflict,
+    EventLimitReached,
     InvalidTransition,
     LeaseLost,
     StorageUnavailable,
@@ -33,6 +34,7 @@ CASES = [
     (Forbidden("A worker key cannot create tasks"), 403, None),
     (IdempotencyMismatch(), 422, None),
     (RateLimited(3), 429, "Rate limit exceeded; retry later"),
+    (EventLimitReached(10), 429, "This task has reached its limit of 10 events; create a new task"),
     (RecursionError(), 400, "Invalid request body: it is nested too deeply"),
 ]
 
@@ -54,6 +56,8 @@ def test_headers_tell_when_to_retry_and_how_to_authenticate():
     assert handle_any(None, RateLimited(7)).headers["Retry-After"] == "7"  # type: ignore[arg-type]
     assert handle_any(None, StorageUnavailable("x")).headers["Retry-After"] == "5"  # type: ignore[arg-type]
     assert "Bearer" in handle_any(None, InvalidKey("x")).headers["WWW-Authenticate"]  # type: ignore[arg-type]
+    # The event limit does not lift with time: nothing says when to retry.
+    assert "Retry-After" not in handle_any(None, EventLimitReached(10)).headers  # type: ignore[arg-type]
 
 
 def test_nothing_to_claim_is_an_empty_204_and_anything_else_a_bare_500():

@@ -115,5 +115,5 @@ async def test_any_policy_takes_every_file_and_records_what_it_is(any_file):
     text = await any_file.create(alice, file=b"hello", file_name="a.txt")
     pdf = await any_file.create(alice, file=b"%PDF-1.4\n", file_name="a.txt")
     assert (text.state.media_type, pdf.state.media_type) == (None, filetypes.PDF)
-    history = await any_file.history(alice, pdf.state.task_id)
+    history = (await any_file.history(alice, pdf.state.task_id)).events
     assert history[0].event.media_type == filetypes.PDF

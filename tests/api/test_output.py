@@ -281,7 +281,7 @@ async def test_the_service_refuses_a_bad_output_and_appends_nothing(service):
     with pytest.raises(BadRequest, match=r"at `\$\.chunks\[0\]\.segments\[0\]\.text`"):
         await service.complete(worker, task_id, "w1", bad)
 
-    history = await service.history(alice, task_id)
+    history = (await service.history(alice, task_id)).events
     assert [type(e.event).__name__ for e in history] == ["TaskCreated", "Claimed"]
     got = await service.get(alice, task_id)
     assert got.state.status == "Processing" and got.state.worker_id == "w1"

@@ -55,7 +55,7 @@ async def test_a_task_lives_through_the_use_cases_without_http(service):
     assert finished.task.state.status == "Succeeded" and finished.next is None
     got = await service.get(alice, created.state.task_id)
     assert got.output is not None and got.output["chunks"][0]["chunk_id"]
-    history = await service.history(alice, created.state.task_id)
+    history = (await service.history(alice, created.state.task_id)).events
     assert [type(e.event).__name__ for e in history] == ["TaskCreated", "Claimed", "Succeeded"]
     assert history[0].request_id == "r-1" and history[0].actor.key_id == alice.key_id
     first = await service.get(alice, created.state.task_id, as_of_version=1)

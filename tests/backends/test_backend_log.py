@@ -1,5 +1,6 @@
-"""EventLog contract: appending and reading events, optimistic concurrency, global positions,
-paging, the stored rows and their hash chain, recorded_at that never goes backwards."""
+"""EventLog contract: appending and reading events, optimistic concurrency, a stream's range by
+version, its version now and at a time, global positions, paging, the stored rows and their hash
+chain, recorded_at that never goes backwards."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from backend_support import (
     cancelled,
     claimed,
     created,
+    deleted,
     env,
     populate,
     positions,
     stored,
     succeeded,
+    update_requested,
 )
 
 from ledger.errors import ConcurrencyConflict
@@ -118,6 +121,69 @@ def test_read_stream_until_version(backend, until, count):
     recorded += append(backend, "a", [cancelled("a", 3)], expected=3)
     append(backend, "b", [created("b", 4)])
     assert backend.log.read_stream(stream_id_for("a"), until_version=until) == recorded[:count]
+
+
+@pytest.mark.parametrize(
+    ("after", "until", "limit", "versions"),
+    [
+        (0, None, None, [1, 2, 3, 4, 5, 6]),
+        (2, None, None, [3, 4, 5, 6]),
+        (0, None, 2, [1, 2]),
+        (2, None, 3, [3, 4, 5]),
+        (4, None, 10, [5, 6]),
+        (6, None, None, []),
+        (99, None, None, []),
+        (1, 4, None, [2, 3, 4]),
+        (1, 4, 2, [2, 3]),
+        (3, 3, None, []),
+        (0, 1, 1, [1]),
+    ],
+)
+def test_read_stream_gives_a_range_by_version(backend, after, until, limit, versions):
+    recorded = append(backend, "a", [created("a", 0), claimed("a", 1), succeeded("a", 2)])
+    append(backend, "b", [created("b", 3)])
+    recorded += append(backend, "a", [update_requested("a", 4), cancelled("a", 5)], expected=3)
+    recorded += append(backend, "a", [deleted("a", 6)], expected=5)
+    read = backend.log.read_stream(
+        stream_id_for("a"), after=after, until_version=until, limit=limit
+    )
+    assert [r.version for r in read] == versions
+    assert read == [r for r in recorded if r.version in versions]
+
+
+def test_stream_version_counts_the_streams_events(backend, other):
+    assert backend.log.stream_version(stream_id_for("a")) == 0
+    append(backend, "a", [created("a", 0), claimed("a", 1)])
+    append(backend, "b", [created("b", 2)])
+    append(backend, "a", [succeeded("a", 3)], expected=2)
+    assert backend.log.stream_version(stream_id_for("a")) == 3
+    assert other.log.stream_version(stream_id_for("b")) == 1
+    with backend.log.transaction() as tx:
+        append(backend, "b", [cancelled("b", 4)], expected=1, tx=tx)
+        assert backend.log.stream_version(stream_id_for("b"), tx=tx) == 2
+        assert other.log.stream_version(stream_id_for("b")) == 1
+
+
+def test_version_at_is_the_last_version_recorded_by_then(backend):
+    # One event per append, recorded at 10, 20, ... 70 s; two more at 80 s in one append; and
+    # another stream's events in between, which do not count.
+    for version in range(1, 8):
+        event = created("a", 0) if version == 1 else claimed("a", version)
+        append(backend, "a", [event], expected=version - 1, envelope=env(10 * version))
+        append(
+            backend,
+            f"other-{version}",
+            [created(f"other-{version}", 0)],
+            envelope=env(10 * version + 5),
+        )
+    append(backend, "a", [cancelled("a", 8), deleted("a", 9)], expected=7, envelope=env(80))
+    stream = stream_id_for("a")
+    cases = {0: 0, 9.999: 0, 10: 1, 15: 1, 20: 2, 69.9: 6, 70: 7, 79: 7, 80: 9, 1e6: 9}
+    for seconds, version in cases.items():
+        assert backend.log.version_at(stream, at(seconds)) == version, seconds
+    # A time in another zone is the same moment.
+    assert backend.log.version_at(stream, at(30).astimezone(timezone(timedelta(hours=-5)))) == 3
+    assert backend.log.version_at(stream_id_for("nobody"), at(1e6)) == 0
 
 
 # -- global positions ---------------------------------------------------------------------------

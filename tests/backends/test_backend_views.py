@@ -1,5 +1,5 @@
 """TaskViews contract: task rows (folded states), the task list and its visibility, due leases
-and expiries, the claim queue, the event feed, and clear."""
+and expiries, the claim queue, the event feed, checkpoints, and clear."""
 
 from __future__ import annotations
 
@@ -264,15 +264,78 @@ def test_feed(backend, feed_log, query, expected):
     assert page == [feed_log[label] for label in expected.split()]
 
 
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def states(events):
+    """The state after each event: states[0] after the first."""
+    return [fold(events[: n + 1]) for n in range(len(events))]
+
+
+STORY = [
+    created("a", 0),
+    claimed("a", 1),
+    succeeded("a", 2),
+    update_requested("a", 3),
+    cancelled("a", 4),
+    update_requested("a", 5),
+    cancelled("a", 6),
+    deleted("a", 7),
+]
+
+
+def test_load_checkpoint_gives_the_latest_at_or_before_a_version(backend, other):
+    after = states(STORY)
+    with backend.log.transaction() as tx:
+        for version in (2, 4, 6):
+            backend.views.save_checkpoint(tx, after[version - 1])
+        backend.views.save_checkpoint(tx, fold([created("b", 0)]))
+    expected = {1: None, 2: 2, 3: 2, 4: 4, 5: 4, 6: 6, 8: 6, 10**9: 6}
+    for version, found in expected.items():
+        loaded = other.views.load_checkpoint("a", version)
+        assert loaded == (after[found - 1] if found else None), version
+    assert other.views.load_checkpoint("b", 1) == fold([created("b", 0)])
+    assert other.views.load_checkpoint("nobody", 10) is None
+
+
+def test_stored_checkpoints_in_task_then_version_order(backend):
+    a, b = states(STORY), states([created("b", 0), claimed("b", 1), failed("b", 2)])
+    with backend.log.transaction() as tx:
+        for state in (b[2], a[5], b[0], a[1]):
+            backend.views.save_checkpoint(tx, state)
+        expected = [("a", 2, a[1]), ("a", 6, a[5]), ("b", 1, b[0]), ("b", 3, b[2])]
+        assert list(backend.views.stored_checkpoints(tx=tx)) == expected
+    assert list(backend.views.stored_checkpoints()) == expected
+
+
+def test_a_checkpoint_saved_again_replaces_the_first(backend):
+    first, second = fold(STORY[:2]), fold([created("a", 9), claimed("a", 10)])
+    with backend.log.transaction() as tx:
+        backend.views.save_checkpoint(tx, first)
+        backend.views.save_checkpoint(tx, second)
+    assert list(backend.views.stored_checkpoints()) == [("a", 2, second)]
+
+
+def test_a_checkpoint_written_in_a_rolled_back_transaction_is_not_there(backend):
+    with pytest.raises(RuntimeError), backend.log.transaction() as tx:
+        backend.views.save_checkpoint(tx, fold(STORY[:2]))
+        raise RuntimeError("undo")
+    assert backend.views.load_checkpoint("a", 2) is None
+
+
 # -- clear, and reads inside a transaction --------------------------------------------------------
 
 
 def test_clear_empties_the_task_rows_and_the_queue_and_keeps_the_log(backend):
     write_task(backend, [created("a", 0)], queued=True)
     write_task(backend, [created("b", 1), claimed("b", 2)])
+    with backend.log.transaction() as tx:
+        backend.views.save_checkpoint(tx, fold([created("b", 1), claimed("b", 2)]))
     last = backend.log.last_position()
     with backend.log.transaction() as tx:
         backend.views.clear(tx)
+    assert list(backend.views.stored_checkpoints()) == []
+    assert backend.views.load_checkpoint("b", 2) is None
     assert backend.views.load_task("a") is None
     assert list(backend.views.stored_states()) == []
     assert backend.views.list_tasks(TaskQuery(at=at(5))) == []

@@ -29,7 +29,7 @@ from ledger.events import (
     TaskCreated,
     UpdateRequested,
 )
-from ledger.log import Actor, Envelope, task_id_of
+from ledger.log import Actor, Envelope, stream_id_for, task_id_of
 from ledger.state import TaskState
 from projections.queue import claimable
 
@@ -223,7 +223,8 @@ def check_consistent(store) -> dict[str, list]:
     * each stream's versions run 1, 2, ... n with no gap, in position order;
     * each stream has a ``tasks`` row equal to ``fold`` of its events (and no row lacks a stream);
     * the queue holds exactly the live Starting tasks, ordered by the position of the event that
-      made each claimable.
+      made each claimable;
+    * every checkpoint is the fold of its stream's prefix, one at each multiple of the interval.
 
     Returns the events per stream for further checks.
     """
@@ -253,6 +254,19 @@ def check_consistent(store) -> dict[str, list]:
                 entered = None
         if entered is not None:
             expected_queue.append((task_id, entered))
+    # Each checkpoint is the fold of its stream's first ``version`` events, and every multiple
+    # of the store's interval has one.
+    every = store.checkpoints.every
+    checkpoints = {(t, v): c for t, v, c in store.views.stored_checkpoints()}
+    expected_checkpoints = {
+        (task_id_of(stream_id), n)
+        for stream_id, recorded in streams.items()
+        for n in range(every, len(recorded) + 1, every)
+    }
+    assert set(checkpoints) == expected_checkpoints
+    for (task_id, version), checkpoint in checkpoints.items():
+        recorded = streams[stream_id_for(task_id)][:version]
+        assert checkpoint == fold(e.event for e in recorded), (task_id, version)
     rows = sorted(task_id for task_id, _ in store.views.stored_states())
     assert sorted(rows) == sorted(task_id_of(s) for s in streams), "a tasks row without events"
     expected_queue.sort(key=lambda entry: entry[1])

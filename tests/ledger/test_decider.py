@@ -33,6 +33,7 @@ from stories import (
 )
 
 from ledger.commands import (
+    AnyCommand,
     CancelTask,
     ClaimTask,
     CompleteTask,
@@ -46,7 +47,13 @@ from ledger.commands import (
     UpdateTask,
 )
 from ledger.decider import decide, fold, initial_state, updated_configuration
-from ledger.errors import InvalidTransition, LeaseLost, TaskAlreadyExists, TaskNotFound
+from ledger.errors import (
+    EventLimitReached,
+    InvalidTransition,
+    LeaseLost,
+    TaskAlreadyExists,
+    TaskNotFound,
+)
 from ledger.events import (
     Cancelled,
     Claimed,
@@ -643,3 +650,74 @@ def test_folding_nothing_needs_an_initial_state():
     with pytest.raises(ValueError):
         fold([])
     assert fold([], initial_state(ID)) == initial_state(ID)
+
+
+# -- the cap on a task's events -------------------------------------------------------------------
+
+
+def at_the_limit(limit: int) -> Refused:
+    return Refused(
+        EventLimitReached, f"This task has reached its limit of {limit} events; create a new task"
+    )
+
+
+@pytest.mark.parametrize(
+    ("limit", "then"),
+    [
+        (None, "updated"),
+        (4, "updated"),  # the update is the 4th event: allowed
+        (3, at_the_limit(3)),  # the stream holds 3: no more updates
+        (1, at_the_limit(1)),
+    ],
+)
+def test_an_update_is_refused_once_the_stream_holds_max_events(limit, then):
+    story = given(created(), claimed(), succeeded()).when(
+        UpdateTask(task_id=ID, at=NOW, configuration=PATCH, max_events=limit)
+    )
+    if then == "updated":
+        story.then(E_UPDATE[0])
+    else:
+        story.then_raises(then.error, then.message)
+
+
+def test_the_limit_is_told_before_the_status_but_not_before_not_found():
+    # The limit never lifts; the status might: a client is told the lasting reason first.
+    given(created(), claimed()).when(
+        UpdateTask(task_id=ID, at=NOW, configuration=PATCH, max_events=2)
+    ).then_raises(EventLimitReached, at_the_limit(2).message)
+    given(created(), cancelled(), deleted()).when(
+        UpdateTask(task_id=ID, at=NOW, configuration=PATCH, max_events=1)
+    ).then_raises(TaskNotFound, "Task not found")
+
+
+def test_only_an_update_carries_the_limit():
+    # The one command that starts a task over. The others end something (cancel, delete) or
+    # finish the run under way (the workers' and the sweepers'), and must never be stranded.
+    carrying = [c for c in AnyCommand.__args__ if "max_events" in c.__struct_fields__]
+    assert carrying == [UpdateTask]
+
+
+def test_at_the_limit_the_run_under_way_finishes_and_a_pending_update_can_be_cancelled():
+    pending = [created(), claimed(), succeeded(), update_requested()]  # 4 events: at the limit
+    update = UpdateTask(task_id=ID, at=NOW, configuration=PATCH, max_events=4)
+    given(*pending).when(update).then_raises(EventLimitReached, at_the_limit(4).message)
+    given(*pending).when(CancelTask(task_id=ID, at=NOW)).then(Cancelled(task_id=ID, at=NOW))
+    claim = ClaimTask(task_id=ID, at=NOW, worker_id=WORKER, lease_until=at(130))
+    running = (
+        given(*pending)
+        .when(claim)
+        .then(
+            Claimed(task_id=ID, at=NOW, worker_id=WORKER, lease_until=at(130), attempt=1),
+            again=cannot("claimed", "Processing"),
+        )
+    )
+    events = [
+        *pending,
+        Claimed(task_id=ID, at=NOW, worker_id=WORKER, lease_until=at(130), attempt=1),
+    ]
+    assert running.version == 5
+    given(*events).when(WHEN["ExtendLease"]).then(*E_EXTEND, again=E_EXTEND)
+    given(*events).when(WHEN["CompleteTask"]).then(*E_COMPLETE)
+    finished = fold(E_COMPLETE, running)
+    assert outcome(update, finished).message == at_the_limit(4).message
+    assert decide(DeleteTask(task_id=ID, at=NOW), finished) == E_DELETE

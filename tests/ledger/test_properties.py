@@ -1,5 +1,7 @@
 """Property: whatever commands arrive, in whatever order, on a real SQLite file, the stored
-projections always equal a fresh fold of the log, and the log itself stays well formed."""
+projections always equal a fresh fold of the log, time travel (from checkpoints, kept every few
+events here) always equals the fold of the stream's prefix, and the log itself stays well
+formed."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ledger.commands import (
     ReleaseTask,
     UpdateTask,
 )
+from ledger.decider import fold
 from ledger.errors import LedgerError
 from ledger.handler import NothingToDo, Request
 from ledger.log import stream_id_for
@@ -119,11 +122,14 @@ class LedgerMachine(RuleBasedStateMachine):
         owners=st.lists(
             st.sampled_from(["alice", "bob"]), min_size=len(TASKS), max_size=len(TASKS)
         ),
+        every=st.integers(1, 4),
     )
-    def open_store(self, created, owners):
-        """A fresh file, with some tasks created up front (and at least one never created)."""
+    def open_store(self, created, owners, every):
+        """A fresh file, with some tasks created up front (and at least one never created), and
+        a checkpoint every ``every`` events (a few, so that stories pass many of them)."""
         self.dir = Path(tempfile.mkdtemp(prefix="taskledger-prop-"))
-        self.store = Store(self.dir / "ledger.db")
+        self.every = every
+        self.store = Store(self.dir / "ledger.db", checkpoint_every=every)
         self.now = 0
         self.log_so_far: list[tuple[int, str, int, str]] = []
         self.reopened = 0
@@ -228,7 +234,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def close_and_reopen(self):
         self.store.close()
-        self.store = Store(self.dir / "ledger.db")
+        self.store = Store(self.dir / "ledger.db", checkpoint_every=self.every)
         self.reopened += 1
 
     @invariant()
@@ -247,6 +253,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self.log_so_far = log
         for task_id in TASKS:
             assert self.store.state(task_id) == self.store.replay(task_id)
+
+    @invariant()
+    def time_travel_equals_the_fold_of_the_prefix(self):
+        for task_id in TASKS:
+            events = [e.event for e in self.store.history(task_id)]
+            for version in range(1, len(events) + 1):
+                assert self.store.state_at(task_id, version) == fold(events[:version]), version
+            assert self.store.state_at(task_id, len(events) + 1) == (
+                fold(events) if events else None
+            )
 
 
 LedgerMachine.TestCase.settings = settings(
