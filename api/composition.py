@@ -98,6 +98,7 @@ class Store:
 
 def open_service(settings: Settings) -> TaskLedger:
     """The service over ``settings.db_path``, its writer thread and read pool running."""
+    from api.fetch import UrlFetcher
     from api.groupcommit import Writer
     from api.keys import Gate, RateLimiter
     from api.readpool import ReadPool
@@ -109,10 +110,18 @@ def open_service(settings: Settings) -> TaskLedger:
     limiter = None
     if settings.rate_limit_per_second:
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-    return TaskLedger(store, writer, ReadPool(), Gate(store.records, limiter), settings)
+    service = TaskLedger(store, writer, ReadPool(), Gate(store.records, limiter), settings)
+    service.fetcher = UrlFetcher(
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.fetch_timeout,
+        allow_private=settings.allow_private_fetch,
+    )
+    return service
 
 
 def close_service(service: TaskLedger) -> None:
+    if service.fetcher is not None:
+        service.fetcher.close()
     service.reads.close()
     service.writer.stop()
     service.store.close()

@@ -26,6 +26,7 @@ from projections.queue import claimable
 
 if TYPE_CHECKING:
     from api.composition import Store
+    from api.fetch import Fetcher
 
 R = TypeVar("R")
 
@@ -80,6 +81,9 @@ class ServiceCore:
         self.gate = gate
         self.settings = settings
         self.clock = clock
+        #: Downloads a create's file given by URL (none: such creates are refused). The
+        #: composition root sets it (``open_service``).
+        self.fetcher: Fetcher | None = None
         #: Set whenever this process makes a task claimable, to wake long-polling claims.
         self.queue_changed = asyncio.Event()
 
@@ -101,6 +105,24 @@ class ServiceCore:
 
     def _bare(self, tx: Any, outcome: Outcome) -> TaskView:
         return TaskView(state=outcome.after)
+
+    def _replayed(
+        self,
+        use_case: UseCase,
+        caller: Caller,
+        parts: Any,
+        idempotency_key: str | None,
+        result_type: type[R],
+    ) -> R | None:
+        """The stored outcome a retry is answered with (as ``_execute`` would answer it), or
+        None: lets a use case skip work the retry would not use (a create's download)."""
+        key = idempotency.check_key(idempotency_key)
+        if key is None:
+            return None
+        stored = self.store.records.find_outcome(caller.key_id, key)
+        if stored is None:
+            return None
+        return self._replay(stored, idempotency.fingerprint(use_case.name, parts), result_type)
 
     async def _run(
         self,

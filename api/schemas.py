@@ -20,6 +20,7 @@ from api.configuration import (
 )
 from api.contract import MAX_WORKER_ID
 from api.core import Finished, TaskView
+from api.fetch import FileUrl
 from api.links import Linker
 from api.refusals import BadRequest
 from ledger.events import SUCCEEDED
@@ -73,11 +74,12 @@ def ignored_fields(raw: bytes, shape: type[ConfigurationInput]) -> list[str]:
     return unknown_fields(body, shape)
 
 
-def decode_file(file: str) -> bytes:
-    """The bytes of a create body's ``file``: base64, or a ``data:`` URL holding base64."""
+def decode_file(file: str) -> bytes | FileUrl:
+    """A create body's ``file``: the bytes of base64 or of a ``data:`` URL holding base64, or
+    an http(s) URL for the service to download."""
     text = file.strip()
-    if text.startswith(("http://", "https://")):
-        raise BadRequest("File URLs are not supported by this server; send the file as base64")
+    if text[:8].lower().startswith(("http://", "https://")):
+        return FileUrl(text)
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or ";base64" not in header:

@@ -19,6 +19,7 @@ import msgspec
 from api.configuration import ConfigurationInput, fields_from_input, parse_fields
 from api.contract import check_file_name
 from api.core import Finished, TaskView, note, now
+from api.fetch import Fetched, FileUrl
 from api.filetypes import accepted, sniff
 from api.ids import new_task_id
 from api.links import LinkCases
@@ -76,31 +77,46 @@ class TaskLedger(LinkCases, WorkerCases):
         self,
         caller: Caller,
         *,
-        file: bytes,
+        file: bytes | FileUrl,
         file_name: str | None = None,
         configuration: ConfigurationInput | dict[str, Any] | None = None,
         ignored_fields: Sequence[str] = (),
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> TaskView:
-        """A new task for ``file``. ``configuration`` is what the caller sent (typed, or plain
-        JSON that is checked here); the task stores each field sent, whole, with its own
-        defaults (api.configuration). ``ignored_fields`` are the unknown fields the caller's
-        body held (counted in the request's log line)."""
+        """A new task for ``file``, given as bytes or as a URL the server downloads (the
+        task's name is then ``file_name`` if given, else the one the download gives).
+        ``configuration`` is what the caller sent (typed, or plain JSON that is checked here);
+        the task stores each field sent, whole, with its own defaults (api.configuration).
+        ``ignored_fields`` are the unknown fields the caller's body held (counted in the
+        request's log line)."""
         authorize(UseCase.CREATE, caller)
         file_name = check_file_name(file_name)
+        fields = {
+            "expires_in": self.settings.default_expires_in,
+            **self._configuration(configuration, ignored_fields),
+        }
+        # An Idempotency-Key covers what the caller sent: for a URL, the URL (a retry is the
+        # same request whatever the URL serves by then, and is answered without downloading).
+        source: list[str] | None = None
+        name = file_name
+        if isinstance(file, FileUrl):
+            source = ["url", file.url]
+            replayed = self._replayed(
+                UseCase.CREATE, caller, (source, file_name, fields), idempotency_key, TaskView
+            )
+            if replayed is not None:
+                return replayed
+            fetched = await self._download(file.url)
+            file, name = fetched.data, file_name or fetched.file_name
         if not file:
             raise BadRequest("File is empty")
-        media_type = sniff(file, file_name)
+        media_type = sniff(file, name)
         if not accepted(media_type, self.settings.file_types):
             raise BadRequest(
                 "Unsupported file type: this server takes PDF, Word, Excel, PowerPoint, JPEG "
                 "and PNG files"
             )
-        fields = {
-            "expires_in": self.settings.default_expires_in,
-            **self._configuration(configuration, ignored_fields),
-        }
         ref = blob_ref(file)
         command = CreateTask(
             task_id=new_task_id(),
@@ -108,11 +124,11 @@ class TaskLedger(LinkCases, WorkerCases):
             owner=caller.owner,
             configuration=fields,
             file=ref,
-            file_name=file_name,
+            file_name=name,
             expires_in=fields["expires_in"],
             media_type=media_type,
         )
-        fp = (ref.sha256, file_name, fields)
+        fp = (source or ref.sha256, file_name, fields)
         return await self._run(
             UseCase.CREATE,
             caller,
@@ -124,6 +140,11 @@ class TaskLedger(LinkCases, WorkerCases):
             request_id,
             blobs=(file,),
         )
+
+    async def _download(self, url: str) -> Fetched:
+        if self.fetcher is None:
+            raise BadRequest("File URLs are not supported by this server; send the file as base64")
+        return await self.fetcher.fetch(url)
 
     async def get(
         self,

@@ -31,6 +31,12 @@ class Settings(msgspec.Struct, kw_only=True):
     #: The worker routes' body limit: a complete carries the task's whole output, which may be
     #: several times its input (the reference worker fails a task whose output is bigger).
     max_output_bytes: int = 64 * 1024 * 1024
+    #: A create's file given as an http(s) URL is downloaded within this many seconds in all
+    #: (connecting, redirects and the body), and no bigger than ``max_body_bytes``.
+    fetch_timeout: float = 30.0
+    #: Download from loopback, private, link-local and other non-public addresses too (off:
+    #: such URLs are refused, so a caller cannot make the server reach its own network).
+    allow_private_fetch: bool = False
     #: SQLite durability: FULL (default) fsyncs every commit; NORMAL may lose the last commits on
     #: power loss (never on a process crash).
     synchronous: str = "FULL"

@@ -159,6 +159,20 @@ def cli() -> None:
     help="Server processes sharing the database (each with its own group-commit writer).",
 )
 @click.option(
+    "--fetch-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a create may take to download a file given by URL (all of it: connecting, "
+    "redirects, the body).",
+)
+@click.option(
+    "--allow-private-fetch",
+    is_flag=True,
+    help="Let creates download from loopback, private and link-local addresses (refused by "
+    "default: a caller could reach the server's own network).",
+)
+@click.option(
     "--park-ms",
     default=50.0,
     show_default=True,
@@ -208,6 +222,8 @@ def serve(
     rate_limit: float | None,
     rate_limit_burst: int,
     workers: int,
+    fetch_timeout: float,
+    allow_private_fetch: bool,
     park_ms: float,
     max_events_per_task: int,
     file_types: str,
@@ -264,6 +280,8 @@ def serve(
         sweep_interval=sweep_interval,
         rate_limit_per_second=rate_limit,
         rate_limit_burst=rate_limit_burst,
+        fetch_timeout=fetch_timeout,
+        allow_private_fetch=allow_private_fetch,
         park_ms=park_ms,
         max_events_per_task=max_events_per_task,
         file_types=file_types,

@@ -42,12 +42,21 @@ CASES = [
     case("invalid-base64", "POST", CREATE, 400, "=Invalid base64 data", content=b'{"file": "!!!"}'),
     case("bad-padding", "POST", CREATE, 400, "=Invalid base64 data", content=b'{"file": "aGk"}'),
     case(
-        "file-url",
+        "file-url-private",
         "POST",
         CREATE,
         400,
-        "File URLs are not supported",
-        content=b'{"file": "https://example.com/a.pdf"}',
+        "=Could not download the file: 127.0.0.1 is a private address (loopback); the server"
+        " refuses such URLs unless started with --allow-private-fetch",
+        content=b'{"file": "https://127.0.0.1/a.pdf"}',
+    ),
+    case(
+        "file-url-ftp",
+        "POST",
+        CREATE,
+        400,
+        "=Invalid base64 data",
+        content=b'{"file": "ftp://127.0.0.1/a.pdf"}',
     ),
     case(
         "data-url-not-base64",
