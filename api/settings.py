@@ -66,6 +66,17 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Origins a browser may call the API from (CORS; ``*``: any, as Chunkr); empty: no CORS
     #: headers at all. A preflight needs no key.
     cors_origins: tuple[str, ...] = ("*",)
+    # -- connections (api.connections; taskledger serve hands them to uvicorn) ------------------
+    #: Connections one server process holds at once. At the cap a new connection takes the slot
+    #: of the longest-idle one (no request in progress), or gets 503 with Retry-After when every
+    #: slot holds a request in progress. None: what the open-file limit leaves room for, at most
+    #: 4096 (api.connections.default_max_connections).
+    max_connections: int | None = None
+    #: Seconds a connection has to deliver a whole request head, from connecting or from its first
+    #: byte after a response; then it is closed (408 first if part of a head came).
+    header_timeout: float = 10.0
+    #: Seconds a connection idle after a response stays open (keep-alive).
+    keep_alive: float = 5.0
 
 
 SETTINGS_ENV = "TASKLEDGER_SETTINGS"

@@ -205,6 +205,29 @@ def cli() -> None:
     default=None,
     help="Log format (default: console on a terminal, JSON otherwise).",
 )
+# -- connections (api.connections) ---------------------------------------------------------------
+@click.option(
+    "--max-connections",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Connections each server process holds at once; at the cap the longest-idle one makes "
+    "way, or 503 with Retry-After when every one has a request in progress (default: what the "
+    "open-file limit leaves room for, at most 4096).",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a connection has to send a whole request head; then it is closed.",
+)
+@click.option(
+    "--keep-alive",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a connection idle after a response stays open.",
+)
 def serve(
     db_path: Path | None,
     host: str,
@@ -229,6 +252,9 @@ def serve(
     file_types: str,
     cors_origins: str,
     log_json: bool | None,
+    max_connections: int | None,
+    header_timeout: float,
+    keep_alive: float,
 ) -> None:
     """Run the HTTP API.
 
@@ -240,9 +266,11 @@ def serve(
     """
     import uvicorn
 
+    from api import connections
     from api.app import create_app
     from api.requestlog import configure_logging
 
+    max_connections = _connection_cap(max_connections)
     db = resolve_db(db_path)
     store = open_store(db)
     try:
@@ -286,6 +314,9 @@ def serve(
         max_events_per_task=max_events_per_task,
         file_types=file_types,
         cors_origins=tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
+        max_connections=max_connections,
+        header_timeout=header_timeout,
+        keep_alive=keep_alive,
     )
     click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
     if workers > 1:
@@ -298,6 +329,7 @@ def serve(
             os.environ["TASKLEDGER_LOG_JSON"] = "1" if log_json else "0"
         uvicorn.run(
             "api.app:create_app_from_env",
+            http=connections.PROTOCOL_FROM_ENV,
             factory=True,
             workers=workers,
             host=host,
@@ -306,7 +338,33 @@ def serve(
             access_log=False,
         )
         return
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        http=connections.protocol_for(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def _connection_cap(requested: int | None) -> int:
+    """Raise the open-file limit to its hard limit (worker processes inherit it), and the
+    connection cap under it, so that the cap, not the operating system, is what refuses."""
+    from api import connections
+
+    file_limit = connections.raise_open_file_limit()
+    allowed = connections.allowed_connections(file_limit)
+    if requested is None:
+        return connections.default_max_connections(file_limit)
+    if requested > allowed:
+        raise click.BadParameter(
+            f"{requested} is more than the open-file limit ({file_limit}) leaves room for: at "
+            f"most {allowed} here. Raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or "
+            "ask for fewer.",
+            param_hint="--max-connections",
+        )
+    return requested
 
 
 @cli.group()

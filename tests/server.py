@@ -20,8 +20,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, db: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        db: Path,
+        *extra: str,
+        port: int | None = None,
+        file_limit: tuple[int, int] | None = None,
+    ) -> None:
+        """``file_limit``: start the server with that open-file limit (soft, hard), as on a host
+        whose limits are lower than this one's."""
         self.db = db
+        self.file_limit = file_limit
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api/v1"
@@ -48,6 +57,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=env,
+            preexec_fn=None if self.file_limit is None else self._limit_files,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -70,6 +80,12 @@ class Server:
         if key_file.exists() and self.admin_key is None:
             self.admin_key = key_file.read_text().strip()
         return self
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self.file_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.file_limit)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
