@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.events import BlobRef
+from ledger.events import BlobRef, OutputSummary
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +66,7 @@ class ReleaseTask(Command):
 class CompleteTask(Command):
     worker_id: str
     output: BlobRef
+    summary: OutputSummary | None = None
 
 
 class FailTask(Command):

@@ -216,7 +216,13 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
         case CompleteTask():
             _holds_lease(command.worker_id, state)
             return [
-                Succeeded(task_id=tid, at=at, worker_id=command.worker_id, output=command.output)
+                Succeeded(
+                    task_id=tid,
+                    at=at,
+                    worker_id=command.worker_id,
+                    output=command.output,
+                    summary=command.summary,
+                )
             ]
         case FailTask():
             _holds_lease(command.worker_id, state)
@@ -296,6 +302,7 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
                 status=SUCCEEDED,
                 message=MSG_SUCCEEDED,
                 output=event.output,
+                output_summary=event.summary,
                 finished_at=at,
                 expires_at=_expiry(at, state.expires_in),
                 worker_id=None,

@@ -30,6 +30,18 @@ class BlobRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     size: int
 
 
+class OutputSummary(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What an answer shows of an output besides its chunks, so that a read that does not
+    return the chunks never reads the output's blob: the output's ``file_name``,
+    ``page_count`` and ``pdf_url`` as stored, and how many chunks it holds (its byte size is
+    the blob reference's). Written by the service when it checks the output."""
+
+    file_name: str | None = None
+    page_count: int | None = None
+    pdf_url: str | None = None
+    chunks: int = 0
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Base of every event: which task, and when it happened (the command's timestamp)."""
 
@@ -75,6 +87,9 @@ class LeaseExpired(Event, tag="lease_expired"):
 class Succeeded(Event, tag="succeeded"):
     worker_id: str
     output: BlobRef
+    #: The output's summary; None in events written before the field existed (a read then
+    #: works it out from the blob).
+    summary: OutputSummary | None = None
 
 
 class Failed(Event, tag="failed"):

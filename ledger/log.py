@@ -87,6 +87,27 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
         return fields
 
 
+class BlobReader(Protocol):
+    """One blob read in order, piece by piece (``EventLog.open_blob``), with bounded memory:
+    only the piece asked for is read. Between pieces a reader may hold on to the database (a
+    read snapshot) so that the next piece is cheap to find, but only briefly: ``release`` lets
+    go of it at once (call it when the consumer of the pieces stalls), and the next ``read``
+    takes it again where it left off. Its calls may come from any thread."""
+
+    def read(self, size: int) -> bytes | None:
+        """The next piece: up to ``size`` bytes, fewer only at the end (b"" past it); None if
+        the blob is not there (purged while the reader had let go of it, or never stored)."""
+        ...
+
+    def release(self) -> None:
+        """Let go of the database until the next read."""
+        ...
+
+    def close(self) -> None:
+        """Done: a read after it raises ValueError; closing again does nothing."""
+        ...
+
+
 class EventLog(Protocol):
     """An append-only log of events in streams, with a global position order, and the blobs
     the events refer to."""
@@ -168,6 +189,19 @@ class EventLog(Protocol):
     def put_blob(self, task_id: str, data: bytes, *, tx: Any) -> BlobRef: ...
 
     def get_blob(self, ref: BlobRef, *, tx: Any = None) -> bytes | None: ...
+
+    def read_blob(self, ref: BlobRef, offset: int, size: int, *, tx: Any = None) -> bytes | None:
+        """A piece of the blob: up to ``size`` bytes from ``offset`` (fewer only at its end, none
+        past it), without reading the rest of it into memory; None once the blob is purged.
+        Each call is a read of its own: a blob streamed piece by piece holds nothing between
+        pieces, and since a blob is immutable (content-addressed) the pieces are always of the
+        same bytes, purged or not."""
+        ...
+
+    def open_blob(self, ref: BlobRef, offset: int = 0) -> BlobReader:
+        """A reader of the blob from ``offset`` on (nothing is read until its first ``read``);
+        closed by the caller (or with the log)."""
+        ...
 
     def purge_blobs(self, task_id: str, *, tx: Any) -> int:
         """Drop the task's references and every blob no other task refers to."""

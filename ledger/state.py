@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.events import BlobRef
+from ledger.events import BlobRef, OutputSummary
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -22,6 +22,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     started_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime | None
+    output_summary: OutputSummary | None = None
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -37,6 +38,9 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     media_type: str | None = None
     expires_in: int | None = None
     output: BlobRef | None = None
+    #: What answers show of the output without reading it (None before the first success, and
+    #: for an output recorded before summaries were: see ledger.events.Succeeded).
+    output_summary: OutputSummary | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -67,6 +71,7 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             configuration=self.configuration,
             expires_in=self.expires_in,
             output=self.output,
+            output_summary=self.output_summary,
             started_at=self.started_at,
             finished_at=self.finished_at,
             expires_at=self.expires_at,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -61,6 +62,8 @@ class SqliteLog:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        #: The blob readers not yet closed (each has a connection of its own): closed with the log.
+        self._blob_readers: weakref.WeakSet[blobs.SqliteBlobReader] = weakref.WeakSet()
         script = "BEGIN IMMEDIATE;" + SCHEMA + "".join(schemas) + "COMMIT;"
         with self._write_lock:
             try:
@@ -410,6 +413,22 @@ class SqliteLog:
     def get_blob(self, ref: BlobRef, *, tx: sqlite3.Connection | None = None) -> bytes | None:
         return blobs.get_blob(tx or self.reader(), ref)
 
+    def read_blob(
+        self, ref: BlobRef, offset: int, size: int, *, tx: sqlite3.Connection | None = None
+    ) -> bytes | None:
+        return blobs.read_blob(tx or self.reader(), ref, offset, size)
+
+    def open_blob(self, ref: BlobRef, offset: int = 0) -> blobs.SqliteBlobReader:
+        reader = blobs.SqliteBlobReader(self._blob_connection, ref, offset)
+        with self._readers_lock:
+            self._blob_readers.add(reader)
+        return reader
+
+    def _blob_connection(self) -> sqlite3.Connection:
+        return connect(
+            self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms
+        )
+
     def purge_blobs(self, task_id: str, *, tx: sqlite3.Connection) -> int:
         return blobs.purge_blobs(tx, task_id)
 
@@ -425,6 +444,9 @@ class SqliteLog:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+            open_readers = list(self._blob_readers)
+        for reader in open_readers:
+            reader.close()
         with self._write_lock:
             self._writer.close()
             self._process_lock.close()
