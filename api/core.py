@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 
 from api import idempotency
 from api.groupcommit import Writer
 from api.keys import Gate
+from api.output import stored_fields, summary_of_stored
 from api.policy import Caller, UseCase
 from api.readpool import ReadPool
 from api.refusals import IdempotencyMismatch
 from api.settings import Settings
 from ledger.commands import AnyCommand
 from ledger.errors import DuplicateRecord
+from ledger.events import SUCCEEDED, BlobRef, OutputSummary
 from ledger.handler import CommandSource, Outcome, Request
 from ledger.log import Actor, Envelope, StoredOutcome
 from ledger.state import TaskState
@@ -45,11 +48,45 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+OCTET_STREAM = "application/octet-stream"
+#: The pieces a file is streamed in: what one download holds in memory, besides the socket's
+#: own buffers, however slowly its client reads.
+PIECE = 256 * 1024
+#: How long (seconds) a download waits for its client to take a piece before its blob reader
+#: lets go of the database (ledger.log.BlobReader.release).
+IDLE = 0.1
+#: Outputs recorded before summaries whose summaries this process keeps (by blob and name).
+SUMMARIES_KEPT = 4096
+
+
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
-    """A task as a use case answers it: its state and its decoded output, if any."""
+    """A task as a use case answers it: its state (with ``output_summary``, what answers show
+    of an output besides its chunks) and, only when the answer shows the output's chunks (a
+    Succeeded task read with them), its stored output.
+
+    The service's reads for rendering (``get_as``, ``list_as``) leave the output's top-level
+    values undecoded (``msgspec.Raw``, its JSON as stored: encoding copies it); ``get`` and
+    ``list_tasks`` decode it; command results hold it as plain builtins."""
 
     state: TaskState
     output: dict[str, Any] | None = None
+
+
+class InputGone(Exception):
+    """A file's blob was purged (its task deleted or expired) while it was being sent: too late
+    for a status; the adapter ends the answer short of its Content-Length."""
+
+
+class Download(NamedTuple):
+    """A file as a read answers it: its name, media type and size, and its bytes in pieces of
+    at most ``PIECE`` bytes. The first piece is read with the task, so a file that is gone is
+    refused before anything is sent; a file purged while it is sent ends its pieces with
+    ``InputGone`` (the answer's Content-Length then tells its client it was cut short)."""
+
+    name: str
+    media_type: str
+    size: int
+    pieces: AsyncGenerator[bytes, None]
 
 
 class Finished(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,22 +123,87 @@ class ServiceCore:
         self.fetcher: Fetcher | None = None
         #: Set whenever this process makes a task claimable, to wake long-polling claims.
         self.queue_changed = asyncio.Event()
+        #: Summaries worked out from outputs recorded before summaries were (immutable: a blob
+        #: is content-addressed), so each such output is read once per process, not per read.
+        self._summaries: dict[tuple[str, str | None], OutputSummary] = {}
+        self._summaries_lock = threading.Lock()
 
     def authenticate(self, authorization: str | None) -> Caller:
         return self.gate.authenticate(authorization)
 
     # -- the command path ---------------------------------------------------------------------
 
-    def _output(self, state: TaskState, tx: Any = None) -> dict[str, Any] | None:
-        """The decoded output blob of a task, or None (no output yet, or purged)."""
-        if state.output is None:
-            return None
-        data = self.store.log.get_blob(state.output, tx=tx)
-        return msgspec.json.decode(data) if data else None
+    # -- what answers show of outputs and files --------------------------------------------
+
+    def _read_view(self, state: TaskState, chunks: bool, tx: Any = None) -> TaskView:
+        """The task as an answer shows it: the output's summary always (from the state; from
+        the blob only for an output recorded before summaries were), the stored output only
+        when ``chunks`` is asked for and the answer shows them (the task Succeeded), its
+        values undecoded. A read that does not return chunks never reads the output."""
+        state = self._summarised(state, tx)
+        output = None
+        if chunks and state.status == SUCCEEDED and state.output is not None:
+            data = self.store.log.get_blob(state.output, tx=tx)
+            output = stored_fields(data) if data else None
+        return TaskView(state=state, output=output)
+
+    def _summarised(self, state: TaskState, tx: Any = None) -> TaskState:
+        """``state`` with its output's summary (worked out from the blob, once per process,
+        for an output whose ``succeeded`` event has none; left None if the blob is gone)."""
+        ref = state.output
+        if ref is None or state.output_summary is not None:
+            return state
+        key = (ref.sha256, state.file_name)
+        summary = self._summaries.get(key)
+        if summary is None:
+            data = self.store.log.get_blob(ref, tx=tx)
+            if data is None:
+                return state
+            summary = summary_of_stored(data, state.file_name)
+            with self._summaries_lock:
+                if len(self._summaries) >= SUMMARIES_KEPT:
+                    self._summaries.clear()
+                self._summaries[key] = summary
+        return msgspec.structs.replace(state, output_summary=summary)
 
     def _view(self, tx: Any, outcome: Outcome) -> TaskView:
-        """The task after a command, its output read inside the transaction."""
-        return TaskView(state=outcome.after, output=self._output(outcome.after, tx))
+        """The task after a command, its output (if the answer shows its chunks) read inside
+        the transaction."""
+        return self._read_view(outcome.after, True, tx)
+
+    def _first_piece(self, ref: BlobRef) -> bytes | None:
+        """The first piece of a file (on the reader thread that checked its task); None if the
+        blob is gone."""
+        return self.store.log.read_blob(ref, 0, PIECE)
+
+    def _pieces(self, ref: BlobRef, first: bytes) -> AsyncGenerator[bytes, None]:
+        """A file's pieces, the first already read. The rest are read in order through one blob
+        reader on the read pool, one piece at a time as the client takes them: a client that
+        stalls holds one piece, and after ``IDLE`` seconds nothing in the database either."""
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            yield first
+            if len(first) >= ref.size:
+                return
+            reader = self.store.log.open_blob(ref, len(first))
+            loop = asyncio.get_running_loop()
+            try:
+                sent = len(first)
+                while sent < ref.size:
+                    piece = await self.reads.run(reader.read, PIECE)
+                    if not piece:
+                        note(outcome="InputGone", sent_bytes=sent)
+                        raise InputGone(f"The file was deleted after {sent} bytes were sent")
+                    sent += len(piece)
+                    idle = loop.call_later(IDLE, reader.release)
+                    try:
+                        yield piece
+                    finally:
+                        idle.cancel()
+            finally:
+                reader.close()
+
+        return pieces()
 
     def _bare(self, tx: Any, outcome: Outcome) -> TaskView:
         return TaskView(state=outcome.after)

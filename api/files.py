@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Response, get
+from litestar import Controller, get
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
+from litestar.response.base import ASGIResponse
 
 from api.links import FILES_PATH, OCTET_STREAM
 from api.tasks import Service
-from api.worker import content_disposition
+from api.worker import FileStream, content_disposition
 
 LINK_RESPONSES = {
     code: ResponseSpec(
@@ -51,10 +52,10 @@ class FilesController(Controller):
         signature: Annotated[
             str | None, QueryParameter(description="The link's signature (HMAC-SHA256, hex)")
         ] = None,
-    ) -> Response[bytes]:
+    ) -> ASGIResponse:
         found = await service.read_linked_input(task_id, expires=expires, signature=signature)
-        return Response(
-            content=found.data,
+        return FileStream(
+            found,
             media_type=found.media_type,
             headers={
                 "Content-Disposition": content_disposition(found.name),

@@ -41,9 +41,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
-import msgspec
-
-from api.core import ServiceCore, now
+from api.core import OCTET_STREAM, Download, ServiceCore, now
 from api.filetypes import PDF
 from api.policy import Caller, Forbidden, Grant, UseCase, authorize
 from ledger.decider import is_visible
@@ -60,7 +58,6 @@ if TYPE_CHECKING:
 
 #: The signed route's path below the base URL.
 FILES_PATH = "/api/v1/files"
-OCTET_STREAM = "application/octet-stream"
 #: How long a process signs with its cached copy of the secret before reading it again.
 SECRET_REFRESH = 2.0
 #: The longest step ``expires`` is rounded up to.
@@ -158,12 +155,6 @@ class Linker:
         self.files = files
 
 
-class InputFile(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    media_type: str
-    data: bytes
-
-
 class LinkCases(ServiceCore):
     """The link use cases ``api.service.TaskLedger`` inherits: what links an answer carries,
     and fetching a task's input by its signed link."""
@@ -214,17 +205,25 @@ class LinkCases(ServiceCore):
 
     async def read_linked_input(
         self, task_id: str, *, expires: str | None, signature: str | None
-    ) -> InputFile:
+    ) -> Download:
         """The input a signed link names: 403 (InvalidLink) unless the signature verifies and
         the link has not expired, checked before the task is looked at; then 404 if the task
-        is gone (deleted, expired) or its input purged. No key: the signature is the grant."""
-        return await self.reads.run(
+        is gone (deleted, expired) or its input purged. No key: the signature is the grant.
+        Streamed as ``read_input`` is."""
+        state, first = await self.reads.run(
             self._read_linked_input, task_id, expires or "", signature or "", self.clock()
+        )
+        assert state.file is not None
+        return Download(
+            name=state.file_name or "input",
+            media_type=state.media_type or OCTET_STREAM,
+            size=state.file.size,
+            pieces=self._pieces(state.file, first),
         )
 
     def _read_linked_input(
         self, task_id: str, expires: str, signature: str, at: datetime
-    ) -> InputFile:
+    ) -> tuple[TaskState, bytes]:
         if not self.signer.verify("GET", input_path(task_id), expires, signature):
             raise InvalidLink(
                 "Invalid link: its signature does not match (it was altered, or the server's "
@@ -235,12 +234,10 @@ class LinkCases(ServiceCore):
         state = self.store.state(task_id)
         if state is None or state.file is None or not is_visible(state, at):
             raise TaskNotFound()
-        data = self.store.log.get_blob(state.file)
-        if data is None:
+        first = self._first_piece(state.file)
+        if first is None:
             raise TaskNotFound()
-        return InputFile(
-            name=state.file_name or "input", media_type=state.media_type or OCTET_STREAM, data=data
-        )
+        return state, first
 
 
 # -- hosts -----------------------------------------------------------------------------------

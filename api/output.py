@@ -31,6 +31,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from api.refusals import BadRequest
+from ledger.events import OutputSummary
 
 #: Chunkr's ``u32``.
 U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
@@ -173,3 +174,66 @@ def check_output(output: dict[str, Any], file_name: str | None) -> dict[str, Any
     fields dropped, Chunkr's defaults filled, ``file_name`` the task's when absent. Raises
     ``BadRequest`` ("Invalid output: <problem> - at `<JSON path>`") for the first problem."""
     return checked_output(output, file_name)[0]
+
+
+def summarise(full: dict[str, Any]) -> OutputSummary:
+    """The summary of a checked output (``checked_output``'s first answer): what the service
+    records with it in the ``succeeded`` event, so that answers without chunks never read it."""
+    return OutputSummary(
+        file_name=full.get("file_name"),
+        page_count=full.get("page_count"),
+        pdf_url=full.get("pdf_url"),
+        chunks=len(full.get("chunks", ())),
+    )
+
+
+#: A stored output's top-level fields, each left undecoded (its JSON as stored).
+_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_chunk_list = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def stored_fields(data: bytes) -> dict[str, Any]:
+    """A stored output's top-level fields, each value its JSON as stored (``msgspec.Raw``):
+    encoding them copies the bytes, never decodes them, so an answer with a large output's
+    chunks costs a copy of them, not a parse into Python objects and an encoding back."""
+    return dict(_fields.decode(data))
+
+
+def decoded(fields: dict[str, Any]) -> dict[str, Any]:
+    """``stored_fields`` decoded: the output as plain builtins."""
+    return {
+        key: msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
+        for key, value in fields.items()
+    }
+
+
+def summary_of_stored(data: bytes, file_name: str | None) -> OutputSummary:
+    """The summary of a stored output recorded before summaries were (its ``succeeded`` event
+    has none): worked out from the blob without building its chunks. An output stored then may
+    lack ``file_name`` (the task's stands) or hold what a check would now refuse; each value is
+    taken as it is, as answers took it."""
+    return summary_of_fields(_fields.decode(data), file_name)
+
+
+def summary_of_fields(fields: dict[str, Any], file_name: str | None) -> OutputSummary:
+    """The summary of an output's top-level fields, each plain or as stored JSON
+    (``msgspec.Raw``); ``file_name`` stands when the output has none."""
+
+    def value(key: str) -> Any:
+        found = fields.get(key)
+        return msgspec.json.decode(found) if isinstance(found, msgspec.Raw) else found
+
+    chunks = fields.get("chunks")
+    if isinstance(chunks, msgspec.Raw):
+        try:
+            count = len(_chunk_list.decode(chunks))
+        except msgspec.ValidationError:
+            count = 0
+    else:
+        count = len(chunks) if isinstance(chunks, list) else 0
+    return OutputSummary(
+        file_name=value("file_name") if "file_name" in fields else file_name,
+        page_count=value("page_count"),
+        pdf_url=value("pdf_url"),
+        chunks=count,
+    )

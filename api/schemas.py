@@ -3,8 +3,8 @@ them from the handlers' signatures), and the Task JSON Chunkr's SDK parses."""
 
 from __future__ import annotations
 
-import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -22,6 +22,7 @@ from api.contract import MAX_WORKER_ID
 from api.core import Finished, TaskView
 from api.fetch import FileUrl
 from api.links import Linker
+from api.output import summary_of_fields
 from api.refusals import BadRequest
 from ledger.events import SUCCEEDED
 from ledger.log import RecordedEvent
@@ -74,6 +75,10 @@ def ignored_fields(raw: bytes, shape: type[ConfigurationInput]) -> list[str]:
     return unknown_fields(body, shape)
 
 
+#: What ``base64.b64decode(..., validate=True)`` accepts.
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
 def decode_file(file: str) -> bytes | FileUrl:
     """A create body's ``file``: the bytes of base64 or of a ``data:`` URL holding base64, or
     an http(s) URL for the service to download."""
@@ -84,8 +89,12 @@ def decode_file(file: str) -> bytes | FileUrl:
         header, sep, text = text.partition(",")
         if not sep or ";base64" not in header:
             raise BadRequest("Invalid data URL: expected data:<type>;base64,<data>")
+    # As base64.b64decode(text, validate=True), but straight from the text: b64decode first
+    # copies a str into ASCII bytes (for a large file, one more copy of it in memory).
+    if not _BASE64.fullmatch(text):
+        raise BadRequest("Invalid base64 data")
     try:
-        data = base64.b64decode(text, validate=True)
+        data = binascii.a2b_base64(text)
     except (binascii.Error, ValueError):
         raise BadRequest("Invalid base64 data") from None
     if not data:
@@ -179,20 +188,30 @@ def render_task(
     output: dict[str, Any] | None,
     include_chunks: bool,
 ) -> TaskResponse:
-    """Task JSON as Chunkr emits it. ``output`` is the decoded output blob, if there is one;
-    ``links`` gives the base URL and the file links (signed, or ``data:``: api.links)."""
+    """Task JSON as Chunkr emits it. ``output`` is the stored output, when it was read (its
+    values decoded, or as stored JSON: either encodes the same); only its chunks are taken from
+    it, and only with ``include_chunks`` for a Succeeded task. The rest of the output comes
+    from the state's ``output_summary``, so an answer without chunks needs no output. ``links``
+    gives the base URL and the file links (signed, or ``data:``: api.links)."""
     task_url = f"{links.base_url}/api/v1/task/{state.task_id}"
     files = links.files(state)
     configuration = msgspec.structs.replace(
         configuration_of(state.configuration), input_file_url=files.input_file_url
     )
     rendered_output = None
-    if output is not None:
+    summary = state.output_summary
+    if summary is None and output is not None:
+        # An answer kept for an Idempotency-Key before summaries were: its output is whole.
+        summary = summary_of_fields(output, state.file_name)
+    if state.output is not None and summary is not None:
+        chunks = []
+        if include_chunks and output is not None and state.status == SUCCEEDED:
+            chunks = output.get("chunks", [])
         rendered_output = OutputResponse(
-            chunks=output.get("chunks", []) if include_chunks and state.status == SUCCEEDED else [],
-            file_name=output.get("file_name", state.file_name),
-            page_count=output.get("page_count"),
-            pdf_url=files.pdf_url or output.get("pdf_url"),
+            chunks=chunks,
+            file_name=summary.file_name,
+            page_count=summary.page_count,
+            pdf_url=files.pdf_url or summary.pdf_url,
         )
     elif state.file_name is not None:
         rendered_output = OutputResponse(

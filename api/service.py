@@ -23,13 +23,15 @@ from api.fetch import Fetched, FileUrl
 from api.filetypes import accepted, sniff
 from api.ids import new_task_id
 from api.links import LinkCases
+from api.output import decoded
 from api.policy import Caller, Grant, Scope, UseCase, authorize
 from api.refusals import BadRequest
 from api.work import WorkerCases
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
 from ledger.errors import TaskNotFound
-from ledger.events import EVENT_TAGS, blob_ref
+from ledger.events import EVENT_TAGS, SUCCEEDED, blob_ref
 from ledger.log import FeedQuery, RecordedEvent, TaskQuery
+from ledger.state import TaskState
 
 P = TypeVar("P")
 
@@ -56,8 +58,19 @@ def utc_time(name: str, when: datetime | None) -> datetime | None:
         raise BadRequest(f"{name} is outside the range of times this server keeps") from None
 
 
-def _itself(view: TaskView) -> TaskView:
-    return view
+def _decoded(view: TaskView) -> TaskView:
+    """The view with its output decoded (the reads leave its values as stored JSON)."""
+    if view.output is None:
+        return view
+    return TaskView(state=view.state, output=decoded(view.output))
+
+
+class ListTooLarge(BadRequest):
+    """A list with chunks whose outputs add up to more than ``Settings.max_list_output_bytes``."""
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size} bytes"
 
 
 class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,9 +166,18 @@ class TaskLedger(LinkCases, WorkerCases):
         *,
         as_of_version: int | None = None,
         as_of: datetime | None = None,
+        include_chunks: bool = True,
     ) -> TaskView:
-        """The task now, or as it was after its N-th event, or as it was at a time."""
-        return await self.get_as(caller, task_id, _itself, as_of_version=as_of_version, as_of=as_of)
+        """The task now, or as it was after its N-th event, or as it was at a time; its output
+        decoded when ``include_chunks`` and it Succeeded."""
+        return await self.get_as(
+            caller,
+            task_id,
+            _decoded,
+            as_of_version=as_of_version,
+            as_of=as_of,
+            include_chunks=include_chunks,
+        )
 
     async def get_as(
         self,
@@ -165,12 +187,17 @@ class TaskLedger(LinkCases, WorkerCases):
         *,
         as_of_version: int | None = None,
         as_of: datetime | None = None,
+        include_chunks: bool = True,
     ) -> P:
         """``get``, its answer shaped by ``present`` on the reader thread that read it (the
-        HTTP adapter renders its JSON there, off the event loop: see BENCHMARKS.md)."""
+        HTTP adapter renders its JSON there, off the event loop: see BENCHMARKS.md). The
+        output is read only with ``include_chunks`` (as Chunkr, the default), its values left
+        as stored JSON (``TaskView``)."""
         if as_of_version is None and as_of is None:
             grant = authorize(UseCase.GET, caller)
-            return await self.reads.run(self._read_now, grant, task_id, self.clock(), present)
+            return await self.reads.run(
+                self._read_now, grant, task_id, self.clock(), present, include_chunks
+            )
         grant = authorize(UseCase.GET_AS_OF, caller)
         if as_of_version is not None and as_of is not None:
             raise BadRequest("Give as_of_version or as_of, not both")
@@ -178,16 +205,28 @@ class TaskLedger(LinkCases, WorkerCases):
         if as_of_version is not None and as_of_version < 1:
             raise BadRequest("Invalid request: as_of_version: must be a whole number, 1 or more")
         return await self.reads.run(
-            self._read_as_of, grant, task_id, as_of_version, as_of, self.clock(), present
+            self._read_as_of,
+            grant,
+            task_id,
+            as_of_version,
+            as_of,
+            self.clock(),
+            present,
+            include_chunks,
         )
 
     def _read_now(
-        self, grant: Grant, task_id: str, at: datetime, present: Callable[[TaskView], P]
+        self,
+        grant: Grant,
+        task_id: str,
+        at: datetime,
+        present: Callable[[TaskView], P],
+        chunks: bool,
     ) -> P:
         state = self.store.state(task_id)
         if state is None or not grant.sees(state, at):
             raise TaskNotFound()
-        return present(TaskView(state=state, output=self._output(state)))
+        return present(self._read_view(state, chunks))
 
     def _read_as_of(
         self,
@@ -197,6 +236,7 @@ class TaskLedger(LinkCases, WorkerCases):
         when: datetime | None,
         at: datetime,
         present: Callable[[TaskView], P],
+        chunks: bool,
     ) -> P:
         # Never the whole history: the version a time names is a binary search, and the state
         # at a version is folded from the task's latest checkpoint before it (design.md).
@@ -211,7 +251,7 @@ class TaskLedger(LinkCases, WorkerCases):
         state = self.store.state_at(task_id, version)
         if state is None:
             raise TaskNotFound()
-        return present(TaskView(state=state, output=self._output(state)))
+        return present(self._read_view(state, chunks))
 
     async def list_tasks(
         self,
@@ -221,9 +261,19 @@ class TaskLedger(LinkCases, WorkerCases):
         limit: int | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        include_chunks: bool = False,
     ) -> list[TaskView]:
-        """A page of the caller's tasks, newest first (every owner's for an admin)."""
-        return await self.list_as(caller, _itself, page=page, limit=limit, start=start, end=end)
+        """A page of the caller's tasks, newest first (every owner's for an admin); their
+        outputs decoded with ``include_chunks``."""
+        return await self.list_as(
+            caller,
+            _decoded,
+            page=page,
+            limit=limit,
+            start=start,
+            end=end,
+            include_chunks=include_chunks,
+        )
 
     async def list_as(
         self,
@@ -234,9 +284,13 @@ class TaskLedger(LinkCases, WorkerCases):
         limit: int | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        include_chunks: bool = False,
     ) -> list[P]:
         """``list_tasks``, each task shaped by ``present`` on the reader thread that read it
-        (as ``get_as``: ``data:`` links read the inputs there)."""
+        (as ``get_as``: ``data:`` links read the inputs there). The outputs are read only with
+        ``include_chunks`` (the default is without, as Chunkr's), and then only if their sizes
+        add up to at most ``Settings.max_list_output_bytes`` (the first task's always fits):
+        otherwise ``ListTooLarge``, before any is read."""
         grant = authorize(UseCase.LIST, caller)
         if page is not None and limit is None:
             raise BadRequest("Limit is required when page is provided")
@@ -251,11 +305,33 @@ class TaskLedger(LinkCases, WorkerCases):
         query = TaskQuery(
             at=self.clock(), owner=grant.owner, limit=limit, offset=offset, start=start, end=end
         )
-        return await self.reads.run(self._list, query, present)
+        return await self.reads.run(self._list, query, present, include_chunks)
 
-    def _list(self, query: TaskQuery, present: Callable[[TaskView], P]) -> list[P]:
+    def _list(self, query: TaskQuery, present: Callable[[TaskView], P], chunks: bool) -> list[P]:
         states = self.store.views.list_tasks(query)
-        return [present(TaskView(state=s, output=self._output(s))) for s in states]
+        if chunks:
+            self._check_list_size(states)
+        return [present(self._read_view(s, chunks)) for s in states]
+
+    def _check_list_size(self, states: Sequence[TaskState]) -> None:
+        """Refuse a list with chunks whose outputs (as stored) add up to more than the cap,
+        counting only the answers that show chunks (Succeeded tasks). A list that answered
+        fewer tasks than asked would make a client that pages by ``page`` skip tasks unseen, so
+        the client is told the ``limit`` that fits instead."""
+        cap = self.settings.max_list_output_bytes
+        total = 0
+        counted = 0
+        for n, state in enumerate(states):
+            if state.status != SUCCEEDED or state.output is None:
+                continue
+            total += state.output.size
+            counted += 1
+            if total > cap and counted > 1:
+                raise ListTooLarge(
+                    f"The outputs of these tasks add up to more than this server sends in one "
+                    f"list with include_chunks ({_size(cap)}): ask for fewer tasks (limit={n} "
+                    f"fits from here), or list without include_chunks and get each task"
+                )
 
     async def update(
         self,
@@ -400,4 +476,4 @@ class TaskLedger(LinkCases, WorkerCases):
         return await self.reads.run(self.store.views.feed, query)
 
 
-__all__ = ["Finished", "HistoryPage", "TaskLedger", "TaskView", "now"]
+__all__ = ["Finished", "HistoryPage", "ListTooLarge", "TaskLedger", "TaskView", "now"]

@@ -37,6 +37,10 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Download from loopback, private, link-local and other non-public addresses too (off:
     #: such URLs are refused, so a caller cannot make the server reach its own network).
     allow_private_fetch: bool = False
+    #: The most output bytes (as stored) one list with ``include_chunks`` answers; a list whose
+    #: outputs add up to more is refused (400) with the ``limit`` that fits. A single task's
+    #: output always fits. See api.service.TaskLedger.list_as.
+    max_list_output_bytes: int = 64 * 1024 * 1024
     #: SQLite durability: FULL (default) fsyncs every commit; NORMAL may lose the last commits on
     #: power loss (never on a process crash).
     synchronous: str = "FULL"

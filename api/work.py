@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 
 from api.contract import check_worker_id
-from api.core import Finished, ServiceCore, TaskView, log_fields, note
-from api.output import checked_output
+from api.core import OCTET_STREAM, Download, Finished, ServiceCore, TaskView, log_fields, note
+from api.output import checked_output, summarise
 from api.policy import Caller, Grant, UseCase, authorize
 from api.refusals import BadRequest
 from ledger.commands import (
@@ -28,8 +28,9 @@ from ledger.commands import (
     ReleaseTask,
 )
 from ledger.errors import TaskNotFound
-from ledger.events import blob_ref
+from ledger.events import SUCCEEDED, blob_ref
 from ledger.handler import NothingToDo, Outcome
+from ledger.state import TaskState
 
 
 class WorkerCases(ServiceCore):
@@ -126,12 +127,19 @@ class WorkerCases(ServiceCore):
             raise TaskNotFound()
         full, data = checked_output(output, state.file_name)
         ref = blob_ref(data)
-        command = CompleteTask(task_id=task_id, at=self.clock(), worker_id=worker_id, output=ref)
+        command = CompleteTask(
+            task_id=task_id,
+            at=self.clock(),
+            worker_id=worker_id,
+            output=ref,
+            summary=summarise(full),
+        )
 
         def build(tx: Any, outcome: Outcome) -> Finished:
             after = outcome.after
-            written = full if after.output == ref else self._output(after, tx)
-            return Finished(task=TaskView(state=after, output=written))
+            if after.output == ref and after.status == SUCCEEDED:
+                return Finished(task=TaskView(state=after, output=full))
+            return Finished(task=self._view(tx, outcome))
 
         parts = (task_id, worker_id, output, claim_next, lease_seconds)
         return await self._finish(
@@ -203,19 +211,27 @@ class WorkerCases(ServiceCore):
             request_id,
         )
 
-    async def read_input(self, caller: Caller, task_id: str) -> tuple[str, bytes]:
-        """The input file's name and bytes (a worker's only while the task is Processing)."""
+    async def read_input(self, caller: Caller, task_id: str) -> Download:
+        """The input file (a worker's only while the task is Processing), streamed: its first
+        piece is read with the task, the rest as the client takes them."""
         grant = authorize(UseCase.READ_INPUT, caller)
-        return await self.reads.run(self._read_input, grant, task_id, self.clock())
+        state, first = await self.reads.run(self._read_input, grant, task_id, self.clock())
+        assert state.file is not None
+        return Download(
+            name=state.file_name or "input",
+            media_type=OCTET_STREAM,
+            size=state.file.size,
+            pieces=self._pieces(state.file, first),
+        )
 
-    def _read_input(self, grant: Grant, task_id: str, at: datetime) -> tuple[str, bytes]:
+    def _read_input(self, grant: Grant, task_id: str, at: datetime) -> tuple[TaskState, bytes]:
         state = self.store.state(task_id)
         if state is None or not grant.sees(state, at) or state.file is None:
             raise TaskNotFound()
-        data = self.store.log.get_blob(state.file)
-        if data is None:
+        first = self._first_piece(state.file)
+        if first is None:
             raise TaskNotFound()
-        return state.file_name or "input", data
+        return state, first
 
     # -- helpers -----------------------------------------------------------------------------
 

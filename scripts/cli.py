@@ -104,6 +104,14 @@ def cli() -> None:
     "limit).",
 )
 @click.option(
+    "--max-list-output-mb",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most output (MiB, as stored) one list with include_chunks answers; past it the list "
+    "is 400, naming the limit that fits.",
+)
+@click.option(
     "--synchronous",
     default="FULL",
     show_default=True,
@@ -237,6 +245,7 @@ def serve(
     url_ttl: int,
     max_body_mb: int,
     max_output_mb: int,
+    max_list_output_mb: int,
     synchronous: str,
     default_expires_in: int | None,
     lease_seconds: int,
@@ -301,6 +310,7 @@ def serve(
         url_ttl=url_ttl,
         max_body_bytes=max_body_mb * 1024 * 1024,
         max_output_bytes=max_output_mb * 1024 * 1024,
+        max_list_output_bytes=max_list_output_mb * 1024 * 1024,
         synchronous=synchronous.upper(),
         default_expires_in=default_expires_in,
         lease_seconds=lease_seconds,
