@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 
 from api.policy import Forbidden
-from api.refusals import BadRequest, IdempotencyMismatch, InvalidKey, RateLimited
+from api.refusals import BadRequest, Busy, IdempotencyMismatch, InvalidKey, RateLimited
 from ledger.errors import (
     ConcurrencyConflict,
     EventLimitReached,
@@ -33,6 +33,7 @@ STATUS: dict[type[BaseException], int] = {
     LeaseLost: 409,
     ConcurrencyConflict: 409,
     StorageUnavailable: 503,
+    Busy: 503,
     NothingToDo: 204,
     BadRequest: 400,
     InvalidKey: 401,

@@ -20,6 +20,10 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+class Busy(Exception):
+    """The server is already doing as many of these as it takes at once (503, Retry-After)."""
+
+
 class IdempotencyMismatch(Exception):
     """The Idempotency-Key cannot answer this request (422): it was used with a different
     request, or its answer cannot be replayed."""

@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, kw_only=True):
     #: outputs add up to more is refused (400) with the ``limit`` that fits. A single task's
     #: output always fits. See api.service.TaskLedger.list_as.
     max_list_output_bytes: int = 64 * 1024 * 1024
+    #: How many creates with a large body (api.tasks.LARGE_CREATE or more, or of no stated
+    #: size) one process takes at once; one more is 503 with Retry-After. 0: no cap.
+    max_large_creates: int = 4
     #: SQLite durability: FULL (default) fsyncs every commit; NORMAL may lose the last commits on
     #: power loss (never on a process crash).
     synchronous: str = "FULL"

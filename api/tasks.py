@@ -22,13 +22,13 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response.base import ASGIResponse
-from litestar.types import Empty
+from litestar.types import ASGIApp, Empty, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
 from api.auth import guard, linker, request_id
 from api.openapi import AUTH, READ, WRITE, json_reply, responses
 from api.policy import Caller, UseCase
-from api.refusals import BadRequest
+from api.refusals import BadRequest, Busy
 from api.schemas import (
     CreateBody,
     TaskResponse,
@@ -58,6 +58,56 @@ Base64Urls = Annotated[
 ]
 
 
+#: A create whose body is this large or larger, or of no stated size, is a large create: at
+#: most ``Settings.max_large_creates`` of them run at once in a process.
+LARGE_CREATE = 1024 * 1024
+
+
+def limit_large_creates(app: ASGIApp) -> ASGIApp:
+    """The create route's middleware (one per app): a large create past
+    ``Settings.max_large_creates`` is refused with 503 and Retry-After before its body is kept
+    (each holds about twice its body at its peak). The refused body is read and dropped first,
+    so that the client, still sending it, gets the answer."""
+    in_flight = 0
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal in_flight
+        settings = scope["litestar_app"].state.service.settings
+        limit = settings.max_large_creates
+        if limit <= 0 or not _large_body(scope):
+            await app(scope, receive, send)
+            return
+        if in_flight >= limit:
+            await _drop_body(receive, settings.max_body_bytes)
+            raise Busy(f"Too many large creates at once ({limit}); retry shortly")
+        in_flight += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            in_flight -= 1
+
+    return middleware
+
+
+def _large_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) >= LARGE_CREATE
+    return True
+
+
+async def _drop_body(receive: Receive, most: int) -> None:
+    """Read and drop a request's body (at most ``most`` bytes of it)."""
+    seen = 0
+    while seen <= most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 def forget_body(request: HttpRequest) -> None:
     """Drop the raw body Litestar keeps for the rest of the request (on the request and in the
     scope's state) once the handler has all it needs from it."""
@@ -75,6 +125,7 @@ class TaskController(Controller):
         summary="Create a task",
         guards=[guard(UseCase.CREATE)],
         responses=responses(400, *AUTH, 403, 413, 422, 503),
+        middleware=[limit_large_creates],
     )
     async def create_task(
         self,

@@ -112,6 +112,14 @@ def cli() -> None:
     "is 400, naming the limit that fits.",
 )
 @click.option(
+    "--max-large-creates",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Creates with a body of 1 MiB or more taken at once by each process (each holds about "
+    "twice its body at its peak); one more gets 503 with Retry-After. 0: no cap.",
+)
+@click.option(
     "--synchronous",
     default="FULL",
     show_default=True,
@@ -246,6 +254,7 @@ def serve(
     max_body_mb: int,
     max_output_mb: int,
     max_list_output_mb: int,
+    max_large_creates: int,
     synchronous: str,
     default_expires_in: int | None,
     lease_seconds: int,
@@ -311,6 +320,7 @@ def serve(
         max_body_bytes=max_body_mb * 1024 * 1024,
         max_output_bytes=max_output_mb * 1024 * 1024,
         max_list_output_bytes=max_list_output_mb * 1024 * 1024,
+        max_large_creates=max_large_creates,
         synchronous=synchronous.upper(),
         default_expires_in=default_expires_in,
         lease_seconds=lease_seconds,

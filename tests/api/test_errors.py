@@ -8,7 +8,7 @@ import pytest
 
 from api.errors import STATUS, handle_any
 from api.policy import Forbidden
-from api.refusals import BadRequest, IdempotencyMismatch, InvalidKey, RateLimited
+from api.refusals import BadRequest, Busy, IdempotencyMismatch, InvalidKey, RateLimited
 from ledger.errors import (
     ConcurrencyConflict,
     EventLimitReached,
@@ -29,6 +29,7 @@ CASES = [
     (ConcurrencyConflict("Stream task-x is at version 3, not 2"), 409, None),
     (StorageUnavailable("The database cannot be written right now (disk full)"), 503, None),
     (TransactionRolledBack("The database cannot be written right now (I/O)"), 503, None),
+    (Busy("Too many large creates at once (4); retry shortly"), 503, None),
     (BadRequest("Limit is required when page is provided"), 400, None),
     (InvalidKey("Invalid or inactive API key"), 401, None),
     (Forbidden("A worker key cannot create tasks"), 403, None),
@@ -55,6 +56,7 @@ def test_the_cases_cover_the_table():
 def test_headers_tell_when_to_retry_and_how_to_authenticate():
     assert handle_any(None, RateLimited(7)).headers["Retry-After"] == "7"  # type: ignore[arg-type]
     assert handle_any(None, StorageUnavailable("x")).headers["Retry-After"] == "5"  # type: ignore[arg-type]
+    assert handle_any(None, Busy("x")).headers["Retry-After"] == "5"  # type: ignore[arg-type]
     assert "Bearer" in handle_any(None, InvalidKey("x")).headers["WWW-Authenticate"]  # type: ignore[arg-type]
     # The event limit does not lift with time: nothing says when to retry.
     assert "Retry-After" not in handle_any(None, EventLimitReached(10)).headers  # type: ignore[arg-type]

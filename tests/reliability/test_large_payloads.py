@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import socket
 import sqlite3
@@ -320,3 +321,56 @@ def test_deleting_a_task_cuts_its_download_short(input_server):
     # The link now answers 404, and the server serves on.
     assert httpx.get(links(server, task)[0][0], timeout=30).status_code == 404
     assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+
+
+# -- large creates -----------------------------------------------------------------------------
+
+
+class SlowUpload:
+    """A create whose client sends the head and half of the body, then waits (``finish`` sends
+    the rest and reads the answer's status)."""
+
+    def __init__(self, server: Server, key: str, body: bytes) -> None:
+        self.body = body
+        self.sock = socket.create_connection(("127.0.0.1", server.port))
+        head = (
+            f"POST /api/v1/task/parse HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Authorization: {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body[: len(body) // 2])
+
+    def finish(self) -> int:
+        self.sock.sendall(self.body[len(self.body) // 2 :])
+        self.sock.settimeout(60)
+        answer = b""
+        while b"\r\n" not in answer:
+            piece = self.sock.recv(4096)
+            assert piece, "closed without an answer"
+            answer += piece
+        self.sock.close()
+        return int(answer.split(b" ", 2)[1])
+
+
+def create_body(data: bytes) -> bytes:
+    return json.dumps({"file": base64.b64encode(data).decode(), "file_name": "a.bin"}).encode()
+
+
+def test_large_creates_past_the_cap_get_503_with_retry_after(serve):
+    server = serve("--sweep-interval", "0", "--max-large-creates", "2")
+    alice = add_key(server.db, "alice")
+    large = create_body(os.urandom(2 * MiB))
+    slow = [SlowUpload(server, alice, large) for _ in range(2)]
+    time.sleep(0.5)  # both are in the server's hands, reading their bodies
+    headers = {"Content-Type": "application/json"}
+    with server.client(alice) as client:
+        refused = client.post("/task/parse", content=large, headers=headers)
+        small = client.post("/task/parse", content=create_body(b"small file"), headers=headers)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"].isdigit()
+        assert refused.text == "Too many large creates at once (2); retry shortly"
+        assert small.status_code == 200, "a small create is not counted"
+        assert [upload.finish() for upload in slow] == [200, 200]
+        assert client.post("/task/parse", content=large, headers=headers).status_code == 200
+        listed = client.get("/tasks").json()
+    assert len(listed) == 4, "the refused create made no task"
