@@ -12,8 +12,9 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response.base import ASGIResponse
 
 from api.links import FILES_PATH, OCTET_STREAM
+from api.streaming import Streamed
 from api.tasks import Service
-from api.worker import FileStream, content_disposition
+from api.worker import content_disposition
 
 LINK_RESPONSES = {
     code: ResponseSpec(
@@ -54,8 +55,9 @@ class FilesController(Controller):
         ] = None,
     ) -> ASGIResponse:
         found = await service.read_linked_input(task_id, expires=expires, signature=signature)
-        return FileStream(
-            found,
+        return Streamed(
+            found.pieces,
+            size=found.size,
             media_type=found.media_type,
             headers={
                 "Content-Disposition": content_disposition(found.name),

@@ -11,7 +11,6 @@ from typing import Annotated
 
 from litestar import (
     Controller,
-    MediaType,
     Request,
     delete,
     get,
@@ -40,6 +39,7 @@ from api.schemas import (
     render_view,
 )
 from api.service import MAX_LIST_LIMIT, TaskLedger
+from api.streaming import json_array, json_body
 
 Service = NamedDependency[TaskLedger]
 HttpRequest = Request[Caller, None, State]
@@ -185,7 +185,7 @@ class TaskController(Controller):
             as_of=as_of,
             include_chunks=include_chunks,
         )
-        return ASGIResponse(body=body, media_type=MediaType.JSON)
+        return json_body(body)
 
     @patch(
         "/{task_id:str}/parse",
@@ -265,7 +265,7 @@ class TasksController(Controller):
         "/",
         summary="List tasks, newest first",
         guards=[guard(UseCase.LIST)],
-        responses=responses(400, *AUTH, 403),
+        responses={200: json_reply(list[TaskResponse]), **responses(400, *AUTH, 403)},
     )
     async def list_tasks(
         self,
@@ -288,14 +288,17 @@ class TasksController(Controller):
             bool, QueryParameter(description="Include outputs' chunks")
         ] = False,
         base64_urls: Base64Urls = False,
-    ) -> list[TaskResponse]:
+    ) -> ASGIResponse:
+        # A raw reply, as GET's: each task rendered and encoded on the reader thread that read
+        # it (its output let go of then), and a large answer sent in pieces (api.streaming).
         links = linker(request, base64_urls=base64_urls)
-        return await service.list_as(
+        parts = await service.list_as(
             request.user,
-            lambda view: render_view(view, links, include_chunks),
+            lambda view: encode(render_view(view, links, include_chunks)),
             page=page,
             limit=limit,
             start=start,
             end=end,
             include_chunks=include_chunks,
         )
+        return json_array(parts)

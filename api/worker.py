@@ -7,17 +7,13 @@ other gets 409 and nothing is appended. Claims hand out the oldest claimable tas
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import quote
 
-import anyio
 from litestar import Controller, get, post
 from litestar.params import FromPath, JSONBody
 from litestar.response.base import ASGIResponse
-from litestar.types import Receive, Send
 
 from api.auth import guard, linker, request_id
-from api.core import Download, InputGone
 from api.openapi import READ, WRITE, responses
 from api.policy import UseCase
 from api.schemas import (
@@ -35,6 +31,7 @@ from api.schemas import (
     render_lease,
     render_view,
 )
+from api.streaming import Streamed
 from api.tasks import HttpRequest, IdempotencyKey, Service
 from ledger.handler import NothingToDo
 
@@ -57,38 +54,6 @@ def content_disposition(name: str) -> str:
     RFC 5987 form, so non-Latin names survive and nothing can break out of the header."""
     fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-class FileStream(ASGIResponse):
-    """A file sent in the pieces its ``Download`` reads, each as it is taken (bounded memory
-    however slowly the client reads), with its Content-Length. A file purged while it is sent
-    (``InputGone``) ends the answer short of that length: the server closes the connection and
-    the client sees an incomplete body, never a shorter file. A client that hangs up stops the
-    reading (as Litestar's ``Stream`` does)."""
-
-    def __init__(self, download: Download, *, media_type: str, headers: dict[str, Any]) -> None:
-        super().__init__(content_length=download.size, media_type=media_type, headers=headers)
-        self.pieces = download.pieces
-
-    async def send_body(self, send: Send, receive: Receive) -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._send_pieces, send, group.cancel_scope)
-            while not group.cancel_scope.cancel_called:
-                if (await receive())["type"] == "http.disconnect":
-                    group.cancel_scope.cancel()
-
-    async def _send_pieces(self, send: Send, listening: anyio.CancelScope) -> None:
-        try:
-            try:
-                async for piece in self.pieces:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-            except InputGone:
-                return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            listening.cancel()
-            with anyio.CancelScope(shield=True):
-                await self.pieces.aclose()
 
 
 class WorkerController(Controller):
@@ -245,8 +210,9 @@ class WorkerController(Controller):
         self, request: HttpRequest, service: Service, task_id: FromPath[str]
     ) -> ASGIResponse:
         download = await service.read_input(request.user, task_id)
-        return FileStream(
-            download,
-            media_type="application/octet-stream",
+        return Streamed(
+            download.pieces,
+            size=download.size,
+            media_type=download.media_type,
             headers={"Content-Disposition": content_disposition(download.name)},
         )
