@@ -15,6 +15,7 @@ from ledger.log import Backend, RecordedEvent, stream_id_for
 from ledger.sqlite import SqliteBackend
 from ledger.state import TaskState
 from projections.checkpoints import CHECKPOINT_EVERY, CheckpointProjection, state_at
+from projections.feed import FeedProjection
 from projections.queue import QueueProjection
 from projections.tasks import TasksProjection
 
@@ -49,8 +50,12 @@ class Store:
         self.tasks = TasksProjection(self.views)
         self.queue = QueueProjection(self.views)
         self.checkpoints = CheckpointProjection(self.views, checkpoint_every)
+        self.feed = FeedProjection(self.views)
         self.handler = CommandHandler(
-            self.log, self.tasks, [self.tasks, self.queue, self.checkpoints], clock=clock
+            self.log,
+            self.tasks,
+            [self.tasks, self.queue, self.checkpoints, self.feed],
+            clock=clock,
         )
 
     def state(self, task_id: str) -> TaskState | None:

@@ -463,7 +463,9 @@ class TaskLedger(LinkCases, WorkerCases):
         types: Sequence[str] = (),
         task_id: str | None = None,
     ) -> list[RecordedEvent]:
-        """Events in position order after ``after`` (only the caller's tasks' for a user)."""
+        """Events in position order after ``after``: a user's are those of their own tasks
+        that are still visible (a deleted or expired task's have left it, all but its
+        tombstone: ``projections.feed``); an admin's are the whole log."""
         grant = authorize(UseCase.FEED, caller)
         unknown = sorted(set(types) - set(EVENT_TAGS))
         if unknown:
@@ -471,7 +473,12 @@ class TaskLedger(LinkCases, WorkerCases):
         if not 1 <= limit <= MAX_FEED_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_FEED_LIMIT}")
         query = FeedQuery(
-            after=after, limit=limit, owner=grant.owner, types=tuple(types), task_id=task_id
+            after=after,
+            limit=limit,
+            owner=grant.owner,
+            types=tuple(types),
+            task_id=task_id,
+            visible_at=self.clock(),
         )
         return await self.reads.run(self.store.views.feed, query)
 

@@ -226,18 +226,37 @@ class TaskQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FeedQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """Events in position order after a cursor: all, one owner's tasks, some types, one task."""
+    """Events in position order after a cursor: all, one owner's tasks, some types, one task.
+
+    Without ``owner`` it reads the log itself: every event, deleted and expired tasks' included
+    (what an admin audits). With ``owner`` it reads that owner's feed entries (``FeedEntry``): a
+    deleted or expired task's events have left it, all but the tombstone; and with
+    ``visible_at`` too, the events of a task no longer visible at that time are left out (a
+    finished task past its ``expires_at`` that the sweeper has not yet recorded as expired, see
+    decider.visible_until)."""
 
     after: int = 0
     limit: int = 100
     owner: str | None = None
     types: tuple[str, ...] = ()
     task_id: str | None = None
+    visible_at: datetime | None = None
+
+
+class FeedEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """An event in its owner's feed: the feed projection (``projections.feed``) keeps one per
+    event of a live task, and only the tombstone of a deleted or expired one."""
+
+    position: int
+    owner: str
+    task_id: str
+    type: str
 
 
 class TaskViews(Protocol):
     """The read models' storage: one row per task holding its folded state (with the columns
-    the queries need), the claim queue, the event feed, and checkpoints of task states."""
+    the queries need), the claim queue, the owners' feed entries, the event feed, and checkpoints
+    of task states."""
 
     def load_task(self, task_id: str, *, tx: Any = None) -> TaskState | None: ...
 
@@ -271,7 +290,24 @@ class TaskViews(Protocol):
 
     def queue_entries(self, *, tx: Any = None) -> list[tuple[str, int]]: ...
 
-    def feed(self, query: FeedQuery, *, tx: Any = None) -> list[RecordedEvent]: ...
+    def add_to_feed(self, tx: Any, entries: Sequence[FeedEntry]) -> None:
+        """Put events in their owner's feed."""
+        ...
+
+    def drop_from_feed(self, tx: Any, task_id: str) -> None:
+        """Take every entry of the task out of its owner's feed."""
+        ...
+
+    def feed_entries(self, *, tx: Any = None) -> Iterator[FeedEntry]:
+        """Every feed entry, in task id order and each task's in position order (the order
+        ``EventLog.iter_by_stream`` gives the streams, so a check can walk both at once)."""
+        ...
+
+    def feed(self, query: FeedQuery, *, tx: Any = None) -> list[RecordedEvent]:
+        """A page of events after ``query.after`` in position order (see FeedQuery). One
+        owner's page is a range of that owner's entries: its cost does not grow with the events
+        of other owners."""
+        ...
 
     def save_checkpoint(self, tx: Any, state: TaskState) -> None:
         """Keep ``state`` as its task's state after its ``state.version``-th event (a checkpoint
@@ -288,7 +324,8 @@ class TaskViews(Protocol):
         ...
 
     def clear(self, tx: Any) -> None:
-        """Empty the task rows, the queue and the checkpoints (before a rebuild)."""
+        """Empty the task rows, the queue, the feed entries and the checkpoints (before a
+        rebuild)."""
         ...
 
 

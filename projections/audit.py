@@ -1,17 +1,18 @@
 """Checking the read models against the log, and rebuilding them from it.
 
 * ``verify`` walks the log twice: in position order to check the hash chain, and stream by stream
-  to fold every task afresh and compare it with its stored ``tasks`` row and ``queue`` entry.
-  Memory stays flat: one stream's events at a time.
+  to fold every task afresh and compare it with its stored ``tasks`` row, ``queue`` entry and
+  ``feed`` entries. Memory stays flat: one stream's events at a time.
   Every checkpoint (``projections.checkpoints``) is compared with the fold at its version on
   the same walk.
-* ``rebuild`` drops the projections (task rows, queue, checkpoints) and writes them again from
-  the same stream-by-stream fold, in one transaction.
+* ``rebuild`` drops the projections (task rows, queue, feed entries, checkpoints) and writes
+  them again from the same stream-by-stream fold, in one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,10 @@ import msgspec
 from ledger import codec
 from ledger.chain import GENESIS, chain_hash
 from ledger.decider import evolve, initial_state
-from ledger.log import EventLog, TaskViews, task_id_of
+from ledger.log import EventLog, FeedEntry, TaskViews, task_id_of
 from ledger.state import TaskState
 from projections.checkpoints import CHECKPOINT_EVERY
+from projections.feed import entries_of, feed_after
 from projections.queue import queue_position
 
 Progress = Callable[[int], None]
@@ -31,7 +33,7 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Difference:
-    """One thing ``verify`` found wrong. ``kind`` is chain, event, blob, task, queue or
+    """One thing ``verify`` found wrong. ``kind`` is chain, event, blob, task, queue, feed or
     checkpoint."""
 
     kind: str
@@ -52,6 +54,8 @@ class Difference:
 class Folded:
     state: TaskState
     queue_position: int | None
+    #: The task's entries in its owner's feed (projections.feed).
+    feed: list[FeedEntry]
 
 
 class UndecodableEvent(Exception):
@@ -70,8 +74,8 @@ def fold_streams(
     on_bad_event: Callable[[UndecodableEvent], None] | None = None,
     each: Callable[[TaskState], None] | None = None,
 ) -> Iterator[Folded]:
-    """Every task folded from its events, one stream at a time, with its queue position;
-    ``each`` is handed the state after every event.
+    """Every task folded from its events, one stream at a time, with its queue position and its
+    feed entries; ``each`` is handed the state after every event.
 
     An event that cannot be decoded raises UndecodableEvent, or, with ``on_bad_event``, is
     reported there and skipped."""
@@ -79,13 +83,15 @@ def fold_streams(
     current_stream: str | None = None
     state: TaskState | None = None
     position_in_queue: int | None = None
+    feed: list[FeedEntry] = []
     for stream_id, position, data in rows:
         if stream_id != current_stream:
             if state is not None:
-                yield Folded(state, position_in_queue)
+                yield Folded(state, position_in_queue, feed)
             current_stream = stream_id
             state = initial_state(task_id_of(stream_id))
             position_in_queue = None
+            feed = []
         assert state is not None
         try:
             event = codec.decode_event(data)
@@ -97,13 +103,14 @@ def fold_streams(
             continue
         after = evolve(state, event)
         position_in_queue = queue_position(state, after, position, position_in_queue)
+        feed = feed_after(feed, state, after, entries_of(after, [(position, event)]))
         state = after
         if each is not None:
             each(state)
         if progress:
             progress(1)
     if state is not None:
-        yield Folded(state, position_in_queue)
+        yield Folded(state, position_in_queue, feed)
 
 
 def check_chain(log: EventLog, tx: Any, progress: Progress | None = None) -> list[Difference]:
@@ -171,8 +178,19 @@ def _verify(
     orphans: list[str] = []
     queued = dict(views.queue_entries(tx=tx))
     checkpoints = _CheckpointCheck(views.stored_checkpoints(tx=tx), differences)
+    entries = _by_task(views.feed_entries(tx=tx))
+    stored_feed = next(entries, None)
+    feed_orphans: list[str] = []
     for folded in fold_streams(log, tx, progress, bad_event, checkpoints.see):
         task_id = folded.state.task_id
+        while stored_feed is not None and stored_feed[0] < task_id:
+            feed_orphans.append(stored_feed[0])
+            stored_feed = next(entries, None)
+        kept: list[FeedEntry] = []
+        if stored_feed is not None and stored_feed[0] == task_id:
+            kept, stored_feed = stored_feed[1], next(entries, None)
+        if kept != folded.feed:
+            differences.append(Difference("feed", _feed_diff(kept, folded.feed), task_id))
         while row is not None and row[0] < task_id:
             orphans.append(row[0])
             row = next(rows, None)
@@ -210,6 +228,11 @@ def _verify(
         differences.append(Difference("task", "tasks projection row without events", task_id))
     for task_id in sorted(queued):
         differences.append(Difference("queue", "queue entry without events", task_id))
+    while stored_feed is not None:
+        feed_orphans.append(stored_feed[0])
+        stored_feed = next(entries, None)
+    for task_id in feed_orphans:
+        differences.append(Difference("feed", "feed entries without events", task_id))
     checkpoints.finish()
     return differences
 
@@ -256,6 +279,30 @@ class _CheckpointCheck:
         )
 
 
+def _by_task(entries: Iterator[FeedEntry]) -> Iterator[tuple[str, list[FeedEntry]]]:
+    """Feed entries (in task id order) grouped by task: one task's at a time."""
+    for task_id, group in itertools.groupby(entries, key=lambda e: e.task_id):
+        yield task_id, list(group)
+
+
+def _feed_diff(stored: list[FeedEntry], folded: list[FeedEntry]) -> str:
+    have = {e.position: e for e in stored}
+    want = {e.position: e for e in folded}
+    parts = []
+    missing = sorted(want.keys() - have.keys())
+    extra = sorted(have.keys() - want.keys())
+    if missing:
+        parts.append(f"missing at positions {missing}")
+    if extra:
+        parts.append(f"not in the log's feed at positions {extra}")
+    for position in sorted(have.keys() & want.keys()):
+        if have[position] != want[position]:
+            parts.append(
+                f"at position {position} stored {have[position]!r}, the log says {want[position]!r}"
+            )
+    return "feed entries differ from the log: " + "; ".join(parts)
+
+
 def _diff(stored: TaskState, folded: TaskState) -> str:
     fields = [
         f"{name}: stored {getattr(stored, name)!r}, log {getattr(folded, name)!r}"
@@ -272,7 +319,7 @@ def rebuild(
     *,
     checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> int:
-    """Drop and rebuild the tasks, queue and checkpoint projections from the log in one
+    """Drop and rebuild the tasks, queue, feed and checkpoint projections from the log in one
     transaction (or inside the caller's, if one is open); returns how many tasks were
     written."""
     count = 0
@@ -287,5 +334,7 @@ def rebuild(
             views.save_task(tx, folded.state)
             if folded.queue_position is not None:
                 views.enqueue(tx, folded.state.task_id, folded.queue_position)
+            if folded.feed:
+                views.add_to_feed(tx, folded.feed)
             count += 1
     return count

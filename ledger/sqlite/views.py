@@ -1,5 +1,6 @@
 """The read models' tables in SQLite: ``tasks`` (one row per task: its folded state and the
-columns the queries filter on), ``queue`` (claimable tasks in FIFO order) and the event feed.
+columns the queries filter on), ``queue`` (claimable tasks in FIFO order), ``feed`` (each owner's
+feed entries, keyed by owner and position) and the event feed query.
 
 Which tasks a query may show is decided by the domain, not here: the row's ``visible_until``
 column is ``decider.visible_until(state)`` (when a live task stops being visible: a finished
@@ -9,7 +10,7 @@ task at its ``expires_at``), and the queries only compare it with the time they 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 import msgspec
@@ -17,12 +18,26 @@ import msgspec
 from ledger import codec
 from ledger.decider import visible_until
 from ledger.events import PROCESSING
-from ledger.log import FeedQuery, RecordedEvent, TaskQuery, stream_id_for
+from ledger.log import FeedEntry, FeedQuery, RecordedEvent, TaskQuery, stream_id_for
 from ledger.sqlite.connection import EVENT_COLUMNS, row_to_recorded
 from ledger.sqlite.log import SqliteLog
 from ledger.state import TaskState
 
-SCHEMA = """
+#: Each owner's feed entries (``TaskViews.add_to_feed``): an owner's page is one range of the
+#: primary key, whatever the other owners' share of the log.
+FEED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feed (
+    owner TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    PRIMARY KEY (owner, position)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS feed_task ON feed (task_id);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -53,6 +68,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (task_id, version)
 );
 """
+    + FEED_SCHEMA
+)
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -77,7 +94,27 @@ def add_visible_until(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE tasks SET visible_until = ? WHERE task_id = ?", (until, task_id))
 
 
-MIGRATIONS = (add_visible_until,)
+def add_feed(conn: sqlite3.Connection) -> None:
+    """Migration: a database from before the ``feed`` table gets it, filled from the log and the
+    ``tasks`` rows' owner and tombstone: every event of a live task, and of a deleted or expired
+    one only its last event, the tombstone (what ``projections.feed`` keeps). A task whose row
+    is missing gets no entries: ``verify`` reports them and ``rebuild`` writes them."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "feed" in tables or not {"tasks", "events"} <= tables:
+        return  # already there, or a new database (the schema creates it)
+    for statement in FEED_SCHEMA.split(";"):  # executescript would COMMIT the migration
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO feed (owner, position, task_id, type)"
+        " SELECT t.owner, e.position, t.task_id, e.type"
+        " FROM tasks t JOIN events e ON e.stream_id = ? || t.task_id"
+        " WHERE t.gone IS NULL OR e.version = t.version",
+        (stream_id_for(""),),
+    )
+
+
+MIGRATIONS = (add_visible_until, add_feed)
 
 
 class _Columns(msgspec.Struct, kw_only=True):
@@ -230,6 +267,7 @@ class SqliteViews:
         tx.execute("DELETE FROM tasks")
         tx.execute("DELETE FROM queue")
         tx.execute("DELETE FROM checkpoints")
+        tx.execute("DELETE FROM feed")
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -263,29 +301,69 @@ class SqliteViews:
         for task_id, version, state in rows:
             yield task_id, version, codec.decode_state(state)
 
+    # -- the owners' feed entries -----------------------------------------------------------
+
+    def add_to_feed(self, tx: sqlite3.Connection, entries: Sequence[FeedEntry]) -> None:
+        tx.executemany(
+            "INSERT INTO feed (owner, position, task_id, type) VALUES (?, ?, ?, ?)",
+            [(e.owner, e.position, e.task_id, e.type) for e in entries],
+        )
+
+    def drop_from_feed(self, tx: sqlite3.Connection, task_id: str) -> None:
+        tx.execute("DELETE FROM feed WHERE task_id = ?", (task_id,))
+
+    def feed_entries(self, *, tx: sqlite3.Connection | None = None) -> Iterator[FeedEntry]:
+        rows = self._conn(tx).execute(
+            "SELECT position, owner, task_id, type FROM feed ORDER BY task_id, position"
+        )
+        for position, owner, task_id, type_ in rows:
+            yield FeedEntry(position=position, owner=owner, task_id=task_id, type=type_)
+
     # -- the event feed ---------------------------------------------------------------------
 
     def feed(
         self, query: FeedQuery, *, tx: sqlite3.Connection | None = None
     ) -> list[RecordedEvent]:
-        """Keyset paging on the events' primary key: a page's cost does not grow with the log."""
+        """Keyset paging: on the events' primary key for the whole log, on the ``feed`` table's
+        (owner, position) for one owner. Either way a page's cost does not grow with the log,
+        and an owner's with no new entry costs one index probe."""
+        if query.owner is None:
+            return self._log_page(query, tx)
         columns = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-        where = ["e.position > ?"]
+        where = ["f.owner = ?", "f.position > ?"]
+        params: list[object] = [query.owner, query.after]
+        if query.task_id is not None:
+            where.append("f.task_id = ?")
+            params.append(query.task_id)
+        if query.types:
+            where.append(f"f.type IN ({', '.join('?' * len(query.types))})")
+            params.extend(query.types)
+        if query.visible_at is not None:
+            # A live task past its visible_until is hidden before the sweeper tombstones it.
+            where.append(
+                "NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = f.task_id"
+                " AND t.gone IS NULL AND t.visible_until <= ?)"
+            )
+            params.append(codec.timestamp(query.visible_at))
+        sql = (
+            f"SELECT {columns} FROM feed f JOIN events e ON e.position = f.position"
+            f" WHERE {' AND '.join(where)} ORDER BY f.position LIMIT ?"
+        )
+        params.append(query.limit)
+        return [row_to_recorded(row) for row in self._conn(tx).execute(sql, params)]
+
+    def _log_page(self, query: FeedQuery, tx: sqlite3.Connection | None) -> list[RecordedEvent]:
+        where = ["position > ?"]
         params: list[object] = [query.after]
         if query.task_id is not None:
-            where.append("e.stream_id = ?")
+            where.append("stream_id = ?")
             params.append(stream_id_for(query.task_id))
         if query.types:
-            where.append(f"e.type IN ({', '.join('?' * len(query.types))})")
+            where.append(f"type IN ({', '.join('?' * len(query.types))})")
             params.extend(query.types)
-        join = ""
-        if query.owner is not None:
-            join = "JOIN tasks t ON t.task_id = substr(e.stream_id, 6)"
-            where.append("t.owner = ?")
-            params.append(query.owner)
         sql = (
-            f"SELECT {columns} FROM events e {join} WHERE {' AND '.join(where)}"
-            " ORDER BY e.position LIMIT ?"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY position LIMIT ?"
         )
         params.append(query.limit)
         return [row_to_recorded(row) for row in self._conn(tx).execute(sql, params)]

@@ -1,9 +1,9 @@
 """``taskledger verify`` and ``taskledger rebuild``.
 
-verify folds every stream again, compares the fold with the stored ``tasks`` rows and ``queue``
-entries, and recomputes the hash chain; it prints one JSON line per difference (naming the task,
-and the position for a chain fault) and exits 1, or exits 0 on a sound database. rebuild writes
-the projections again from the log.
+verify folds every stream again, compares the fold with the stored ``tasks`` rows, ``queue``
+entries and ``feed`` entries, and recomputes the hash chain; it prints one JSON line per
+difference (naming the task, and the position for a chain fault) and exits 1, or exits 0 on a
+sound database. rebuild writes the projections again from the log.
 
 The server keeps running: each corruption is made on a copy taken with ``taskledger backup``
 (the copy holds the keys too, so it can be served). Last, ``taskledger backup`` while writers
@@ -238,6 +238,7 @@ def test_rebuild_restores_corrupted_projections_and_the_api_answers(
         ),
         ("DELETE FROM tasks WHERE task_id = ?", (known.cancelled,)),
         ("DELETE FROM queue", ()),
+        ("DELETE FROM feed", ()),
     )
     assert verify(db)[0] == 1
 
@@ -258,6 +259,10 @@ def test_rebuild_restores_corrupted_projections_and_the_api_answers(
             assert served(again.get("/tasks", params={"include_chunks": True}), restored) == (
                 expected_list
             )
+            for task_id in ids:  # the feed was rebuilt: alice sees her tasks' events again
+                events = again.get("/events", params={"task_id": task_id}).json()["events"]
+                assert events == alice.get("/events", params={"task_id": task_id}).json()["events"]
+                assert events
         with restored.client(user_keys["worker"]) as worker:
             claimed = worker.post("/worker/claim", json={"worker_id": "w-rebuilt"})
             assert claimed.status_code == 200, claimed.text
@@ -266,14 +271,52 @@ def test_rebuild_restores_corrupted_projections_and_the_api_answers(
         restored.stop()
 
 
+FEED = "SELECT owner, position, task_id, type FROM feed ORDER BY owner, position"
+
+
 def test_rebuild_of_a_sound_database_changes_nothing(known, copy):
     db = copy()
     before = query(db, "SELECT task_id, state FROM tasks ORDER BY task_id")
     queue_before = query(db, "SELECT task_id, position FROM queue ORDER BY task_id")
+    feed_before = query(db, FEED)
     result = taskledger("rebuild", db=db)
     assert result.returncode == 0, result.stderr
     assert query(db, "SELECT task_id, state FROM tasks ORDER BY task_id") == before
     assert query(db, "SELECT task_id, position FROM queue ORDER BY task_id") == queue_before
+    assert query(db, FEED) == feed_before
+
+
+def test_verify_names_each_task_whose_feed_entries_differ_and_rebuild_restores_them(known, copy):
+    """A user's feed reads the ``feed`` table alone: an entry missing, a deleted task's history
+    put back, or an entry moved to another owner would show the wrong events to someone."""
+    db = copy()
+    feed_before = query(db, FEED)
+    created = position_of(db, known.deleted, 1)
+    dropped = position_of(db, known.succeeded, 2)
+    edit(
+        db,
+        ("DELETE FROM feed WHERE position = ?", (dropped,)),
+        (
+            "INSERT INTO feed (owner, position, task_id, type) VALUES (?, ?, ?, 'task_created')",
+            ("alice", created, known.deleted),
+        ),
+        ("UPDATE feed SET owner = 'bob' WHERE task_id = ?", (known.cancelled,)),
+        ("INSERT INTO feed VALUES ('alice', 999999, 'no-such-task', 'task_created')", ()),
+    )
+    code, differences = verify(db)
+    assert code == 1
+    found = {d["task_id"]: d["detail"] for d in differences}
+    assert {d["kind"] for d in differences} == {"feed"}
+    assert set(found) == {known.succeeded, known.deleted, known.cancelled, "no-such-task"}
+    assert f"missing at positions [{dropped}]" in found[known.succeeded]
+    assert f"not in the log's feed at positions [{created}]" in found[known.deleted]
+    assert "owner='bob'" in found[known.cancelled]
+    assert found["no-such-task"] == "feed entries without events"
+
+    result = taskledger("rebuild", db=db)
+    assert result.returncode == 0, result.stderr
+    assert verify(db) == (0, [])
+    assert query(db, FEED) == feed_before
 
 
 # -- backup while the server takes writes ------------------------------------------------

@@ -28,8 +28,17 @@ from ledger.events import (
     TaskCreated,
     UpdateRequested,
     blob_ref,
+    tag_of,
 )
-from ledger.log import Actor, Backend, Envelope, RecordedEvent, StoredEvent, stream_id_for
+from ledger.log import (
+    Actor,
+    Backend,
+    Envelope,
+    FeedEntry,
+    RecordedEvent,
+    StoredEvent,
+    stream_id_for,
+)
 from ledger.state import TaskState
 from tests.ledger.stories import (  # the ledger tests' vocabulary: one set of times and blobs
     FILE,
@@ -136,6 +145,19 @@ def append(
     return backend.log.append(stream_id_for(task_id), expected, events, envelope, tx=tx)
 
 
+def feed_entries(owner: str, recorded: Sequence[RecordedEvent]) -> list[FeedEntry]:
+    """The owner's feed entries of ``recorded``: one per event."""
+    return [
+        FeedEntry(
+            position=r.position,
+            owner=owner,
+            task_id=r.event.task_id,
+            type=tag_of(type(r.event)),
+        )
+        for r in recorded
+    ]
+
+
 def write_task(
     backend: Backend,
     events: Sequence[AnyEvent],
@@ -144,8 +166,9 @@ def write_task(
     queued: bool = False,
 ) -> TaskState:
     """What the command handler does for a whole story, in one transaction: the blobs, the
-    events (one append each, as separate commands would), and the task's row (``fold`` of the
-    events), queued at its last event's position if ``queued``. Returns the state."""
+    events (one append each, as separate commands would), the task's row (``fold`` of the
+    events), queued at its last event's position if ``queued``, and its owner's feed entries
+    (only the tombstone's once it is deleted or expired). Returns the state."""
     task_id = events[0].task_id
     with backend.log.transaction() as tx:
         for data in blobs:
@@ -157,6 +180,9 @@ def write_task(
         backend.views.save_task(tx, state)
         if queued:
             backend.views.enqueue(tx, task_id, recorded[-1].position)
+        if state.owner is not None:
+            kept = recorded[-1:] if state.gone is not None else recorded
+            backend.views.add_to_feed(tx, feed_entries(state.owner, kept))
     return state
 
 

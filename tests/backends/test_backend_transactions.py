@@ -17,6 +17,7 @@ from backend_support import (
     claimed,
     created,
     env,
+    feed_entries,
     positions,
     stored,
     within,
@@ -36,6 +37,7 @@ def write_everything(backend, tx, task_id, t=0):
     recorded = append(backend, task_id, [created(task_id, t)], tx=tx)
     backend.views.save_task(tx, fold([created(task_id, t)]))
     backend.views.enqueue(tx, task_id, recorded[-1].position)
+    backend.views.add_to_feed(tx, feed_entries("alice", recorded))
     backend.records.record_outcome(tx, "k1", f"idem-{task_id}", OUTCOME, "2026-01-01T12:00:00Z")
     return recorded
 
@@ -46,6 +48,7 @@ def assert_nothing_of(backend, task_id):
     assert all(task_id not in owners for _, _, owners in blobs(backend))
     assert backend.views.load_task(task_id) is None
     assert task_id not in [t for t, _ in backend.views.queue_entries()]
+    assert backend.views.feed(FeedQuery(owner="alice", task_id=task_id)) == []
     assert backend.records.find_outcome("k1", f"idem-{task_id}") is None
 
 
@@ -54,6 +57,7 @@ def assert_all_of(backend, task_id):
     assert backend.log.get_blob(blob_ref(f"file of {task_id}".encode())) is not None
     assert backend.views.load_task(task_id) is not None
     assert task_id in [t for t, _ in backend.views.queue_entries()]
+    assert len(backend.views.feed(FeedQuery(owner="alice", task_id=task_id))) == 1
     assert backend.records.find_outcome("k1", f"idem-{task_id}") == OUTCOME
 
 

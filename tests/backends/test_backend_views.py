@@ -1,10 +1,12 @@
 """TaskViews contract: task rows (folded states), the task list and its visibility, due leases
-and expiries, the claim queue, the event feed, checkpoints, and clear."""
+and expiries, the claim queue, the owners' feed entries and the event feed, checkpoints, and
+clear."""
 
 from __future__ import annotations
 
 import pytest
 from backend_support import (
+    OWNER,
     append,
     at,
     cancelled,
@@ -14,13 +16,15 @@ from backend_support import (
     expired,
     extended,
     failed,
+    feed_entries,
     succeeded,
     update_requested,
     write_task,
 )
 
 from ledger.decider import fold, is_visible
-from ledger.log import FeedQuery, TaskQuery, stream_id_for
+from ledger.events import tag_of
+from ledger.log import FeedEntry, FeedQuery, TaskQuery, stream_id_for
 
 # -- task rows ------------------------------------------------------------------------------------
 
@@ -214,7 +218,8 @@ def test_the_queue_is_fifo_by_position(backend):
 @pytest.fixture
 def feed_log(backend):
     """A (alice): created, claimed, succeeded; B (bob): created, cancelled; C (alice): created;
-    interleaved A1 B1 A2 C1 B2 A3. Returns each event by its label."""
+    interleaved A1 B1 A2 C1 B2 A3, each with its row and its owner's feed entries. Returns each
+    event by its label."""
     story = [
         ("A1", created("A", 0)),
         ("B1", created("B", 1, owner="bob")),
@@ -230,8 +235,10 @@ def feed_log(backend):
         versions[task_id] = versions.get(task_id, 0) + 1
     with backend.log.transaction() as tx:
         for task_id in versions:
-            events = [e.event for e in recorded.values() if e.stream_id == stream_id_for(task_id)]
-            backend.views.save_task(tx, fold(events))
+            events = [e for e in recorded.values() if e.stream_id == stream_id_for(task_id)]
+            state = fold(e.event for e in events)
+            backend.views.save_task(tx, state)
+            backend.views.add_to_feed(tx, feed_entries(state.owner, events))
     return recorded
 
 
@@ -252,7 +259,9 @@ def feed_log(backend):
         (dict(task_id="A", after="A2"), "A3"),
         (dict(owner="alice", types=("task_created",), after="A1"), "C1"),
         (dict(owner="alice", task_id="B"), ""),
+        (dict(owner="alice", task_id="A", after="A1"), "A2 A3"),
         (dict(owner="alice", limit=2, after="A1"), "A2 C1"),
+        (dict(owner="bob", types=("cancelled",)), "B2"),
     ],
 )
 def test_feed(backend, feed_log, query, expected):
@@ -262,6 +271,70 @@ def test_feed(backend, feed_log, query, expected):
     by_position = {e.position: label for label, e in feed_log.items()}
     assert " ".join(by_position[e.position] for e in page) == expected
     assert page == [feed_log[label] for label in expected.split()]
+
+
+def test_an_owners_feed_is_their_entries_and_the_whole_feed_is_the_log(backend, feed_log):
+    def labels(**query):
+        by_position = {e.position: label for label, e in feed_log.items()}
+        return " ".join(by_position[e.position] for e in backend.views.feed(FeedQuery(**query)))
+
+    with backend.log.transaction() as tx:
+        backend.views.drop_from_feed(tx, "B")
+        backend.views.drop_from_feed(tx, "never-fed")
+    assert labels(owner="bob") == ""
+    assert labels(owner="alice") == "A1 A2 C1 A3"
+    # The whole feed, and any one task's, are the log's: an admin audits everything.
+    assert labels() == "A1 B1 A2 C1 B2 A3"
+    assert labels(task_id="B") == "B1 B2"
+    # Entries are what an owner's feed reads: the tombstone put back alone is all bob sees.
+    with backend.log.transaction() as tx:
+        backend.views.add_to_feed(tx, feed_entries("bob", [feed_log["B2"]]))
+    assert labels(owner="bob") == "B2"
+
+
+def test_feed_entries_come_in_task_order_then_position_and_clear_empties_them(backend, feed_log):
+    entries = list(backend.views.feed_entries())
+    assert [(e.task_id, e.position) for e in entries] == [
+        (task_id, feed_log[label].position)
+        for task_id, label in [("A", "A1"), ("A", "A2"), ("A", "A3"), ("B", "B1"), ("B", "B2")]
+        + [("C", "C1")]
+    ]
+    assert entries[0] == FeedEntry(
+        position=feed_log["A1"].position, owner="alice", task_id="A", type="task_created"
+    )
+    assert {e.owner for e in entries if e.task_id == "B"} == {"bob"}
+    with backend.log.transaction() as tx:
+        backend.views.clear(tx)
+    assert list(backend.views.feed_entries()) == []
+    assert backend.views.feed(FeedQuery(owner="alice")) == []
+    assert len(backend.views.feed(FeedQuery())) == 6, "the log itself is kept"
+
+
+def test_visible_at_leaves_out_the_tasks_past_visible_until_and_keeps_tombstones(backend):
+    """V finished at 1 and stops being visible at 11; G expired (its tombstone alone is in the
+    feed); W is Starting, visible however late."""
+    write_task(backend, [created("V", 0, expires_in=10), cancelled("V", 1)])
+    write_task(backend, [created("W", 2)])
+    write_task(backend, [created("G", 3, expires_in=1), cancelled("G", 4), expired("G", 6)])
+
+    def types(seconds=None, **query):
+        when = at(seconds) if seconds is not None else None
+        found = backend.views.feed(FeedQuery(owner=OWNER, visible_at=when, **query))
+        return [(e.event.task_id, tag_of(type(e.event))) for e in found]
+
+    everything = [
+        ("V", "task_created"),
+        ("V", "cancelled"),
+        ("W", "task_created"),
+        ("G", "expired"),
+    ]
+    assert types() == everything
+    assert types(10) == everything
+    assert types(11) == everything[2:]
+    assert types(11, task_id="V") == []
+    assert types(10_000, types=("expired",)) == [("G", "expired")]
+    # Without an owner, visible_at changes nothing: the log is read as it is.
+    assert len(backend.views.feed(FeedQuery(visible_at=at(11)))) == 6
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -326,7 +399,7 @@ def test_a_checkpoint_written_in_a_rolled_back_transaction_is_not_there(backend)
 # -- clear, and reads inside a transaction --------------------------------------------------------
 
 
-def test_clear_empties_the_task_rows_and_the_queue_and_keeps_the_log(backend):
+def test_clear_empties_the_task_rows_the_queue_and_the_feed_and_keeps_the_log(backend):
     write_task(backend, [created("a", 0)], queued=True)
     write_task(backend, [created("b", 1), claimed("b", 2)])
     with backend.log.transaction() as tx:
@@ -342,6 +415,7 @@ def test_clear_empties_the_task_rows_and_the_queue_and_keeps_the_log(backend):
     assert backend.views.queue_head() is None
     assert backend.views.queue_entries() == []
     assert backend.views.due_leases(at(1000)) == []
+    assert list(backend.views.feed_entries()) == []
     assert backend.log.last_position() == last
     assert len(backend.log.read_all()) == 3
 
@@ -360,13 +434,17 @@ def test_reads_with_tx_see_the_transactions_own_view_writes(backend, other):
         assert sorted(t for t, _ in backend.views.stored_states(tx=tx)) == ["new", "old"]
         assert backend.views.queue_head(tx=tx) == "new"
         assert backend.views.queue_entries(tx=tx) == [("new", event.position)]
+        backend.views.add_to_feed(tx, feed_entries("alice", [event]))
         assert backend.views.feed(FeedQuery(task_id="new"), tx=tx) == [event]
         mine = FeedQuery(owner="alice", after=event.position - 1)
         assert backend.views.feed(mine, tx=tx) == [event]
+        assert [e.task_id for e in backend.views.feed_entries(tx=tx)] == ["new", "old"]
         # another instance sees none of it before the commit
         assert other.views.load_task("new") is None
         assert other.views.queue_head() == "old"
         assert [s.task_id for s in other.views.list_tasks(query)] == ["old"]
         assert other.views.feed(FeedQuery(task_id="new")) == []
+        assert other.views.feed(mine) == []
     assert other.views.queue_head() == "new"
+    assert other.views.feed(mine) == [event]
     assert other.views.load_task("new") == state

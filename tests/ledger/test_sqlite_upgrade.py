@@ -1,7 +1,8 @@
 """Opening a database written by the version before the storage port: its ``tasks`` rows get
 the ``visible_until`` column (a damaged row does not stop the upgrade), and a retry of a request
 whose Idempotency-Key that version recorded is refused, never run again; and the table of the
-secret that signs file links is added."""
+secret that signs file links is added. Opening one from before the feed projection: the
+``feed`` table is made and filled from the log."""
 
 from __future__ import annotations
 
@@ -15,14 +16,20 @@ from api.keys import create_key
 from api.refusals import IdempotencyMismatch
 from api.settings import Settings
 from ledger import codec
+from ledger.commands import CancelTask, CreateTask, DeleteTask
 from ledger.decider import fold
-from ledger.log import TaskQuery
+from ledger.log import FeedQuery, TaskQuery
+from projections import audit
 from tests.ledger.stories import (
     EXPIRES_IN,
+    FILE,
+    FILE_BYTES,
     OWNER,
     at,
     cancelled,
     created,
+    envelope,
+    new_id,
 )
 
 #: The tables as the earlier version created them (projections/tasks.py, api/idempotency.py).
@@ -132,3 +139,40 @@ async def test_a_key_the_earlier_version_recorded_is_refused_not_run_again(tmp_p
         assert made == await service.create(alice, file=b"x", idempotency_key="sent-after")
     finally:
         close_service(service)
+
+
+def test_a_database_from_before_the_feed_gets_it_filled_from_the_log(tmp_path):
+    db = tmp_path / "before-feed.db"
+    store = Store(db)
+    kept, gone, bobs = new_id(), new_id(), new_id()
+    try:
+        for task_id, owner in ((kept, OWNER), (gone, OWNER), (bobs, "bob")):
+            command = CreateTask(
+                task_id=task_id, at=at(0), owner=owner, configuration={}, file=FILE
+            )
+            store.handler.execute(command, envelope(at(0)), blobs=[FILE_BYTES])
+        for command in (CancelTask(task_id=kept, at=at(1)), CancelTask(task_id=gone, at=at(1))):
+            store.handler.execute(command, envelope(at(1)))
+        store.handler.execute(DeleteTask(task_id=gone, at=at(2)), envelope(at(2)))
+        written = list(store.views.feed_entries())
+    finally:
+        store.close()
+    # What the earlier version's file looks like: everything but the feed table.
+    conn = sqlite3.connect(str(db))
+    conn.execute("DROP TABLE feed")
+    conn.close()
+
+    store = Store(db)
+    try:
+        assert list(store.views.feed_entries()) == written
+        assert {(e.task_id, e.type) for e in written if e.owner == OWNER} == {
+            (kept, "task_created"),
+            (kept, "cancelled"),
+            (gone, "deleted"),
+        }
+        mine = store.views.feed(FeedQuery(owner=OWNER))
+        assert [e.event.task_id for e in mine] == [kept, kept, gone]
+        assert audit.verify(store.log, store.views) == []
+    finally:
+        store.close()
+    Store(db).close()  # opening it again changes nothing
