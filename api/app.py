@@ -8,7 +8,6 @@ table, handlers call one service method each, and one table maps errors to plain
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +34,7 @@ from api.health import HealthController
 from api.requestlog import request_log_middleware
 from api.service import TaskLedger
 from api.settings import Settings, settings_from_env
-from api.sweeper import run_sweepers
+from api.sweeper import Sweepers
 from api.tasks import TaskController, TasksController
 from api.worker import WorkerController
 from ledger import __version__
@@ -100,16 +99,15 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         service = open_service(settings)
         app.state.service = service
-        sweeper = None
-        if settings.sweep_interval > 0:
-            sweeper = asyncio.create_task(run_sweepers(service))
+        sweepers = Sweepers(service) if settings.sweep_interval > 0 else None
+        if sweepers is not None:
+            sweepers.start()
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+            if sweepers is not None:
+                # Off the loop: the pass under way may be waiting for the writer.
+                await asyncio.to_thread(sweepers.stop)
             close_service(service)
 
     return Litestar(

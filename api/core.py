@@ -19,7 +19,6 @@ from api.policy import Caller, UseCase
 from api.readpool import ReadPool
 from api.refusals import IdempotencyMismatch
 from api.settings import Settings
-from ledger.commands import AnyCommand
 from ledger.errors import DuplicateRecord
 from ledger.events import SUCCEEDED, BlobRef, OutputSummary
 from ledger.handler import CommandSource, Outcome, Request
@@ -329,14 +328,6 @@ class ServiceCore:
             ) from None
         note(outcome="replayed")
         return result
-
-    async def run_system(self, command: AnyCommand) -> Outcome:
-        """A command the service itself issues (the sweepers)."""
-        outcome = await self.writer.submit_async(
-            Request(command=command, envelope=Envelope(recorded_at=self.clock()))
-        )
-        self._notify(outcome)
-        return outcome
 
     def _notify(self, outcome: Outcome) -> None:
         """Wake the claims waiting in this process when a task has become claimable."""

@@ -1,6 +1,10 @@
-"""The sweepers, a background task inside the server: expired leases (re-queued, or timed out
-once ``max_attempts`` claims have run out) and expired tasks (tombstoned: 404 from then on,
+"""The sweepers, on a thread of their own inside the server: expired leases (re-queued, or timed
+out once ``max_attempts`` claims have run out) and expired tasks (tombstoned: 404 from then on,
 blobs purged, events kept), through ``TaskLedger.sweep``.
+
+Their reads run on this thread's own read connection and their commands go straight to the
+group-commit writer, so neither the read pool (busy with the API's reads, however many) nor the
+event loop (however many streams it serves) stands between an expired lease and its re-queue.
 
 Several server processes may sweep the same database. That is safe without any leader election:
 each sweep command is decided against the task's current state inside the write transaction, so
@@ -9,7 +13,7 @@ whichever process comes second finds nothing to do (the decider returns no event
 
 from __future__ import annotations
 
-import asyncio
+import threading
 
 import structlog
 
@@ -18,10 +22,11 @@ from api.service import TaskLedger
 log = structlog.get_logger("taskledger.sweeper")
 
 
-async def sweep_once(service: TaskLedger) -> dict[str, int]:
-    """One pass of both sweepers; returns how many leases and tasks it expired."""
+def sweep_once(service: TaskLedger) -> dict[str, int]:
+    """One pass of both sweepers, on the calling thread; returns how many leases and tasks it
+    expired."""
     counts = {"leases_expired": 0, "timed_out": 0, "tasks_expired": 0}
-    for command, outcome in await service.sweep():
+    for command, outcome in service.sweep():
         if isinstance(outcome, BaseException):
             log.warning("sweep_failed", task_id=command.task_id, error=str(outcome))
             continue
@@ -34,13 +39,29 @@ async def sweep_once(service: TaskLedger) -> dict[str, int]:
     return counts
 
 
-async def run_sweepers(service: TaskLedger) -> None:
-    interval = service.settings.sweep_interval
-    while True:
-        try:
-            await sweep_once(service)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("sweep_error", error_type=type(exc).__name__, error=str(exc))
-        await asyncio.sleep(interval)
+class Sweepers:
+    """The sweepers' thread: a pass every ``settings.sweep_interval`` seconds until ``stop``."""
+
+    def __init__(self, service: TaskLedger) -> None:
+        self.service = service
+        self.interval = service.settings.sweep_interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskledger-sweepers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop after the pass under way (its commands are answered by the writer, which is
+        still running)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sweep_once(self.service)
+            except Exception as exc:
+                log.warning("sweep_error", error_type=type(exc).__name__, error=str(exc))
+            self._stop.wait(self.interval)

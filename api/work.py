@@ -29,7 +29,8 @@ from ledger.commands import (
 )
 from ledger.errors import TaskNotFound
 from ledger.events import SUCCEEDED, blob_ref
-from ledger.handler import NothingToDo, Outcome
+from ledger.handler import NothingToDo, Outcome, Request
+from ledger.log import Envelope
 from ledger.state import TaskState
 
 
@@ -353,12 +354,21 @@ class WorkerCases(ServiceCore):
         ]
         return [*leases, *(ExpireTask(task_id=t, at=at) for t in views.due_expiries(at))]
 
-    async def sweep(self) -> list[tuple[AnyCommand, Outcome | BaseException]]:
+    def sweep(self) -> list[tuple[AnyCommand, Outcome | BaseException]]:
         """One pass of the sweepers: expired leases and expired tasks, each a system command
         decided against the task's state in the write transaction (so several processes
-        sweeping one database do each job once)."""
-        commands = await self.reads.run(self._sweep_commands, self.clock())
-        outcomes = await asyncio.gather(
-            *(self.run_system(c) for c in commands), return_exceptions=True
-        )
-        return list(zip(commands, outcomes, strict=True))
+        sweeping one database do each job once). Blocking, on the calling thread: the
+        sweepers' own (``api.sweeper``), so no read waiting on the read pool and no busy event
+        loop can hold them up."""
+        commands = self._sweep_commands(self.clock())
+        futures = [
+            self.writer.submit(Request(command=c, envelope=Envelope(recorded_at=self.clock())))
+            for c in commands
+        ]
+        done: list[tuple[AnyCommand, Outcome | BaseException]] = []
+        for command, future in zip(commands, futures, strict=True):
+            try:
+                done.append((command, future.result()))
+            except Exception as exc:
+                done.append((command, exc))
+        return done
