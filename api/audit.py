@@ -1,22 +1,26 @@
 """History and the live feed: a task's events, the global feed with a cursor, and the same feed
-as Server-Sent Events. Users see their own tasks; admins see everything, deleted and expired
-tasks included (``api.policy``)."""
+as Server-Sent Events. Users see their own live tasks (a deleted or expired task's events leave
+their feed, all but its tombstone); admins see everything, deleted and expired tasks included
+(``api.policy``)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import msgspec
-from litestar import Controller, Response, get
+from litestar import Controller, MediaType, Response, get
 from litestar.datastructures import ResponseHeader
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEventMessage
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Scope, Send
 
 from api.auth import guard
-from api.openapi import AUTH, READ, responses
+from api.live import Follow
+from api.openapi import AUTH, READ, event_stream_reply, responses
 from api.policy import UseCase
 from api.refusals import BadRequest
 from api.schemas import EventJSON, FeedPage, event_json
@@ -29,6 +33,14 @@ After = Annotated[int, QueryParameter(ge=0, le=MAX_POSITION, description="The la
 Types = Annotated[list[str] | None, QueryParameter(description="Only these event types")]
 OneTask = Annotated[str | None, QueryParameter(description="Only this task's events")]
 LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID")]
+#: The stream's 429: the rate limit, or the key's streams (serve --max-streams-per-key).
+TOO_MANY = ResponseSpec(
+    data_container=str,
+    media_type=MediaType.TEXT,
+    description="Rate limit exceeded for this key, or it already holds as many open streams as "
+    "it may (serve --max-streams-per-key); see Retry-After",
+    generate_examples=False,
+)
 
 
 class AuditController(Controller):
@@ -105,7 +117,7 @@ class AuditController(Controller):
         summary="The event feed, live, as Server-Sent Events",
         media_type="text/event-stream",
         guards=[guard(UseCase.FEED)],
-        responses=responses(400, *AUTH, 403),
+        responses={**responses(400, *AUTH, 403), 200: event_stream_reply(), 429: TOO_MANY},
     )
     async def stream(
         self,
@@ -115,7 +127,7 @@ class AuditController(Controller):
         type: Types = None,
         task_id: OneTask = None,
         last_event_id: LastEventId = None,
-    ) -> ServerSentEvent:
+    ) -> ASGIStreamingResponse:
         if last_event_id is not None:
             last = last_event_id.strip()
             if (
@@ -124,32 +136,48 @@ class AuditController(Controller):
             ):
                 raise BadRequest("Last-Event-ID must be an event position")
             after = int(last)
-        caller, types = request.user, type or ()
-        # Checked now, so a bad request is a 400 and not a stream that ends at once.
-        await service.feed(caller, after=after, limit=1, types=types, task_id=task_id)
+        # A bad request is a 400 here, and a key past its streams a 429, not a stream that
+        # ends at once.
+        follow = await service.follow(request.user, after=after, types=type or (), task_id=task_id)
+        return EventStream(sse(follow), on_close=follow.close)
 
-        async def events() -> AsyncIterator[ServerSentEventMessage]:
-            cursor, idle = after, 0.0
-            while True:
-                found = await service.feed(
-                    caller, after=cursor, limit=500, types=types, task_id=task_id
-                )
-                for recorded in found:
-                    yield ServerSentEventMessage(
-                        data=msgspec.json.encode(event_json(recorded)).decode(),
-                        event=type_of(recorded.event),
-                        id=str(recorded.position),
-                    )
-                if found:
-                    cursor, idle = found[-1].position, 0.0
-                    continue
-                if idle >= 15:
-                    yield ServerSentEventMessage(comment="keep-alive")
-                    idle = 0.0
-                await asyncio.sleep(0.2)
-                idle += 0.2
 
-        return ServerSentEvent(events())
+async def sse(follow: Follow) -> AsyncIterator[bytes]:
+    """The stream's pages as Server-Sent Events: ``id:`` the position, ``event:`` the type; a
+    keep-alive comment for an empty page; a last comment when the key was revoked."""
+    async for page in follow.pages():
+        if not page:
+            yield ServerSentEventMessage(comment="keep-alive", data=None).encode()
+        for recorded in page:
+            yield ServerSentEventMessage(
+                data=msgspec.json.encode(event_json(recorded)).decode(),
+                event=type_of(recorded.event),
+                id=str(recorded.position),
+            ).encode()
+    if follow.revoked:
+        yield ServerSentEventMessage(comment="the API key was revoked", data=None).encode()
+
+
+class EventStream(ASGIStreamingResponse):
+    """A ``text/event-stream`` response that calls ``on_close`` however it ends: the stream ran
+    out (the key was revoked), the client hung up, or it was cancelled before its first byte.
+    (A generator's own ``finally`` does not run if it never started.)"""
+
+    __slots__ = ("on_close",)
+
+    def __init__(self, iterator: AsyncIterator[bytes], *, on_close: Callable[[], Any]) -> None:
+        super().__init__(
+            iterator=iterator,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 def type_of(event: msgspec.Struct) -> str:

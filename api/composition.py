@@ -127,6 +127,7 @@ def open_service(settings: Settings) -> TaskLedger:
 def close_service(service: TaskLedger) -> None:
     if service.fetcher is not None:
         service.fetcher.close()
+    service.watch.close()
     service.reads.close()
     service.writer.stop()
     service.store.close()

@@ -14,6 +14,7 @@ import msgspec
 from api import idempotency
 from api.groupcommit import Writer
 from api.keys import Gate
+from api.live import Watch
 from api.output import stored_fields, summary_of_stored
 from api.policy import Caller, UseCase
 from api.readpool import ReadPool
@@ -24,7 +25,6 @@ from ledger.events import SUCCEEDED, BlobRef, OutputSummary
 from ledger.handler import CommandSource, Outcome, Request
 from ledger.log import Actor, Envelope, StoredOutcome
 from ledger.state import TaskState
-from projections.queue import claimable
 
 if TYPE_CHECKING:
     from api.composition import Store
@@ -99,8 +99,9 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ServiceCore:
-    """What every use case shares: the store, group commit, the read pool, the clock, and the
-    one path a command takes (idempotency, envelope, group commit, result)."""
+    """What every use case shares: the store, group commit, the read pool, the clock, the
+    wake-ups of readers waiting for the log to move (``api.live.Watch``), and the one path a
+    command takes (idempotency, envelope, group commit, result)."""
 
     def __init__(
         self,
@@ -120,8 +121,12 @@ class ServiceCore:
         #: Downloads a create's file given by URL (none: such creates are refused). The
         #: composition root sets it (``open_service``).
         self.fetcher: Fetcher | None = None
-        #: Set whenever this process makes a task claimable, to wake long-polling claims.
-        self.queue_changed = asyncio.Event()
+        #: Wakes the streams and long-polling claims waiting in this process: the writer tells
+        #: it after each batch; it looks for other processes' appends and revoked keys itself.
+        self.watch = Watch(
+            reads, store.log, store.records, max_streams_per_key=settings.max_streams_per_key
+        )
+        writer.listen(self.watch.committed)
         #: Summaries worked out from outputs recorded before summaries were (immutable: a blob
         #: is content-addressed), so each such output is read once per process, not per read.
         self._summaries: dict[tuple[str, str | None], OutputSummary] = {}
@@ -308,7 +313,6 @@ class ServiceCore:
             events=len(outcome.recorded),
             outcome="appended" if outcome.recorded else "unchanged",
         )
-        self._notify(outcome)
         return outcome.extra, False
 
     def _replay(self, stored: StoredOutcome, fp: str, result_type: type[R]) -> R:
@@ -328,9 +332,3 @@ class ServiceCore:
             ) from None
         note(outcome="replayed")
         return result
-
-    def _notify(self, outcome: Outcome) -> None:
-        """Wake the claims waiting in this process when a task has become claimable."""
-        if outcome.recorded and claimable(outcome.after):
-            changed, self.queue_changed = self.queue_changed, asyncio.Event()
-            changed.set()

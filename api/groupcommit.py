@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Self
 
@@ -35,6 +36,14 @@ class Writer:
         #: Batches committed and commands in them, for the benchmark and tests.
         self.batches = 0
         self.commands = 0
+        self._listeners: list[Callable[[Sequence[Any]], None]] = []
+
+    def listen(self, listener: Callable[[Sequence[Any]], None]) -> None:
+        """Call ``listener(results)`` on the writer thread after each batch, once its answers
+        are delivered; ``results`` are the batch's Outcomes and errors, in order. It must be
+        quick; what it raises is dropped (``api.live.Watch.committed`` wakes the waiting
+        readers)."""
+        self._listeners.append(listener)
 
     def start(self) -> None:
         with self._lock:
@@ -95,6 +104,11 @@ class Writer:
                 else:
                     future.set_result(result)
             deliver(on_loops)
+            for listener in self._listeners:
+                try:
+                    listener(results)
+                except Exception:  # a listener's fault must never stop the writer
+                    pass
             if stopping:
                 return
 

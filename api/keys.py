@@ -47,6 +47,13 @@ def revoke_key(records: Records, key_id: str) -> bool:
     return records.revoke_key(key_id, _now())
 
 
+def is_active(records: Records, key_id: str) -> bool:
+    """Whether the key with this id exists and is not revoked (what an open stream or a waiting
+    claim re-checks: the key it was authenticated with may have been revoked since)."""
+    found = records.find_key(key_id)
+    return found is not None and found[0].revoked_at is None
+
+
 def parse_authorization(header: str | None) -> str:
     """The key from ``Authorization: <key>`` or ``Authorization: Bearer <key>``."""
     if header is None:

@@ -38,6 +38,18 @@ def json_reply(struct: Any) -> ResponseSpec:
     return ResponseSpec(data_container=struct, description="OK", generate_examples=False)
 
 
+def event_stream_reply() -> ResponseSpec:
+    """The 200 response of the Server-Sent Events route (its handler answers a raw stream)."""
+    return ResponseSpec(
+        data_container=str,
+        media_type="text/event-stream",
+        description="Server-Sent Events: each event's id is its position, its event its type, "
+        "its data the event's JSON; a keep-alive comment after 15 s of quiet; the stream ends "
+        "when the key is revoked",
+        generate_examples=False,
+    )
+
+
 def responses(*codes: int) -> dict[int, ResponseSpec]:
     """Plain-text responses for ``codes`` (204: no body)."""
     return {

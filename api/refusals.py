@@ -15,9 +15,21 @@ class InvalidKey(Exception):
 class RateLimited(Exception):
     """Too many requests for this key (429); ``retry_after`` is how many seconds to wait."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("Rate limit exceeded; retry later")
+    def __init__(self, retry_after: int, message: str = "Rate limit exceeded; retry later") -> None:
+        super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyStreams(RateLimited):
+    """The key already has as many event streams open in this process as it may (429)."""
+
+    def __init__(self, limit: int, retry_after: int = 5) -> None:
+        super().__init__(
+            retry_after,
+            f"Too many open event streams for this key: {limit} are open, the most one key may"
+            " have; close one, then retry",
+        )
+        self.limit = limit
 
 
 class Busy(Exception):

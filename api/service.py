@@ -23,6 +23,7 @@ from api.fetch import Fetched, FileUrl
 from api.filetypes import accepted, sniff
 from api.ids import new_task_id
 from api.links import LinkCases
+from api.live import PAGE, Follow
 from api.output import decoded
 from api.policy import Caller, Grant, Scope, UseCase, authorize
 from api.refusals import BadRequest
@@ -467,20 +468,52 @@ class TaskLedger(LinkCases, WorkerCases):
         that are still visible (a deleted or expired task's have left it, all but its
         tombstone: ``projections.feed``); an admin's are the whole log."""
         grant = authorize(UseCase.FEED, caller)
+        self._check_types(types)
+        if not 1 <= limit <= MAX_FEED_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_FEED_LIMIT}")
+        return await self.reads.run(self._feed_page, grant, after, limit, tuple(types), task_id)
+
+    async def follow(
+        self,
+        caller: Caller,
+        *,
+        after: int = 0,
+        types: Sequence[str] = (),
+        task_id: str | None = None,
+    ) -> Follow:
+        """The feed, live: ``feed`` from ``after`` on, then each event as it is appended, until
+        the caller's key is revoked (``api.live.Follow``). It holds one of the key's stream
+        slots until it is closed: TooManyStreams (429) if the key already holds
+        ``settings.max_streams_per_key`` in this process."""
+        grant = authorize(UseCase.FEED, caller)
+        self._check_types(types)
+        held = self.watch.hold(caller.key_id, stream=True)
+        wanted = tuple(types)
+
+        def read_page(cursor: int) -> tuple[int, list[RecordedEvent]]:
+            head = self.store.log.last_position()  # before the page: see Follow.pages
+            return head, self._feed_page(grant, cursor, PAGE, wanted, task_id)
+
+        return Follow(self.reads, self.watch, held, read_page, after, grant.owner)
+
+    @staticmethod
+    def _check_types(types: Sequence[str]) -> None:
         unknown = sorted(set(types) - set(EVENT_TAGS))
         if unknown:
             raise BadRequest(f"Unknown event type {unknown[0]!r}; known: {', '.join(EVENT_TAGS)}")
-        if not 1 <= limit <= MAX_FEED_LIMIT:
-            raise BadRequest(f"limit must be between 1 and {MAX_FEED_LIMIT}")
+
+    def _feed_page(
+        self, grant: Grant, after: int, limit: int, types: tuple[str, ...], task_id: str | None
+    ) -> list[RecordedEvent]:
         query = FeedQuery(
             after=after,
             limit=limit,
             owner=grant.owner,
-            types=tuple(types),
+            types=types,
             task_id=task_id,
             visible_at=self.clock(),
         )
-        return await self.reads.run(self.store.views.feed, query)
+        return self.store.views.feed(query)
 
 
 __all__ = ["Finished", "HistoryPage", "ListTooLarge", "TaskLedger", "TaskView", "now"]

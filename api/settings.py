@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, kw_only=True):
     sweep_interval: float = 1.0
     #: Longest long poll a worker may ask for on claim.
     max_wait_seconds: int = 60
+    #: Event streams (GET /api/v1/events/stream) one key may hold open at once in one server
+    #: process; the next is 429 until one closes.
+    max_streams_per_key: int = 8
     #: Per-key rate limit in requests per second (token bucket); None disables it.
     rate_limit_per_second: float | None = None
     rate_limit_burst: int = 20

@@ -14,9 +14,11 @@ import msgspec
 
 from api.contract import check_worker_id
 from api.core import OCTET_STREAM, Download, Finished, ServiceCore, TaskView, log_fields, note
+from api.keys import is_active
+from api.live import Hold
 from api.output import checked_output, summarise
 from api.policy import Caller, Grant, UseCase, authorize
-from api.refusals import BadRequest
+from api.refusals import BadRequest, InvalidKey
 from ledger.commands import (
     AnyCommand,
     ClaimTask,
@@ -48,7 +50,9 @@ class WorkerCases(ServiceCore):
     ) -> TaskView | None:
         """Claim the oldest claimable task for ``worker_id``, waiting up to ``wait_seconds``
         (capped by the settings) for one; None if none came, or once ``gone`` is done (the
-        worker stopped listening: nothing is ever claimed for it then)."""
+        worker stopped listening: nothing is ever claimed for it then). A claim that waited
+        re-reads its key before it tries again, and is InvalidKey (401) if it was revoked
+        meanwhile: a revoked worker takes nothing."""
         authorize(UseCase.CLAIM, caller)
         worker_id = check_worker_id(worker_id)
         seconds = self.lease_for(lease_seconds)
@@ -56,29 +60,42 @@ class WorkerCases(ServiceCore):
         deadline = time.monotonic() + wait
         source = self.store.claim_source(self.claim_maker(worker_id, seconds, gone))
         parts = (worker_id, lease_seconds, wait_seconds)
+        held: Hold | None = None
         first = True
-        while True:
-            changed = self.queue_changed
-            if gone is not None and gone.done():
-                return None
-            try:
-                if not first and not await self.reads.run(self.queue_has_work):
-                    # An empty queue seen on a read connection: no write transaction needed.
-                    raise NothingToDo()
-                first = False
-                return await self._run(
-                    UseCase.CLAIM,
-                    caller,
-                    source,
-                    TaskView,
-                    self._bare,
-                    parts,
-                    idempotency_key,
-                    request_id,
-                )
-            except NothingToDo:
-                if not await self.wait_for_work(changed, gone, deadline):
+        try:
+            while True:
+                changed = self.watch.work()
+                if gone is not None and gone.done():
                     return None
+                try:
+                    if not first:
+                        # Read on a read connection: no write transaction for an empty queue.
+                        has_work, key_live = await self.reads.run(self._may_claim, caller.key_id)
+                        if not key_live:
+                            raise InvalidKey("Invalid or inactive API key")
+                        if not has_work:
+                            raise NothingToDo()
+                    first = False
+                    return await self._run(
+                        UseCase.CLAIM,
+                        caller,
+                        source,
+                        TaskView,
+                        self._bare,
+                        parts,
+                        idempotency_key,
+                        request_id,
+                    )
+                except NothingToDo:
+                    if held is None and wait > 0:
+                        # Held from the first wait on (a commit before it that made work is
+                        # seen by the watch's first look at the log, which wakes ``changed``).
+                        held = self.watch.hold(caller.key_id)
+                    if not await self.wait_for_work(changed, gone, deadline, held):
+                        return None
+        finally:
+            if held is not None:
+                held.close()
 
     async def heartbeat(
         self,
@@ -328,20 +345,37 @@ class WorkerCases(ServiceCore):
     def queue_has_work(self) -> bool:
         return self.store.views.queue_head() is not None
 
+    def _may_claim(self, key_id: str) -> tuple[bool, bool]:
+        """On a reader thread, before a waiting claim tries again: whether the queue holds a
+        task, and whether the claim's key is still active."""
+        return self.queue_has_work(), is_active(self.store.records, key_id)
+
     async def wait_for_work(
-        self, changed: asyncio.Event, gone: asyncio.Future[Any] | None, deadline: float
+        self,
+        changed: asyncio.Event,
+        gone: asyncio.Future[Any] | None,
+        deadline: float,
+        held: Hold | None = None,
     ) -> bool:
-        """Wait until a task may have become claimable (woken at once by one queued in this
-        process; other processes' are seen by polling), the worker stops listening or the
-        deadline passes; False once the deadline has passed."""
+        """Wait until a task may have become claimable (``changed``: set by this process's
+        writer at once, and within ``api.live.OTHER_PROCESSES_SECONDS`` for another
+        process's), the worker stops listening, its key is found revoked (``held``) or the
+        deadline passes; False once the deadline has passed. No timer of its own: a waiting
+        claim costs nothing until one of those happens."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
+        if held is not None:
+            waits.append(asyncio.ensure_future(held.revoked.wait()))
         if gone is not None:
             waits.append(gone)
-        await asyncio.wait(waits, timeout=min(remaining, 0.25), return_when=asyncio.FIRST_COMPLETED)
-        waits[0].cancel()
+        try:
+            await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                if waiting is not gone:
+                    waiting.cancel()
         return True
 
     # -- the sweepers ------------------------------------------------------------------------

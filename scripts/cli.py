@@ -168,6 +168,13 @@ def cli() -> None:
     help="Requests a key may make at once before --rate-limit applies.",
 )
 @click.option(
+    "--max-streams-per-key",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Event streams one key may hold open at once, per server process (429 past it).",
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
@@ -262,6 +269,7 @@ def serve(
     sweep_interval: float,
     rate_limit: float | None,
     rate_limit_burst: int,
+    max_streams_per_key: int,
     workers: int,
     fetch_timeout: float,
     allow_private_fetch: bool,
@@ -330,6 +338,7 @@ def serve(
         rate_limit_burst=rate_limit_burst,
         fetch_timeout=fetch_timeout,
         allow_private_fetch=allow_private_fetch,
+        max_streams_per_key=max_streams_per_key,
         park_ms=park_ms,
         max_events_per_task=max_events_per_task,
         file_types=file_types,

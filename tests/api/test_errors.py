@@ -8,7 +8,14 @@ import pytest
 
 from api.errors import STATUS, handle_any
 from api.policy import Forbidden
-from api.refusals import BadRequest, Busy, IdempotencyMismatch, InvalidKey, RateLimited
+from api.refusals import (
+    BadRequest,
+    Busy,
+    IdempotencyMismatch,
+    InvalidKey,
+    RateLimited,
+    TooManyStreams,
+)
 from ledger.errors import (
     ConcurrencyConflict,
     EventLimitReached,
@@ -36,6 +43,12 @@ CASES = [
     (IdempotencyMismatch(), 422, None),
     (RateLimited(3), 429, "Rate limit exceeded; retry later"),
     (EventLimitReached(10), 429, "This task has reached its limit of 10 events; create a new task"),
+    (
+        TooManyStreams(8),
+        429,
+        "Too many open event streams for this key: 8 are open, the most one key may have;"
+        " close one, then retry",
+    ),
     (RecursionError(), 400, "Invalid request body: it is nested too deeply"),
 ]
 
@@ -55,6 +68,7 @@ def test_the_cases_cover_the_table():
 
 def test_headers_tell_when_to_retry_and_how_to_authenticate():
     assert handle_any(None, RateLimited(7)).headers["Retry-After"] == "7"  # type: ignore[arg-type]
+    assert handle_any(None, TooManyStreams(8)).headers["Retry-After"] == "5"  # type: ignore[arg-type]
     assert handle_any(None, StorageUnavailable("x")).headers["Retry-After"] == "5"  # type: ignore[arg-type]
     assert handle_any(None, Busy("x")).headers["Retry-After"] == "5"  # type: ignore[arg-type]
     assert "Bearer" in handle_any(None, InvalidKey("x")).headers["WWW-Authenticate"]  # type: ignore[arg-type]
