@@ -162,6 +162,8 @@ def requeue_delay(api: str, db: Path, user: str, worker: str) -> float:
             time.sleep(0.05)
         else:
             raise RuntimeError("the lease was not re-queued within 120 s")
+        # Cancelled, so that a later run on the same database finds the queue empty again.
+        client.get(f"/task/{task_id}/cancel", headers={"Authorization": user})
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = dict(
