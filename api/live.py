@@ -12,11 +12,11 @@ event it holds, so no wake-up is missed, and a batch that appended nothing wakes
 
 Other processes on the same database (``serve --workers N``, separate ``serve`` processes) do
 not call this process's writer. While anyone waits here, one background task (``Watch._run``)
-reads the log's last position every ``OTHER_PROCESSES_SECONDS`` and fires both events when it has
-moved past what this process has seen: one indexed read per interval for the whole process, not
-one per waiting reader. The same task re-reads, every ``KEY_CHECK_SECONDS``, the keys that hold
-a stream or a claim open, and sets each revoked one's ``Hold.revoked``: a stream ends, a waiting
-claim answers 401.
+reads the log's last position every ``OTHER_PROCESSES_SECONDS`` and wakes everyone when events
+other than this process's own were appended since its last look: one indexed read per interval
+for the whole process, not one per waiting reader. The same task re-reads, every
+``KEY_CHECK_SECONDS``, the keys that hold a stream or a claim open, and sets each revoked one's
+``Hold.revoked``: a stream ends, a waiting claim answers 401.
 
 ``Follow`` is one open stream of a caller's feed: a page of events whenever the log moved, an
 empty page after ``KEEP_ALIVE_SECONDS`` of quiet, and the end once the key is revoked. Each
@@ -103,8 +103,11 @@ class Watch:
         self._streams: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        #: The last position this process knows to be in the log.
-        self._seen = 0
+        #: The log's last position at the watch's last look, and the positions this process has
+        #: appended since (while anyone waits): what lies between them and is not ours, another
+        #: process appended.
+        self._looked = 0
+        self._ours: list[int] = []
 
     # -- what a reader takes before it reads, and waits on after ---------------------------
 
@@ -166,20 +169,21 @@ class Watch:
         loop = self._loop
         if loop is None or not self._holds:
             return  # nobody waits: nobody to wake
-        last, work, owners = 0, False, set()
+        positions: list[int] = []
+        work, owners = False, set()
         for result in results:
             if isinstance(result, Outcome) and result.recorded:
-                last = max(last, result.recorded[-1].position)
+                positions += [r.position for r in result.recorded]
                 work = work or claimable(result.after)
                 owners.add(result.after.owner)
-        if last:
+        if positions:
             try:
-                loop.call_soon_threadsafe(self._wake, last, work, owners)
+                loop.call_soon_threadsafe(self._wake, positions, work, owners)
             except RuntimeError:  # the loop has closed: nobody is waiting any more
                 pass
 
-    def _wake(self, position: int, work: bool, owners: set[str | None]) -> None:
-        self._seen = max(self._seen, position)
+    def _wake(self, positions: list[int], work: bool, owners: set[str | None]) -> None:
+        self._ours += positions
         self._fire(work, owners)
 
     def _fire(self, work: bool, owners: set[str | None] | None = None) -> None:
@@ -212,8 +216,7 @@ class Watch:
                 except Exception as exc:  # the next round tries again
                     log.warning("watch_failed", error_type=type(exc).__name__, error=str(exc))
                 else:
-                    if head > self._seen:  # appended by another process: wake everyone
-                        self._seen = head
+                    if self._moved_elsewhere(head):  # another process appended: wake all
                         self._fire(work=True)
                     for key_id in revoked:
                         for held in self._holds.get(key_id, ()):
@@ -222,6 +225,20 @@ class Watch:
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
+
+    def _moved_elsewhere(self, head: int) -> bool:
+        """Whether events up to ``head`` (the log's last position, just read) were appended
+        since the last look by anyone but this process, whose own have woken their readers
+        already. Positions are gapless, so it is a count; a gap would only wake readers for
+        nothing, never miss one. (Comparing ``head`` with the last position this process wrote
+        would miss another process's event followed by one of ours.)"""
+        if head <= self._looked:
+            return False
+        ours = sum(1 for p in self._ours if self._looked < p <= head)
+        elsewhere = head - self._looked - ours
+        self._ours = [p for p in self._ours if p > head]
+        self._looked = head
+        return elsewhere > 0
 
     def _look(self, keys: list[str]) -> tuple[int, list[str]]:
         """On a reader thread: the log's last position, and which of ``keys`` are revoked."""

@@ -142,6 +142,26 @@ async def test_another_processes_appends_reach_the_stream(service):
 
 
 @pytest.mark.anyio
+async def test_another_processes_event_followed_at_once_by_one_of_ours_still_wakes_its_owner(
+    service,
+):
+    """The watch must not take the log's last position, which this process's own commit just
+    moved, for a sign that nothing else was appended before it."""
+    (alice, key_text), (bob, _) = key(service, "alice"), key(service, "bob")
+    reader = Reader(await service.follow(alice))
+    await asyncio.sleep(0.7)  # past the watch's first look at the log
+    other = open_service(Settings(db_path=service.store.path, sweep_interval=0))
+    try:
+        theirs = await other.create(other.authenticate(key_text), file=b"elsewhere")
+        await service.create(bob, file=b"here")  # bob's: wakes no stream of alice's
+        got = await reader.until(1, timeout=5)
+        assert got[0].event.task_id == theirs.state.task_id
+    finally:
+        close_service(other)
+        await reader.stop()
+
+
+@pytest.mark.anyio
 async def test_a_revoked_keys_stream_ends_and_its_waiting_claim_is_refused(service):
     (alice, alice_key) = key(service, "alice")
     (worker, worker_key) = key(service, "pool", "worker")
