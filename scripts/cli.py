@@ -47,7 +47,11 @@ def announce_admin_key(db: Path, key_id: str, key: str) -> None:
         )
         return
     path = admin_key_file(db)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A file left from before (or a link planted there) is replaced, never written through: the
+    # new file is made here, 0600 whatever the umask.
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
     with open(fd, "w") as out:
         out.write(key + "\n")
     click.echo(

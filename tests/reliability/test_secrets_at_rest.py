@@ -38,6 +38,17 @@ def test_the_first_admin_key_goes_to_a_private_file_not_to_stdout(tmp_path):
     assert server.proc.stdout.read() in (b"", None)
 
 
+def test_a_key_file_left_from_before_is_replaced_not_reused(tmp_path):
+    db = tmp_path / "ledger.db"
+    stale = tmp_path / "ledger.db.admin-key"
+    stale.write_text("an old key\n")
+    stale.chmod(0o644)
+    server = Server(db).start()
+    server.stop()
+    assert mode(stale) == 0o600
+    assert stale.read_text().startswith("tlk_")
+
+
 def test_backups_and_exports_are_private(tmp_path):
     db = tmp_path / "ledger.db"
     server = Server(db).start()
