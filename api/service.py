@@ -26,7 +26,7 @@ from api.links import LinkCases
 from api.live import PAGE, Follow
 from api.output import decoded
 from api.policy import Caller, Grant, Scope, UseCase, authorize
-from api.refusals import BadRequest
+from api.refusals import BadRequest, Busy
 from api.work import WorkerCases
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
 from ledger.errors import TaskNotFound
@@ -84,6 +84,9 @@ class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
 
 class TaskLedger(LinkCases, WorkerCases):
     """The use cases (the workers' in ``api.work``, the file links' in ``api.links``)."""
+
+    #: URL downloads in flight in this process (see ``_download``).
+    _downloads = 0
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -156,9 +159,19 @@ class TaskLedger(LinkCases, WorkerCases):
         )
 
     async def _download(self, url: str) -> Fetched:
+        """The file at ``url``. A download holds up to the body limit (twice, at its peak) as a
+        large create does, so it takes one of the same ``max_large_creates`` places: past them
+        it is refused with 503 and Retry-After before anything is fetched."""
         if self.fetcher is None:
             raise BadRequest("File URLs are not supported by this server; send the file as base64")
-        return await self.fetcher.fetch(url)
+        limit = self.settings.max_large_creates
+        if 0 < limit <= self._downloads:
+            raise Busy(f"Too many file downloads at once ({limit}); retry shortly")
+        self._downloads += 1
+        try:
+            return await self.fetcher.fetch(url)
+        finally:
+            self._downloads -= 1
 
     async def get(
         self,

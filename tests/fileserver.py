@@ -12,6 +12,7 @@ test process: each path answers as the case it stands for, and every request is 
 | ``/endless`` | 200, no length, 16 KiB chunks until the client goes (64 MiB at most) |
 | ``/declared-huge`` | 200 with ``Content-Length: 10**12``, no body |
 | ``/slow`` | 200, ``Content-Length: 1000``, one byte every 0.1 s |
+| ``/pause`` | 200, ``DOC``, after half a second (``peak`` counts such requests at once) |
 | ``/cookie`` | 200, ``DOC``, ``Set-Cookie`` |
 | ``/echo`` | 200, the request's headers as text |
 | ``/to-ftp`` | 302 to an ``ftp:`` URL |
@@ -43,12 +44,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        self.server.owner.requests.append((self.path, str(self.headers)))
+        owner = self.server.owner
+        owner.requests.append((self.path, str(self.headers)))
         path = self.path.split("?", 1)[0]
+        with owner.lock:
+            owner.in_flight += 1
+            owner.peak = max(owner.peak, owner.in_flight)
         try:
             self._answer(path)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (it was told to, past a limit or a deadline)
+        finally:
+            with owner.lock:
+                owner.in_flight -= 1
 
     def _answer(self, path: str) -> None:
         if path == "/doc.md":
@@ -94,6 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.1)
+        elif path == "/pause":
+            time.sleep(0.5)
+            self._send(200, DOC, Content_Type="text/markdown")
         elif path == "/cookie":
             self._send(200, DOC, Set_Cookie="session=secret; Path=/")
         elif path == "/echo":
@@ -125,6 +136,10 @@ class FileServer:
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[tuple[str, str]] = []
+        #: Requests being answered now, and the most there ever were at once.
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def paths(self) -> list[str]:

@@ -26,7 +26,7 @@ from api.fetch import (
     refusal_kind,
 )
 from api.keys import create_key
-from api.refusals import IdempotencyMismatch
+from api.refusals import Busy, IdempotencyMismatch
 from api.service import TaskLedger
 from api.settings import Settings
 from tests.fileserver import DOC, FileServer
@@ -370,10 +370,18 @@ async def test_a_retry_is_answered_without_downloading_again(service, files):
 
 
 @pytest.mark.anyio
-async def test_downloads_run_side_by_side_on_the_event_loop(service, files):
+async def test_downloads_run_side_by_side_up_to_the_large_create_limit(service, files):
+    """Downloads wait on the event loop side by side (the file server sees them at once), and at
+    most ``max_large_creates`` (4 by default) run in a process: one more is 503 at once."""
     alice = service.authenticate(create_key(service.store.records, "alice", "user")[1])
-    views = await asyncio.gather(
-        *(service.create(alice, file=FileUrl(f"{files.url}/hops/2/doc.md")) for _ in range(8))
+    limit = service.settings.max_large_creates
+    files.peak = 0
+    results = await asyncio.gather(
+        *(service.create(alice, file=FileUrl(f"{files.url}/pause?{n}")) for n in range(limit + 1)),
+        return_exceptions=True,
     )
-    assert {v.state.file_name for v in views} == {"doc.md"}
-    assert len({v.state.task_id for v in views}) == 8
+    refused = [r for r in results if isinstance(r, Busy)]
+    views = [r for r in results if not isinstance(r, BaseException)]
+    assert len(refused) == 1 and "Too many file downloads at once" in str(refused[0])
+    assert len(views) == limit and {v.state.file_name for v in views} == {"pause"}
+    assert files.peak == limit, "the downloads were answered side by side"
