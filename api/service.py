@@ -20,7 +20,7 @@ from api.configuration import ConfigurationInput, fields_from_input, parse_field
 from api.contract import check_file_name
 from api.core import Finished, TaskView, note, now
 from api.fetch import Fetched, FileUrl
-from api.filetypes import accepted, sniff
+from api.filetypes import PDF, accepted, sniff
 from api.ids import new_task_id
 from api.links import LinkCases
 from api.live import PAGE, Follow
@@ -299,12 +299,14 @@ class TaskLedger(LinkCases, WorkerCases):
         start: datetime | None = None,
         end: datetime | None = None,
         include_chunks: bool = False,
+        inline_inputs: bool = False,
     ) -> list[P]:
         """``list_tasks``, each task shaped by ``present`` on the reader thread that read it
         (as ``get_as``: ``data:`` links read the inputs there). The outputs are read only with
         ``include_chunks`` (the default is without, as Chunkr's), and then only if their sizes
         add up to at most ``Settings.max_list_output_bytes`` (the first task's always fits):
-        otherwise ``ListTooLarge``, before any is read."""
+        otherwise ``ListTooLarge``, before any is read. ``inline_inputs`` (``present`` puts
+        each input in the answer, as a ``data:`` URL) counts the inputs against the same cap."""
         grant = authorize(UseCase.LIST, caller)
         if page is not None and limit is None:
             raise BadRequest("Limit is required when page is provided")
@@ -319,32 +321,44 @@ class TaskLedger(LinkCases, WorkerCases):
         query = TaskQuery(
             at=self.clock(), owner=grant.owner, limit=limit, offset=offset, start=start, end=end
         )
-        return await self.reads.run(self._list, query, present, include_chunks)
+        return await self.reads.run(self._list, query, present, include_chunks, inline_inputs)
 
-    def _list(self, query: TaskQuery, present: Callable[[TaskView], P], chunks: bool) -> list[P]:
+    def _list(
+        self, query: TaskQuery, present: Callable[[TaskView], P], chunks: bool, inputs: bool
+    ) -> list[P]:
         states = self.store.views.list_tasks(query)
-        if chunks:
-            self._check_list_size(states)
+        if chunks or inputs:
+            self._check_list_size(states, chunks, inputs)
         return [present(self._read_view(s, chunks)) for s in states]
 
-    def _check_list_size(self, states: Sequence[TaskState]) -> None:
+    def _check_list_size(self, states: Sequence[TaskState], chunks: bool, inputs: bool) -> None:
         """Refuse a list with chunks whose outputs (as stored) add up to more than the cap,
-        counting only the answers that show chunks (Succeeded tasks). A list that answered
-        fewer tasks than asked would make a client that pages by ``page`` skip tasks unseen, so
-        the client is told the ``limit`` that fits instead."""
+        counting only the answers that show chunks (Succeeded tasks), and with ``inputs`` the
+        inputs sent as ``data:`` URLs (base64: 4/3 of their size, twice for a PDF, which is its
+        ``pdf_url`` too). A list that answered fewer tasks than asked would make a client that
+        pages by ``page`` skip tasks unseen, so the client is told the ``limit`` that fits
+        instead."""
         cap = self.settings.max_list_output_bytes
         total = 0
         counted = 0
         for n, state in enumerate(states):
-            if state.status != SUCCEEDED or state.output is None:
+            size = 0
+            if chunks and state.status == SUCCEEDED and state.output is not None:
+                size += state.output.size
+            if inputs and state.file is not None:
+                size += (state.file.size * 4 // 3) * (2 if state.media_type == PDF else 1)
+            if not size:
                 continue
-            total += state.output.size
+            total += size
             counted += 1
             if total > cap and counted > 1:
+                what = " and ".join(
+                    word for word, on in (("include_chunks", chunks), ("base64_urls", inputs)) if on
+                )
                 raise ListTooLarge(
-                    f"The outputs of these tasks add up to more than this server sends in one "
-                    f"list with include_chunks ({_size(cap)}): ask for fewer tasks (limit={n} "
-                    f"fits from here), or list without include_chunks and get each task"
+                    f"The outputs and files of these tasks add up to more than this server sends "
+                    f"in one list with {what} ({_size(cap)}): ask for fewer tasks (limit={n} "
+                    f"fits from here), or list without {what} and get each task"
                 )
 
     async def update(

@@ -300,5 +300,6 @@ class TasksController(Controller):
             start=start,
             end=end,
             include_chunks=include_chunks,
+            inline_inputs=base64_urls,
         )
         return json_array(parts)

@@ -243,3 +243,23 @@ async def test_an_answer_kept_before_summaries_renders_as_it_did(service):
     kept = msgspec.json.decode(msgspec.json.encode(old), type=TaskView)
     assert task_json(kept, True) == task_json(now, True)
     assert task_json(kept, False) == task_json(now, False)
+
+
+@pytest.mark.anyio
+async def test_a_list_with_inputs_as_data_urls_counts_them_against_the_cap(service):
+    """``base64_urls`` puts each input in the answer (4/3 of its size as base64): a list of
+    large inputs is refused as a list of large outputs is, before any input is read."""
+    user = key(service, "alice", "user")
+    big = b"x" * 900  # 1200 bytes as base64; the cap here is 2000
+    ids = [
+        (await service.create(user, file=big, file_name="a.txt")).state.task_id for _ in range(3)
+    ]
+    counted = Counted(service.store.log)
+    service.store.log = counted
+    with pytest.raises(ListTooLarge, match=r"with base64_urls \(2000 bytes\).*\(limit=1 "):
+        await service.list_as(user, lambda view: view, inline_inputs=True)
+    assert counted.reads == [], "refused before any input is read"
+    page = await service.list_as(user, lambda view: view, inline_inputs=True, limit=1)
+    assert [v.state.task_id for v in page] == [ids[-1]]
+    # Links instead of data: URLs put no input in the answer: no cap.
+    assert len(await service.list_as(user, lambda view: view)) == 3
