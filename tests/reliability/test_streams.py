@@ -180,10 +180,11 @@ def test_with_thirty_idle_streams_open_a_one_second_lease_is_requeued_promptly(b
     finally:
         for stream in streams:
             stream.close()
-    # The sweep runs every second: re-queued within about a second of the expiry (2 s is the
-    # target), however many streams are open, and the streams do not keep the server busy.
-    assert delay < 2.5, f"re-queued {delay:.2f} s after the lease ended"
-    assert share < 0.10, f"{share:.1%} of a core while the lease ran out"
+    # The sweep runs every second: re-queued within a few sweeps of the expiry however many
+    # streams are open (the measured figures, about 0.2-0.4 s, are in BENCHMARKS.md; before the
+    # sweepers had a thread of their own it took 23-28 s). A generous bound, not a timing: the
+    # streams' cost is compared side by side with no stream in the test above.
+    assert delay < 5, f"re-queued {delay:.2f} s after the lease ended ({share:.1%} of a core)"
 
 
 def occupy(reads: Any, release: threading.Event) -> None:
