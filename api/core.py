@@ -20,7 +20,7 @@ from api.policy import Caller, UseCase
 from api.readpool import ReadPool
 from api.refusals import IdempotencyMismatch
 from api.settings import Settings
-from ledger.errors import DuplicateRecord
+from ledger.errors import DuplicateRecord, TaskNotFound
 from ledger.events import SUCCEEDED, BlobRef, OutputSummary
 from ledger.handler import CommandSource, Outcome, Request
 from ledger.log import Actor, Envelope, StoredOutcome
@@ -174,6 +174,26 @@ class ServiceCore:
         """The task after a command, its output (if the answer shows its chunks) read inside
         the transaction."""
         return self._read_view(outcome.after, True, tx)
+
+    def _opened_input(self, state: TaskState | None) -> tuple[TaskState, bytes]:
+        """The task and the first piece of its input (on the reader thread that checked the
+        task); TaskNotFound if it has none or the blob is gone."""
+        if state is None or state.file is None:
+            raise TaskNotFound()
+        first = self._first_piece(state.file)
+        if first is None:
+            raise TaskNotFound()
+        return state, first
+
+    def _input_download(self, state: TaskState, first: bytes, media_type: str) -> Download:
+        """The input of ``state`` as a download: the first piece read, the rest streamed."""
+        assert state.file is not None
+        return Download(
+            name=state.file_name or "input",
+            media_type=media_type,
+            size=state.file.size,
+            pieces=self._pieces(state.file, first),
+        )
 
     def _first_piece(self, ref: BlobRef) -> bytes | None:
         """The first piece of a file (on the reader thread that checked its task); None if the

@@ -45,7 +45,6 @@ from api.core import OCTET_STREAM, Download, ServiceCore, now
 from api.filetypes import PDF
 from api.policy import Caller, Forbidden, Grant, UseCase, authorize
 from ledger.decider import is_visible
-from ledger.errors import TaskNotFound
 from ledger.log import Records
 from ledger.state import TaskState
 
@@ -213,13 +212,7 @@ class LinkCases(ServiceCore):
         state, first = await self.reads.run(
             self._read_linked_input, task_id, expires or "", signature or "", self.clock()
         )
-        assert state.file is not None
-        return Download(
-            name=state.file_name or "input",
-            media_type=state.media_type or OCTET_STREAM,
-            size=state.file.size,
-            pieces=self._pieces(state.file, first),
-        )
+        return self._input_download(state, first, state.media_type or OCTET_STREAM)
 
     def _read_linked_input(
         self, task_id: str, expires: str, signature: str, at: datetime
@@ -232,12 +225,7 @@ class LinkCases(ServiceCore):
         if at.timestamp() >= int(expires):
             raise InvalidLink("Link expired; get the task again for a new link")
         state = self.store.state(task_id)
-        if state is None or state.file is None or not is_visible(state, at):
-            raise TaskNotFound()
-        first = self._first_piece(state.file)
-        if first is None:
-            raise TaskNotFound()
-        return state, first
+        return self._opened_input(state if state is not None and is_visible(state, at) else None)
 
 
 # -- hosts -----------------------------------------------------------------------------------

@@ -234,22 +234,11 @@ class WorkerCases(ServiceCore):
         piece is read with the task, the rest as the client takes them."""
         grant = authorize(UseCase.READ_INPUT, caller)
         state, first = await self.reads.run(self._read_input, grant, task_id, self.clock())
-        assert state.file is not None
-        return Download(
-            name=state.file_name or "input",
-            media_type=OCTET_STREAM,
-            size=state.file.size,
-            pieces=self._pieces(state.file, first),
-        )
+        return self._input_download(state, first, OCTET_STREAM)
 
     def _read_input(self, grant: Grant, task_id: str, at: datetime) -> tuple[TaskState, bytes]:
         state = self.store.state(task_id)
-        if state is None or not grant.sees(state, at) or state.file is None:
-            raise TaskNotFound()
-        first = self._first_piece(state.file)
-        if first is None:
-            raise TaskNotFound()
-        return state, first
+        return self._opened_input(state if state is not None and grant.sees(state, at) else None)
 
     # -- helpers -----------------------------------------------------------------------------
 
