@@ -36,15 +36,10 @@ from typing import Any
 
 import httpx
 
+from scripts.bench import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 GIVE_UP = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

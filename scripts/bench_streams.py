@@ -45,6 +45,7 @@ from ledger.commands import CancelTask, CreateTask
 from ledger.events import blob_ref
 from ledger.handler import Request
 from ledger.log import Actor, Envelope
+from scripts.bench import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP = 8  # serve --max-streams-per-key's default
@@ -104,14 +105,6 @@ def cpu_share(pid: int, window: float) -> float:
     before, started = cpu_seconds(pid), time.monotonic()
     time.sleep(window)
     return (cpu_seconds(pid) - before) / (time.monotonic() - started)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Stream(threading.Thread):
