@@ -36,6 +36,10 @@ from ledger.log import Envelope
 from ledger.state import TaskState
 
 
+#: The longest a sweep waits for the writer to answer one of its commands.
+SWEEP_ANSWER_SECONDS = 60.0
+
+
 class WorkerCases(ServiceCore):
     async def claim(
         self,
@@ -391,7 +395,9 @@ class WorkerCases(ServiceCore):
         done: list[tuple[AnyCommand, Outcome | BaseException]] = []
         for command, future in zip(commands, futures, strict=True):
             try:
-                done.append((command, future.result()))
+                # Bounded: a writer stopped at shutdown never answers, and the sweepers' thread
+                # must not wait for it forever.
+                done.append((command, future.result(timeout=SWEEP_ANSWER_SECONDS)))
             except Exception as exc:
                 done.append((command, exc))
         return done
