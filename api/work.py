@@ -35,7 +35,6 @@ from ledger.handler import NothingToDo, Outcome, Request
 from ledger.log import Envelope
 from ledger.state import TaskState
 
-
 #: The longest a sweep waits for the writer to answer one of its commands.
 SWEEP_ANSWER_SECONDS = 60.0
 
