@@ -308,7 +308,9 @@ def fields_from_input(sent: ConfigurationInput) -> dict[str, Any]:
         if name in DEPRECATED_FIELDS:
             continue
         if name == "chunk_processing":
-            chunking = {**DEFAULTS["chunk_processing"], **_given(value)}
+            # A fresh default tokenizer: the stored field must share nothing with DEFAULTS.
+            chunking = {**DEFAULTS["chunk_processing"], "tokenizer": {"Enum": "Word"}}
+            chunking.update(_given(value))
             if value.tokenizer is not None:
                 chunking["tokenizer"] = tokenizer_value(
                     value.tokenizer, "chunk_processing.tokenizer"
