@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from api.contract import SEGMENT_TYPE_NAMES, U32, snake_case
 from api.refusals import BadRequest
 
-U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 NonNegativeI32 = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 
 TokenizerName = Literal["Word", "Cl100kBase", "XlmRobertaBase", "BertBaseUncased"]
@@ -41,20 +41,7 @@ ErrorHandling = Literal["Fail", "Continue"]
 Pipeline = Literal["Azure", "Chunkr"]
 
 #: The 12 segment types: PascalCase (stored and answered) -> the snake_case alias (the SDK's).
-SEGMENT_TYPES: dict[str, str] = {
-    "Title": "title",
-    "SectionHeader": "section_header",
-    "Text": "text",
-    "ListItem": "list_item",
-    "Table": "table",
-    "Picture": "picture",
-    "Caption": "caption",
-    "Formula": "formula",
-    "Footnote": "footnote",
-    "PageHeader": "page_header",
-    "PageFooter": "page_footer",
-    "Page": "page",
-}
+SEGMENT_TYPES: dict[str, str] = {name: snake_case(name) for name in SEGMENT_TYPE_NAMES}
 
 
 # -- responses (and the stored values' shape) ---------------------------------------------------

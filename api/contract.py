@@ -4,9 +4,40 @@ The service applies them; the HTTP adapter and the command line share them throu
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from typing import Annotated, Literal
+
+from msgspec import Meta
 
 from api.refusals import BadRequest
+
+#: Chunkr's ``u32`` (counts, lengths, page numbers, token limits).
+U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+
+#: Chunkr's 12 segment types, in its order: a segment's ``segment_type`` and the keys of a
+#: configuration's ``segment_processing``.
+SegmentType = Literal[
+    "Title",
+    "SectionHeader",
+    "Text",
+    "ListItem",
+    "Table",
+    "Picture",
+    "Caption",
+    "Formula",
+    "Footnote",
+    "PageHeader",
+    "PageFooter",
+    "Page",
+]
+SEGMENT_TYPE_NAMES: tuple[str, ...] = SegmentType.__args__  # type: ignore[attr-defined]
+
+
+def snake_case(name: str) -> str:
+    """``SectionHeader`` -> ``section_header`` (the chunkr-ai SDK's spelling of a type)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
 
 MAX_FILE_NAME = 255
 MAX_WORKER_ID = 200

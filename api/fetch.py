@@ -46,7 +46,7 @@ import httpx
 import msgspec
 
 from api.contract import MAX_FILE_NAME, UNSAFE_CATEGORIES, check_file_name
-from api.refusals import BadRequest
+from api.refusals import BadRequest, size_text
 from ledger import __version__
 
 #: Redirects a download may follow; one more is refused.
@@ -300,13 +300,6 @@ def url_file_name(url: httpx.URL) -> str | None:
 # -- the fetcher -------------------------------------------------------------------------------
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale} {unit}"
-    return f"{n} bytes"
-
-
 def checked_url(url: str | httpx.URL, *, redirected: bool = False) -> httpx.URL:
     """The URL to request, or DownloadFailed: http(s), a host, no user name or password."""
     try:
@@ -424,7 +417,7 @@ class UrlFetcher:
     async def _body(self, response: httpx.Response) -> bytes:
         """The body, read in chunks: refused once it passes ``max_bytes`` (at most one
         chunk past the limit is ever held), or up front when its declared length does."""
-        too_large = DownloadFailed(f"the file is larger than the {_size(self.max_bytes)} limit")
+        too_large = DownloadFailed(f"the file is larger than the {size_text(self.max_bytes)} limit")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise too_large

@@ -30,28 +30,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from api.contract import U32, SegmentType
 from api.refusals import BadRequest
 from ledger.events import OutputSummary
 
-#: Chunkr's ``u32``.
-U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 #: A float JSON can carry: NaN fails both bounds, and infinities one of them.
 Finite = Annotated[float, Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)]
-
-SegmentType = Literal[
-    "Caption",
-    "Footnote",
-    "Formula",
-    "ListItem",
-    "Page",
-    "PageFooter",
-    "PageHeader",
-    "Picture",
-    "SectionHeader",
-    "Table",
-    "Text",
-    "Title",
-]
 
 
 class BoundingBox(msgspec.Struct, kw_only=True):

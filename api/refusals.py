@@ -45,3 +45,12 @@ class IdempotencyMismatch(Exception):
         message: str = "Idempotency-Key was already used with a different request; use a new key",
     ) -> None:
         super().__init__(message)
+
+
+def size_text(n: int) -> str:
+    """A byte count as a refusal names it: ``32 MiB`` when it is a whole number of a unit,
+    else ``2000 bytes``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"

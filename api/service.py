@@ -26,7 +26,7 @@ from api.links import LinkCases
 from api.live import PAGE, Follow
 from api.output import decoded
 from api.policy import Caller, Grant, Scope, UseCase, authorize
-from api.refusals import BadRequest, Busy
+from api.refusals import BadRequest, Busy, size_text
 from api.work import WorkerCases
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
 from ledger.errors import TaskNotFound
@@ -68,10 +68,6 @@ def _decoded(view: TaskView) -> TaskView:
 
 class ListTooLarge(BadRequest):
     """A list with chunks whose outputs add up to more than ``Settings.max_list_output_bytes``."""
-
-
-def _size(size: int) -> str:
-    return f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size} bytes"
 
 
 class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -357,7 +353,7 @@ class TaskLedger(LinkCases, WorkerCases):
                 )
                 raise ListTooLarge(
                     f"The outputs and files of these tasks add up to more than this server sends "
-                    f"in one list with {what} ({_size(cap)}): ask for fewer tasks (limit={n} "
+                    f"in one list with {what} ({size_text(cap)}): ask for fewer tasks (limit={n} "
                     f"fits from here), or list without {what} and get each task"
                 )
 

@@ -17,23 +17,11 @@ from chunkr_ai.api.task_response import TaskResponse
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from api.contract import SEGMENT_TYPE_NAMES
 from api.output import check_output
 from api.refusals import BadRequest
 
-SEGMENT_TYPES = [
-    "Caption",
-    "Footnote",
-    "Formula",
-    "ListItem",
-    "Page",
-    "PageFooter",
-    "PageHeader",
-    "Picture",
-    "SectionHeader",
-    "Table",
-    "Text",
-    "Title",
-]
+SEGMENT_TYPES = list(SEGMENT_TYPE_NAMES)
 
 text = st.text(max_size=12)
 maybe_text = st.none() | text
