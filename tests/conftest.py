@@ -79,3 +79,13 @@ def user_keys(server):
         "worker": add_key(server.db, "pool", "worker"),
         "admin": server.admin_key,
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_session_database():
+    """Drop the session's PostgreSQL database (tests/pg.py) when the session ends, if a test
+    made one."""
+    from tests.pg import SESSION
+
+    yield
+    SESSION.drop()

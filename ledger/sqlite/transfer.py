@@ -1,55 +1,96 @@
-"""Export, import and backup of a whole SQLite ledger.
-
-An export is a stream of records: a header, every event row as stored (hash included), every
-blob and blob reference, then a footer with the event count and the last hash, so an import can
-tell a whole export from one cut short. Import checks the hash chain and every blob's sha256 as
-it goes and refuses the first fault; the caller's transaction then writes nothing."""
+"""Export, import and backup of a whole SQLite ledger: the SQLite ``Source`` and ``Sink`` of
+``ledger.transfer`` (which holds the format and its checks), and the online backup."""
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ledger.chain import GENESIS, chain_hash
+from ledger import transfer
 from ledger.errors import ImportRefused
-from ledger.events import blob_ref
+from ledger.log import KeyRecord, StoredEvent
 from ledger.sqlite.connection import connect, create_private
 
 if TYPE_CHECKING:
     from ledger.sqlite.log import SqliteLog
 
-EXPORT_FORMAT = "taskledger-export"
+
+class _Source:
+    def __init__(self, log: SqliteLog, conn: sqlite3.Connection) -> None:
+        self._log, self._conn = log, conn
+
+    def events(self) -> Iterator[StoredEvent]:
+        return self._log.iter_stored(tx=self._conn)
+
+    def blobs(self) -> Iterator[tuple[str, int, bytes]]:
+        for sha, size, data in self._conn.execute(
+            "SELECT sha256, size, data FROM blobs ORDER BY sha256"
+        ):
+            yield sha, size, bytes(data)
+
+    def blob_refs(self) -> Iterator[tuple[str, str]]:
+        yield from self._conn.execute(
+            "SELECT task_id, sha256 FROM blob_refs ORDER BY task_id, sha256"
+        )
+
+    def keys(self) -> Iterator[tuple[KeyRecord, str]]:
+        for key_id, owner, role, created_at, revoked_at, key_hash in self._conn.execute(
+            "SELECT key_id, owner, role, created_at, revoked_at, key_hash FROM api_keys"
+            " ORDER BY key_id"
+        ):
+            record = KeyRecord(
+                key_id=key_id, owner=owner, role=role, created_at=created_at, revoked_at=revoked_at
+            )
+            yield record, key_hash
+
+
+class _Sink:
+    def __init__(self, log: SqliteLog) -> None:
+        self._log = log
+
+    def has_events(self, tx: sqlite3.Connection) -> bool:
+        return tx.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+
+    def insert_event(self, tx: sqlite3.Connection, row: dict[str, object]) -> None:
+        self._log.insert_row(tx, row)
+
+    def insert_blob(self, tx: sqlite3.Connection, sha256: str, size: int, data: bytes) -> None:
+        tx.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
+            (sha256, size, data),
+        )
+
+    def insert_blob_ref(self, tx: sqlite3.Connection, task_id: str, sha256: str) -> None:
+        tx.execute(
+            "INSERT OR IGNORE INTO blob_refs (task_id, sha256) VALUES (?, ?)", (task_id, sha256)
+        )
+
+    def insert_key(self, tx: sqlite3.Connection, record: KeyRecord, key_hash: str) -> None:
+        try:
+            tx.execute(
+                "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.key_id,
+                    record.owner,
+                    record.role,
+                    key_hash,
+                    record.created_at,
+                    record.revoked_at,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise ImportRefused(
+                f"The target database already has a key with id {record.key_id}"
+            ) from None
 
 
 def export_records(log: SqliteLog) -> Iterator[dict[str, object]]:
-    """The whole log as records: a header, every event row as stored (hash included), then
-    every blob and blob reference. ``import_records`` takes them back."""
+    """The whole log as records (see ``ledger.transfer``), from one read snapshot."""
     with log.read_snapshot() as conn:
-        yield from _export_records(log, conn)
-
-
-def _export_records(log: SqliteLog, conn: sqlite3.Connection) -> Iterator[dict[str, object]]:
-    yield {"kind": "header", "format": EXPORT_FORMAT, "version": 1}
-    events, last_hash = 0, GENESIS
-    for row in log.iter_stored(tx=conn):
-        events, last_hash = events + 1, row.hash
-        yield {"kind": "event", **row.chained(), "hash": row.hash}
-    for sha, size, data in conn.execute("SELECT sha256, size, data FROM blobs ORDER BY sha256"):
-        yield {
-            "kind": "blob",
-            "sha256": sha,
-            "size": size,
-            "data": base64.b64encode(bytes(data)).decode(),
-        }
-    for task_id, sha in conn.execute(
-        "SELECT task_id, sha256 FROM blob_refs ORDER BY task_id, sha256"
-    ):
-        yield {"kind": "blob_ref", "task_id": task_id, "sha256": sha}
-    # The footer lets an import tell a whole export from one cut short.
-    yield {"kind": "footer", "events": events, "last_hash": last_hash}
+        yield from transfer.export_records(_Source(log, conn))
 
 
 def import_records(
@@ -59,64 +100,7 @@ def import_records(
     tx: sqlite3.Connection,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Load exported records into this (empty) log inside ``tx``, checking the hash chain
-    and every blob's sha256 as it goes. ImportRefused on the first fault: the caller's
-    transaction then rolls back and nothing is written."""
-    if tx.execute("SELECT 1 FROM events LIMIT 1").fetchone():
-        raise ImportRefused("The target database already holds events; import into a new one")
-    previous, last_position, count, footer = GENESIS, 0, 0, None
-    for number, record in enumerate(records, start=1):
-        kind = record.get("kind")
-        if footer is not None:
-            raise ImportRefused(f"Line {number}: records after the footer")
-        if number == 1:
-            if kind != "header" or record.get("format") != EXPORT_FORMAT:
-                raise ImportRefused("Not a taskledger export (no header line)")
-            continue
-        if kind == "event":
-            row = {k: v for k, v in record.items() if k != "kind"}
-            stored = row.pop("hash", None)
-            position = row.get("position")
-            if not isinstance(position, int) or position <= last_position:
-                raise ImportRefused(f"Line {number}: positions must strictly increase")
-            try:
-                expected = chain_hash(previous, **row)  # type: ignore[arg-type]
-            except TypeError:
-                raise ImportRefused(f"Line {number}: not an event record") from None
-            if stored != expected:
-                raise ImportRefused(
-                    f"Hash chain broken at position {position}: the export was altered"
-                )
-            log.insert_row(tx, {**row, "hash": stored})
-            previous, last_position, count = stored, position, count + 1
-            if progress:
-                progress(1)
-        elif kind == "blob":
-            data = base64.b64decode(str(record["data"]))
-            ref = blob_ref(data)
-            if ref.sha256 != record.get("sha256"):
-                raise ImportRefused(f"Line {number}: blob content does not match its sha256")
-            tx.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
-                (ref.sha256, ref.size, data),
-            )
-        elif kind == "blob_ref":
-            tx.execute(
-                "INSERT OR IGNORE INTO blob_refs (task_id, sha256) VALUES (?, ?)",
-                (record["task_id"], record["sha256"]),
-            )
-        elif kind == "footer":
-            footer = record
-        else:
-            raise ImportRefused(f"Line {number}: unknown record kind {kind!r}")
-    if footer is None:
-        raise ImportRefused("The export has no footer: it was cut short")
-    if footer.get("events") != count or footer.get("last_hash") != previous:
-        raise ImportRefused(
-            f"The export's footer says {footer.get('events')} events ending in hash "
-            f"{footer.get('last_hash')}, but it holds {count} ending in {previous}"
-        )
-    return count
+    return transfer.import_records(_Sink(log), records, tx=tx, progress=progress)
 
 
 def backup(log: SqliteLog, destination: str | Path) -> None:

@@ -17,8 +17,8 @@ import msgspec
 
 from ledger import codec
 from ledger.decider import visible_until
-from ledger.events import PROCESSING
 from ledger.log import FeedEntry, FeedQuery, RecordedEvent, TaskQuery, stream_id_for
+from ledger.rows import COLUMN_NAMES, query_columns, stale_columns, timestamp
 from ledger.sqlite.connection import EVENT_COLUMNS, row_to_recorded
 from ledger.sqlite.log import SqliteLog
 from ledger.state import TaskState
@@ -72,10 +72,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 )
 
 
-def _ts(value: datetime | None) -> str | None:
-    return codec.timestamp(value) if value is not None else None
-
-
 def add_visible_until(conn: sqlite3.Connection) -> None:
     """Migration: a ``tasks`` table from before ``visible_until`` gets the column, filled from
     each row's state (its old ``expires_at`` column and index are no longer used)."""
@@ -87,7 +83,7 @@ def add_visible_until(conn: sqlite3.Connection) -> None:
     rows = conn.execute("SELECT task_id, state FROM tasks").fetchall()
     for task_id, state in rows:
         try:
-            until = _ts(visible_until(codec.decode_state(state)))
+            until = timestamp(visible_until(codec.decode_state(state)))
         except (msgspec.DecodeError, msgspec.ValidationError):
             # A row edited by hand: ``verify`` reports it and ``rebuild`` writes it afresh.
             continue
@@ -117,28 +113,6 @@ def add_feed(conn: sqlite3.Connection) -> None:
 MIGRATIONS = (add_visible_until, add_feed)
 
 
-class _Columns(msgspec.Struct, kw_only=True):
-    """The fields of a stored state the query columns come from (decoding only these skips
-    the configuration, which is most of a state)."""
-
-    task_id: str
-    version: int = 0
-    owner: str | None = None
-    status: str | None = None
-    created_at: datetime | None = None
-    expires_at: datetime | None = None
-    lease_until: datetime | None = None
-    gone: str | None = None
-
-
-_columns_decoder = msgspec.json.Decoder(_Columns)
-
-
-def _columns_of(state_json: str) -> TaskState:
-    """A state holding just what the query columns are computed from."""
-    return TaskState(**msgspec.structs.asdict(_columns_decoder.decode(state_json)))
-
-
 class SqliteViews:
     """``ledger.log.TaskViews`` on the SQLite file of a ``SqliteLog``."""
 
@@ -166,7 +140,7 @@ class SqliteViews:
             " status = excluded.status, created_at = excluded.created_at,"
             " visible_until = excluded.visible_until, lease_until = excluded.lease_until,"
             " gone = excluded.gone, version = excluded.version, state = excluded.state",
-            (state.task_id, *self._columns(state), codec.encode_str(state)),
+            (state.task_id, *query_columns(state), codec.encode_str(state)),
         )
 
     def list_tasks(
@@ -197,34 +171,14 @@ class SqliteViews:
         for task_id, state in rows:
             yield task_id, codec.decode_state(state)
 
-    def _columns(self, state: TaskState) -> tuple[object, ...]:
-        return (
-            state.owner,
-            state.status,
-            _ts(state.created_at),
-            _ts(visible_until(state)),
-            _ts(state.lease_until) if state.status == PROCESSING else None,
-            state.gone,
-            state.version,
-        )
-
     def stale_rows(self, *, tx: sqlite3.Connection | None = None) -> list[tuple[str, str]]:
-        names = ("owner", "status", "created_at", "visible_until", "lease_until", "gone", "version")
         found = []
         for row in self._conn(tx).execute(
-            f"SELECT task_id, state, {', '.join(names)} FROM tasks ORDER BY task_id"
+            f"SELECT task_id, state, {', '.join(COLUMN_NAMES)} FROM tasks ORDER BY task_id"
         ):
-            try:
-                expected = self._columns(_columns_of(row[1]))
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue  # reported by verify as a row that differs from its events
-            wrong = [
-                f"{name} is {stored!r}, its state says {want!r}"
-                for name, stored, want in zip(names, row[2:], expected, strict=True)
-                if stored != want
-            ]
+            wrong = stale_columns(row)
             if wrong:
-                found.append((row[0], "; ".join(wrong)))
+                found.append((row[0], wrong))
         return found
 
     def due_leases(self, at: datetime, limit: int = 500) -> list[str]:

@@ -2,13 +2,9 @@
 ``BACKENDS``, through the storage port only (``ledger.log``'s protocols).
 
 A backend joins the suite with one line in ``BACKENDS``: a function that takes the test's
-temporary directory and returns a factory with the four methods of ``BackendFactory``. The
-PostgreSQL one will look like::
-
-    pytest.param(make_postgres, id="postgres", marks=needs_postgres),
-
-where ``make_postgres`` gives each ``create()`` a database (or schema) of its own and drops them
-in ``dispose()``.
+temporary directory and returns a factory with the methods of ``BackendFactory``. The
+PostgreSQL one gives each ``create()`` a fresh schema of the session's database (tests/pg.py)
+and drops them in ``dispose()``; it runs when ``TASKLEDGER_TEST_PG`` names a server.
 """
 
 from __future__ import annotations
@@ -21,7 +17,9 @@ from typing import Any, Protocol
 import pytest
 
 from ledger.log import Backend
+from ledger.postgres import PostgresBackend
 from ledger.sqlite import SqliteBackend
+from tests.pg import SESSION, needs_postgres
 
 
 class BackendFactory(Protocol):
@@ -78,9 +76,45 @@ def make_sqlite(tmp_path: Path) -> BackendFactory:
     return SqliteFactory(tmp_path)
 
 
+class PostgresFactory:
+    """PostgreSQL backends, each on a fresh schema of the session's database; a backup is a
+    SQLite file (what ``PostgresBackend.backup`` writes)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._numbers = itertools.count(1)
+        self._urls: list[str] = []
+
+    def create(self) -> PostgresBackend:
+        url = SESSION.new_ledger_url()
+        self._urls.append(url)
+        return PostgresBackend(url)
+
+    def attach(self, backend: Backend) -> PostgresBackend:
+        assert isinstance(backend, PostgresBackend)
+        return PostgresBackend(backend.url)
+
+    def backup_destination(self) -> Path:
+        return self.root / f"backup-{next(self._numbers)}.db"
+
+    def open_backup(self, destination: Any) -> SqliteBackend:
+        return SqliteBackend(destination)
+
+    def dispose(self) -> None:
+        for url in self._urls:
+            SESSION.drop_schema(url)
+        self._urls.clear()
+
+
+def make_postgres(tmp_path: Path) -> BackendFactory:
+    return PostgresFactory(tmp_path)
+
+
 #: Every backend the contract suite runs against.
 BACKENDS = [
     pytest.param(make_sqlite, id="sqlite"),
+    pytest.param(make_postgres, id="postgres", marks=needs_postgres),
 ]
 
 

@@ -1,0 +1,658 @@
+"""The PostgreSQL EventLog: events, blobs and write transactions on one database that several
+server processes (nodes) share.
+
+* **Commit order.** Every write transaction takes a transaction-scoped advisory lock
+  (``pg_advisory_xact_lock``) right after BEGIN and holds it until COMMIT. Positions are
+  handed out under it (the last position plus one) and the transaction commits before the lock
+  is released, so positions are gapless and commit-ordered: a reader that has seen position N
+  has seen every event before N, and no event with a lower position commits later. A batch of
+  the group-commit writer is one transaction, so the lock is taken once per batch, not per
+  command; the same lock makes a claim's read of the queue head and its append one atomic step
+  across nodes.
+* ``UNIQUE (stream_id, version)`` gives optimistic concurrency as on SQLite; triggers refuse
+  UPDATE, DELETE and TRUNCATE on ``events``.
+* Each transaction that appended sends ``NOTIFY`` on the ledger's channel with its last
+  position (delivered at commit): ``listen`` wakes other nodes' waiting readers at once.
+* Writes go through one connection per process (a lock serialises its threads); reads take a
+  connection from a pool (``psycopg_pool``), in autocommit, or a REPEATABLE READ snapshot.
+* Blobs are ``bytea`` stored uncompressed out of line (``STORAGE EXTERNAL``), so
+  ``substring`` reads a piece of one without the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ledger import codec
+from ledger.chain import GENESIS, chain_hash
+from ledger.errors import ConcurrencyConflict, StorageUnavailable, TransactionRolledBack
+from ledger.events import AnyEvent, BlobRef, blob_ref, tag_of
+from ledger.log import Actor, Envelope, RecordedEvent, StoredEvent
+from ledger.postgres.connection import (
+    channel_name,
+    connect,
+    create_schema,
+    lock_key,
+    redact,
+    storage_error,
+)
+
+EVENT_COLUMNS = (
+    "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
+    "request_id, idempotency_key, hash"
+)
+STORED_COLUMNS = (
+    "position, stream_id, version, type, data, recorded_at, actor_key_id, actor_role, "
+    "request_id, idempotency_key, hash"
+)
+#: Rows fetched per round trip when a whole table is walked.
+WALK_BATCH = 5_000
+
+
+def row_to_recorded(row: Sequence[Any]) -> RecordedEvent:
+    position, stream_id, version, data, recorded_at, key_id, role, request_id, idem, hash_ = row
+    return RecordedEvent(
+        position=position,
+        stream_id=stream_id,
+        version=version,
+        recorded_at=codec.parse_timestamp(recorded_at),
+        actor=Actor(key_id=key_id, role=role),
+        request_id=request_id,
+        idempotency_key=idem,
+        event=codec.decode_event(data),
+        hash=hash_,
+    )
+
+
+def row_to_stored(r: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        position=r[0],
+        stream_id=r[1],
+        version=r[2],
+        type=r[3],
+        data=r[4],
+        recorded_at=r[5],
+        actor_key_id=r[6],
+        actor_role=r[7],
+        request_id=r[8],
+        idempotency_key=r[9],
+        hash=r[10],
+    )
+
+
+class PostgresBlobReader:
+    """``ledger.log.BlobReader`` on PostgreSQL: each piece is one ``substring`` read on a pooled
+    connection, so nothing is held between pieces (``release`` has nothing to let go of)."""
+
+    def __init__(self, log: PostgresLog, ref: BlobRef, offset: int) -> None:
+        self._log, self._ref, self._offset = log, ref, offset
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    def read(self, size: int) -> bytes | None:
+        with self._lock:
+            if self._closed:
+                raise ValueError("the blob reader is closed")
+            data = self._log.read_blob(self._ref, self._offset, size)
+            if data is not None:
+                self._offset += len(data)
+            return data
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class PostgresLog:
+    """The EventLog on a PostgreSQL database (its tables created on first use)."""
+
+    def __init__(self, url: str, *, pool_size: int = 8, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._write_lock = threading.RLock()
+        self._writer: psycopg.Connection | None = None
+        self._in_tx = False
+        self._turns = 0
+        self._appended_to: int | None = None
+        #: (last position, its hash, its recorded_at) as this transaction left them.
+        self._head: tuple[int, str, str] | None = None
+        self._cursors = itertools.count(1)
+        #: The blob readers not yet closed: closed with the log.
+        self._blob_readers: weakref.WeakSet[PostgresBlobReader] = weakref.WeakSet()
+        with self._write_lock:
+            conn = self._connect_writer()
+            try:
+                self.schema = create_schema(conn)
+            except psycopg.Error as exc:
+                raise storage_error(exc) from exc
+        self.lock_id = lock_key(self.schema, "append")
+        self.channel = channel_name(self.schema)
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            timeout=timeout,
+            name="taskledger-read",
+            open=True,
+        )
+
+    @property
+    def name(self) -> str:
+        return redact(self.url)
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect_writer(self) -> psycopg.Connection:
+        if self._writer is not None and not self._writer.closed and not self._writer.broken:
+            return self._writer
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = connect(self.url)
+        return self._writer
+
+    @contextmanager
+    def reading(self, tx: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
+        """``tx`` itself, or a pooled autocommit connection for the length of the block."""
+        if tx is not None:
+            yield tx
+            return
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StorageUnavailable(f"The database is not answering right now ({exc})") from exc
+        except psycopg.OperationalError as exc:
+            raise storage_error(exc) from exc
+
+    def fetchall(
+        self, sql: str, params: Sequence[Any] = (), *, tx: psycopg.Connection | None = None
+    ) -> list[tuple[Any, ...]]:
+        with self.reading(tx) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def fetchone(
+        self, sql: str, params: Sequence[Any] = (), *, tx: psycopg.Connection | None = None
+    ) -> tuple[Any, ...] | None:
+        with self.reading(tx) as conn:
+            return conn.execute(sql, params).fetchone()
+
+    def walk(
+        self, sql: str, params: Sequence[Any] = (), *, tx: psycopg.Connection | None = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query that may be long, fetched ``WALK_BATCH`` at a time through a
+        server-side cursor: inside ``tx`` (a transaction) or in a read-only transaction of a
+        pooled connection held while the walk lasts."""
+        name = f"taskledger_walk_{next(self._cursors)}"
+        if tx is not None:
+            with tx.cursor(name=name) as cursor:
+                cursor.itersize = WALK_BATCH
+                cursor.execute(sql, params)
+                yield from cursor
+            return
+        with self.reading() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                with conn.cursor(name=name) as cursor:
+                    cursor.itersize = WALK_BATCH
+                    cursor.execute(sql, params)
+                    yield from cursor
+            finally:
+                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """This process's turn to write: the in-process lock, and the ledger's advisory lock
+        held by the write connection's session (other nodes wait) until the turn ends.
+        Transactions opened inside it take the same lock again at once (advisory locks are
+        re-entrant within a session)."""
+        with self._write_lock:
+            self._turns += 1
+            try:
+                if self._turns == 1:
+                    try:
+                        conn = self._connect_writer()
+                        conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_id,))
+                    except psycopg.Error as exc:
+                        self._abandon()
+                        raise storage_error(exc) from exc
+                yield
+            finally:
+                self._turns -= 1
+                if self._turns == 0:
+                    self._unlock_turn()
+
+    def _unlock_turn(self) -> None:
+        conn = self._writer
+        if conn is None or conn.closed or conn.broken:
+            return  # the session, and with it its lock, is gone
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (self.lock_id,))
+        except psycopg.Error:
+            conn.close()  # closing the session lets go of the lock
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """BEGIN, the ledger's advisory lock, ... , NOTIFY if events were appended, COMMIT;
+        ROLLBACK on any error. A transaction opened inside another on the same thread is the
+        outer one (it commits)."""
+        with self._write_lock:
+            if self._in_tx:
+                assert self._writer is not None
+                yield self._writer
+                return
+            try:
+                conn = self._connect_writer()
+                conn.execute("BEGIN")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
+            except psycopg.Error as exc:
+                self._abandon()
+                raise storage_error(exc) from exc
+            self._in_tx, self._head, self._appended_to = True, None, None
+            try:
+                yield conn
+                if self._appended_to is not None:
+                    conn.execute("SELECT pg_notify(%s, %s)", (self.channel, str(self._appended_to)))
+                conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                self._abandon()
+                raise storage_error(exc) from exc
+            except BaseException:
+                self._abandon()
+                raise
+            finally:
+                self._in_tx, self._head, self._appended_to = False, None, None
+
+    def _abandon(self) -> None:
+        """Roll back whatever is open on the write connection (or drop a broken one)."""
+        conn = self._writer
+        if conn is None or conn.closed:
+            return
+        if conn.broken:
+            conn.close()
+            return
+        try:
+            if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()
+
+    @contextmanager
+    def savepoint(self, tx: psycopg.Connection, name: str) -> Iterator[None]:
+        """A nested unit inside ``tx``: on error only its own writes are undone. If the
+        connection was lost, the whole transaction is: TransactionRolledBack."""
+        try:
+            tx.execute(f"SAVEPOINT {name}")
+        except psycopg.Error as exc:
+            raise TransactionRolledBack(
+                f"The database cannot be written right now ({exc})"
+            ) from exc
+        try:
+            yield
+        except BaseException as exc:
+            self._head = None
+            try:
+                tx.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                tx.execute(f"RELEASE SAVEPOINT {name}")
+            except psycopg.Error as lost:
+                raise TransactionRolledBack(
+                    f"The database cannot be written right now ({lost})"
+                ) from exc
+            if isinstance(exc, psycopg.Error):
+                raise storage_error(exc) from exc
+            raise
+        tx.execute(f"RELEASE SAVEPOINT {name}")
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside one REPEATABLE READ, read-only transaction."""
+        with self.reading() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield conn
+            finally:
+                if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+
+    # -- events -----------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[AnyEvent],
+        envelope: Envelope,
+        *,
+        tx: psycopg.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        if tx is None:
+            with self.transaction() as own:
+                return self.append(stream_id, expected_version, events, envelope, tx=own)
+        row = tx.execute(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s", (stream_id,)
+        ).fetchone()
+        current = row[0] if row else 0
+        if current != expected_version:
+            raise ConcurrencyConflict(
+                f"Stream {stream_id} is at version {current}, not {expected_version}"
+            )
+        position, previous, last_recorded_at = self._head or self._chain_head(tx)
+        stamp = codec.timestamp(envelope.recorded_at)
+        if stamp >= last_recorded_at:
+            recorded_at, when = stamp, envelope.recorded_at.astimezone(UTC)
+        else:
+            recorded_at, when = last_recorded_at, codec.parse_timestamp(last_recorded_at)
+        recorded: list[RecordedEvent] = []
+        rows: list[dict[str, object]] = []
+        for offset, event in enumerate(events, start=1):
+            version = expected_version + offset
+            position += 1
+            stored = StoredEvent(
+                position=position,
+                stream_id=stream_id,
+                version=version,
+                type=tag_of(type(event)),
+                data=codec.encode_str(event),
+                recorded_at=recorded_at,
+                actor_key_id=envelope.actor.key_id,
+                actor_role=envelope.actor.role,
+                request_id=envelope.request_id,
+                idempotency_key=envelope.idempotency_key,
+                hash="",
+            )
+            previous = chain_hash(previous, **stored.chained())
+            rows.append({**stored.chained(), "hash": previous})
+            recorded.append(
+                RecordedEvent(
+                    position=position,
+                    stream_id=stream_id,
+                    version=version,
+                    recorded_at=when,
+                    actor=envelope.actor,
+                    request_id=envelope.request_id,
+                    idempotency_key=envelope.idempotency_key,
+                    event=event,
+                    hash=previous,
+                )
+            )
+        self._insert(tx, rows)
+        self._head = (position, previous, recorded_at)
+        self._appended_to = position
+        return recorded
+
+    def _chain_head(self, tx: psycopg.Connection) -> tuple[int, str, str]:
+        """The newest event's position, hash and recorded_at, read under the advisory lock:
+        no transaction that could append after it is in flight."""
+        row = tx.execute(
+            "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        return (row[0], row[1], row[2]) if row else (0, GENESIS, "")
+
+    def insert_row(self, tx: psycopg.Connection, row: dict[str, object]) -> None:
+        """Insert one stored event row as is (append computes it; import copies it)."""
+        self._head = None
+        self._insert(tx, [row])
+        self._appended_to = int(row["position"])  # type: ignore[call-overload]
+
+    def _insert(self, tx: psycopg.Connection, rows: list[dict[str, object]]) -> None:
+        sql = (
+            "INSERT INTO events (position, stream_id, version, type, data, recorded_at,"
+            " actor_key_id, actor_role, request_id, idempotency_key, hash)"
+            " VALUES (%(position)s, %(stream_id)s, %(version)s, %(type)s, %(data)s,"
+            " %(recorded_at)s, %(actor_key_id)s, %(actor_role)s, %(request_id)s,"
+            " %(idempotency_key)s, %(hash)s)"
+        )
+        try:
+            if len(rows) == 1:
+                tx.execute(sql, rows[0])
+            else:
+                with tx.cursor() as cursor:
+                    cursor.executemany(sql, rows)
+        except psycopg.errors.UniqueViolation as exc:
+            self._head = None
+            row = rows[0]
+            raise ConcurrencyConflict(
+                f"Stream {row['stream_id']} already has version {row['version']}"
+            ) from exc
+        except psycopg.Error as exc:
+            self._head = None
+            raise storage_error(exc) from exc
+
+    def iter_stored(
+        self, after: int = 0, *, tx: psycopg.Connection | None = None
+    ) -> Iterator[StoredEvent]:
+        for r in self.walk(
+            f"SELECT {STORED_COLUMNS} FROM events WHERE position > %s ORDER BY position",
+            (after,),
+            tx=tx,
+        ):
+            yield row_to_stored(r)
+
+    def iter_by_stream(
+        self, *, tx: psycopg.Connection | None = None
+    ) -> Iterator[tuple[str, int, str]]:
+        for r in self.walk(
+            "SELECT stream_id, position, data FROM events ORDER BY stream_id, version",
+            tx=tx,
+        ):
+            yield r[0], r[1], r[2]
+
+    def iter_data(self, *, tx: psycopg.Connection | None = None) -> Iterator[tuple[str, str]]:
+        for r in self.walk("SELECT stream_id, data FROM events ORDER BY position", tx=tx):
+            yield r[0], r[1]
+
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        after: int = 0,
+        until_version: int | None = None,
+        limit: int | None = None,
+        tx: psycopg.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        rows = self.fetchall(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = %s AND version > %s"
+            " AND version <= %s ORDER BY version LIMIT %s",
+            (
+                stream_id,
+                after,
+                until_version if until_version is not None else 2**31 - 1,
+                limit,
+            ),
+            tx=tx,
+        )
+        return [row_to_recorded(row) for row in rows]
+
+    def stream_version(self, stream_id: str, *, tx: psycopg.Connection | None = None) -> int:
+        row = self.fetchone(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s",
+            (stream_id,),
+            tx=tx,
+        )
+        return row[0] if row else 0
+
+    def version_at(
+        self, stream_id: str, when: datetime, *, tx: psycopg.Connection | None = None
+    ) -> int:
+        """A binary search over the stream's versions, each probe one index seek (recorded_at
+        never goes backwards along the log, so the events recorded by ``when`` are a prefix)."""
+        with self.reading(tx) as conn:
+            stamp = codec.timestamp(when)
+            low, high = 0, self.stream_version(stream_id, tx=conn)
+            while low < high:
+                middle = (low + high + 1) // 2
+                row = conn.execute(
+                    "SELECT recorded_at FROM events WHERE stream_id = %s AND version = %s",
+                    (stream_id, middle),
+                ).fetchone()
+                if row is not None and row[0] <= stamp:
+                    low = middle
+                else:
+                    high = middle - 1
+            return low
+
+    def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        rows = self.fetchall(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s",
+            (after, limit),
+        )
+        return [row_to_recorded(row) for row in rows]
+
+    def iter_all(self, after: int = 0, batch: int = 10_000) -> Iterator[RecordedEvent]:
+        while True:
+            page = self.read_all(after, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].position
+
+    def last_position(self) -> int:
+        row = self.fetchone("SELECT coalesce(max(position), 0) FROM events")
+        return row[0] if row else 0
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def put_blob(self, task_id: str, data: bytes, *, tx: psycopg.Connection) -> BlobRef:
+        ref = blob_ref(data)
+        try:
+            tx.execute(
+                "INSERT INTO blobs (sha256, size, data) VALUES (%s, %s, %s)"
+                " ON CONFLICT (sha256) DO NOTHING",
+                (ref.sha256, ref.size, data),
+            )
+            tx.execute(
+                "INSERT INTO blob_refs (task_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (task_id, ref.sha256),
+            )
+        except psycopg.Error as exc:
+            raise storage_error(exc) from exc
+        return ref
+
+    def get_blob(self, ref: BlobRef, *, tx: psycopg.Connection | None = None) -> bytes | None:
+        row = self.fetchone("SELECT data FROM blobs WHERE sha256 = %s", (ref.sha256,), tx=tx)
+        return bytes(row[0]) if row else None
+
+    def read_blob(
+        self, ref: BlobRef, offset: int, size: int, *, tx: psycopg.Connection | None = None
+    ) -> bytes | None:
+        """``substring`` of an uncompressed out-of-line value reads only the TOAST chunks that
+        hold the piece."""
+        row = self.fetchone(
+            "SELECT substring(data FROM %s FOR %s) FROM blobs WHERE sha256 = %s",
+            (offset + 1, size, ref.sha256),
+            tx=tx,
+        )
+        return bytes(row[0]) if row else None
+
+    def open_blob(self, ref: BlobRef, offset: int = 0) -> PostgresBlobReader:
+        reader = PostgresBlobReader(self, ref, offset)
+        self._blob_readers.add(reader)
+        return reader
+
+    def purge_blobs(self, task_id: str, *, tx: psycopg.Connection) -> int:
+        shas = [
+            r[0]
+            for r in tx.execute(
+                "DELETE FROM blob_refs WHERE task_id = %s RETURNING sha256", (task_id,)
+            ).fetchall()
+        ]
+        if not shas:
+            return 0
+        cursor = tx.execute(
+            "DELETE FROM blobs b WHERE b.sha256 = ANY(%s) AND NOT EXISTS"
+            " (SELECT 1 FROM blob_refs r WHERE r.sha256 = b.sha256)",
+            (shas,),
+        )
+        return cursor.rowcount
+
+    def iter_blobs(
+        self, *, tx: psycopg.Connection | None = None
+    ) -> Iterator[tuple[str, bytes, list[str]]]:
+        for sha, data, owners in self.walk(
+            "SELECT b.sha256, b.data, coalesce(array_agg(r.task_id ORDER BY r.task_id)"
+            " FILTER (WHERE r.task_id IS NOT NULL), '{}')"
+            " FROM blobs b LEFT JOIN blob_refs r ON r.sha256 = b.sha256"
+            " GROUP BY b.sha256, b.data ORDER BY b.sha256",
+            tx=tx,
+        ):
+            yield sha, bytes(data), list(owners)
+
+    # -- other nodes' appends ---------------------------------------------------------------
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (on a thread of its own) soon after any process commits events to
+        this ledger, this one included; returns a function that stops listening."""
+        listener = _Listener(self.url, self.channel, callback)
+        listener.start()
+        return listener.stop
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for reader in list(self._blob_readers):
+            reader.close()
+        self._pool.close()
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+
+class _Listener:
+    """A thread with a connection of its own that LISTENs on the channel; reconnects (after a
+    pause) when the connection is lost, and calls back once after each reconnect, since
+    notifications sent meanwhile were lost."""
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, url: str, channel: str, callback: Callable[[], None]) -> None:
+        self._url, self._channel, self._callback = url, channel, callback
+        self._stopping = threading.Event()
+        self._conn: psycopg.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="taskledger-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        first = True
+        while not self._stopping.is_set():
+            try:
+                conn = self._conn = psycopg.connect(self._url, autocommit=True)
+                conn.execute(f'LISTEN "{self._channel}"')
+                if not first:
+                    self._callback()
+                first = False
+                while not self._stopping.is_set():
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        self._callback()
+            except psycopg.Error:
+                if self._stopping.wait(self.RETRY_SECONDS):
+                    return
+            finally:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)

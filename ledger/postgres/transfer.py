@@ -1,0 +1,151 @@
+"""Export, import and backup of a whole PostgreSQL ledger: its ``Source`` and ``Sink`` of
+``ledger.transfer`` (which holds the format and its checks). A backup is a SQLite ledger file
+holding the same records, written from one REPEATABLE READ snapshot while the nodes keep
+writing; ``pg_dump`` is the other way (see docs/operations.md, "Scaling out")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import psycopg
+
+from ledger import transfer
+from ledger.errors import ImportRefused
+from ledger.log import KeyRecord, StoredEvent
+from ledger.postgres.log import PostgresLog
+
+
+class _Source:
+    def __init__(self, log: PostgresLog, conn: psycopg.Connection) -> None:
+        self._log, self._conn = log, conn
+
+    def events(self) -> Iterator[StoredEvent]:
+        return self._log.iter_stored(tx=self._conn)
+
+    def blobs(self) -> Iterator[tuple[str, int, bytes]]:
+        for sha, size, data in self._log.walk(
+            "SELECT sha256, size, data FROM blobs ORDER BY sha256", tx=self._conn
+        ):
+            yield sha, size, bytes(data)
+
+    def blob_refs(self) -> Iterator[tuple[str, str]]:
+        rows = self._log.walk(
+            "SELECT task_id, sha256 FROM blob_refs ORDER BY task_id, sha256", tx=self._conn
+        )
+        yield from ((row[0], row[1]) for row in rows)
+
+    def keys(self) -> Iterator[tuple[KeyRecord, str]]:
+        for key_id, owner, role, created_at, revoked_at, key_hash in self._log.walk(
+            "SELECT key_id, owner, role, created_at, revoked_at, key_hash FROM api_keys"
+            " ORDER BY key_id",
+            tx=self._conn,
+        ):
+            record = KeyRecord(
+                key_id=key_id, owner=owner, role=role, created_at=created_at, revoked_at=revoked_at
+            )
+            yield record, key_hash
+
+
+class _Sink:
+    def __init__(self, log: PostgresLog) -> None:
+        self._log = log
+
+    def has_events(self, tx: psycopg.Connection) -> bool:
+        return tx.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+
+    def insert_event(self, tx: psycopg.Connection, row: dict[str, object]) -> None:
+        self._log.insert_row(tx, row)
+
+    def insert_blob(self, tx: psycopg.Connection, sha256: str, size: int, data: bytes) -> None:
+        tx.execute(
+            "INSERT INTO blobs (sha256, size, data) VALUES (%s, %s, %s)"
+            " ON CONFLICT (sha256) DO NOTHING",
+            (sha256, size, data),
+        )
+
+    def insert_blob_ref(self, tx: psycopg.Connection, task_id: str, sha256: str) -> None:
+        tx.execute(
+            "INSERT INTO blob_refs (task_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (task_id, sha256),
+        )
+
+    def insert_key(self, tx: psycopg.Connection, record: KeyRecord, key_hash: str) -> None:
+        cursor = tx.execute(
+            "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING",
+            (
+                record.key_id,
+                record.owner,
+                record.role,
+                key_hash,
+                record.created_at,
+                record.revoked_at,
+            ),
+        )
+        if cursor.rowcount == 0:
+            raise ImportRefused(f"The target database already has a key with id {record.key_id}")
+
+
+def export_records(log: PostgresLog) -> Iterator[dict[str, object]]:
+    """The whole log as records (see ``ledger.transfer``), from one REPEATABLE READ snapshot."""
+    with log.read_snapshot() as conn:
+        yield from transfer.export_records(_Source(log, conn))
+
+
+def import_records(
+    log: PostgresLog,
+    records: Iterable[dict[str, object]],
+    *,
+    tx: psycopg.Connection,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    return transfer.import_records(_Sink(log), records, tx=tx, progress=progress)
+
+
+#: Every table of a ledger, with its columns: the same on both backends.
+TABLES = {
+    "events": (
+        "position, stream_id, version, type, data, recorded_at, actor_key_id, actor_role,"
+        " request_id, idempotency_key, hash"
+    ),
+    "blobs": "sha256, size, data",
+    "blob_refs": "task_id, sha256",
+    "tasks": "task_id, owner, status, created_at, visible_until, lease_until, gone, version, state",
+    "queue": "task_id, position",
+    "checkpoints": "task_id, version, state",
+    "feed": "owner, position, task_id, type",
+    "api_keys": "key_id, owner, role, key_hash, created_at, revoked_at",
+    "idempotency_outcomes": "key_id, idempotency_key, fingerprint, outcome, created_at",
+    "url_secret": "id, secret",
+}
+
+
+def backup(log: PostgresLog, destination: str | Path) -> None:
+    """A SQLite ledger file at ``destination`` holding every table of this ledger as of one
+    moment (one REPEATABLE READ snapshot, taken while the nodes keep writing): a file any
+    taskledger command opens, and ``taskledger export`` turns back into PostgreSQL."""
+    from ledger.sqlite import SqliteBackend
+
+    destination = Path(destination)
+    if destination.exists():
+        raise FileExistsError(f"{destination} already exists")
+    copy = SqliteBackend(destination)
+    try:
+        with log.read_snapshot() as conn, copy.log.transaction() as tx:
+            for table, columns in TABLES.items():
+                marks = ", ".join("?" * len(columns.split(",")))
+                insert = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+                batch: list[tuple[object, ...]] = []
+                for row in log.walk(f"SELECT {columns} FROM {table}", tx=conn):
+                    batch.append(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row))
+                    if len(batch) >= 1000:
+                        tx.executemany(insert, batch)
+                        batch.clear()
+                if batch:
+                    tx.executemany(insert, batch)
+    except BaseException:
+        copy.close()
+        destination.unlink(missing_ok=True)
+        raise
+    copy.close()

@@ -1,0 +1,220 @@
+"""The read models' tables on PostgreSQL: ``tasks``, ``queue``, ``checkpoints``, ``feed`` and
+the event feed query, the same tables and columns as on SQLite (``ledger.sqlite.views``).
+Which tasks a query may show is decided by the domain: ``visible_until`` is
+``decider.visible_until(state)`` and the queries only compare it with the time they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+
+import psycopg
+
+from ledger import codec
+from ledger.log import FeedEntry, FeedQuery, RecordedEvent, TaskQuery, stream_id_for
+from ledger.postgres.log import EVENT_COLUMNS, PostgresLog, row_to_recorded
+from ledger.rows import COLUMN_NAMES, query_columns, stale_columns
+from ledger.state import TaskState
+
+
+class PostgresViews:
+    """``ledger.log.TaskViews`` on the database of a ``PostgresLog``."""
+
+    def __init__(self, log: PostgresLog) -> None:
+        self._log = log
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def load_task(self, task_id: str, *, tx: psycopg.Connection | None = None) -> TaskState | None:
+        row = self._log.fetchone("SELECT state FROM tasks WHERE task_id = %s", (task_id,), tx=tx)
+        return codec.decode_state(row[0]) if row else None
+
+    def save_task(self, tx: psycopg.Connection, state: TaskState) -> None:
+        tx.execute(
+            "INSERT INTO tasks (task_id, owner, status, created_at, visible_until, lease_until,"
+            " gone, version, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (task_id) DO UPDATE SET owner = excluded.owner,"
+            " status = excluded.status, created_at = excluded.created_at,"
+            " visible_until = excluded.visible_until, lease_until = excluded.lease_until,"
+            " gone = excluded.gone, version = excluded.version, state = excluded.state",
+            (state.task_id, *query_columns(state), codec.encode_str(state)),
+        )
+
+    def list_tasks(
+        self, query: TaskQuery, *, tx: psycopg.Connection | None = None
+    ) -> list[TaskState]:
+        where = ["gone IS NULL", "(visible_until IS NULL OR visible_until > %s)"]
+        params: list[object] = [codec.timestamp(query.at)]
+        if query.owner is not None:
+            where.append("owner = %s")
+            params.append(query.owner)
+        if query.start is not None:
+            where.append("created_at >= %s")
+            params.append(codec.timestamp(query.start))
+        if query.end is not None:
+            where.append("created_at <= %s")
+            params.append(codec.timestamp(query.end))
+        sql = (
+            f"SELECT state FROM tasks WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, task_id DESC LIMIT %s OFFSET %s"
+        )
+        params += [query.limit, query.offset]
+        return [codec.decode_state(row[0]) for row in self._log.fetchall(sql, params, tx=tx)]
+
+    def stored_states(
+        self, *, tx: psycopg.Connection | None = None
+    ) -> Iterator[tuple[str, TaskState]]:
+        for task_id, state in self._log.walk(
+            "SELECT task_id, state FROM tasks ORDER BY task_id", tx=tx
+        ):
+            yield task_id, codec.decode_state(state)
+
+    def stale_rows(self, *, tx: psycopg.Connection | None = None) -> list[tuple[str, str]]:
+        found = []
+        for row in self._log.walk(
+            f"SELECT task_id, state, {', '.join(COLUMN_NAMES)} FROM tasks ORDER BY task_id", tx=tx
+        ):
+            wrong = stale_columns(row)
+            if wrong:
+                found.append((row[0], wrong))
+        return found
+
+    def due_leases(self, at: datetime, limit: int = 500) -> list[str]:
+        rows = self._log.fetchall(
+            "SELECT task_id FROM tasks WHERE gone IS NULL AND lease_until IS NOT NULL"
+            " AND lease_until <= %s ORDER BY lease_until LIMIT %s",
+            (codec.timestamp(at), limit),
+        )
+        return [row[0] for row in rows]
+
+    def due_expiries(self, at: datetime, limit: int = 500) -> list[str]:
+        rows = self._log.fetchall(
+            "SELECT task_id FROM tasks WHERE gone IS NULL AND visible_until IS NOT NULL"
+            " AND visible_until <= %s ORDER BY visible_until LIMIT %s",
+            (codec.timestamp(at), limit),
+        )
+        return [row[0] for row in rows]
+
+    # -- queue ------------------------------------------------------------------------------
+
+    def queue_head(self, *, tx: psycopg.Connection | None = None) -> str | None:
+        """The oldest claimable task. Inside a write transaction the ledger's advisory lock is
+        held, so no other node can claim the same head before this transaction commits."""
+        row = self._log.fetchone("SELECT task_id FROM queue ORDER BY position LIMIT 1", tx=tx)
+        return row[0] if row else None
+
+    def enqueue(self, tx: psycopg.Connection, task_id: str, position: int) -> None:
+        tx.execute(
+            "INSERT INTO queue (task_id, position) VALUES (%s, %s)"
+            " ON CONFLICT (task_id) DO UPDATE SET position = excluded.position",
+            (task_id, position),
+        )
+
+    def dequeue(self, tx: psycopg.Connection, task_id: str) -> None:
+        tx.execute("DELETE FROM queue WHERE task_id = %s", (task_id,))
+
+    def queue_entries(self, *, tx: psycopg.Connection | None = None) -> list[tuple[str, int]]:
+        rows = self._log.fetchall("SELECT task_id, position FROM queue ORDER BY position", tx=tx)
+        return [(r[0], r[1]) for r in rows]
+
+    def clear(self, tx: psycopg.Connection) -> None:
+        tx.execute("DELETE FROM tasks")
+        tx.execute("DELETE FROM queue")
+        tx.execute("DELETE FROM checkpoints")
+        tx.execute("DELETE FROM feed")
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self, tx: psycopg.Connection, state: TaskState) -> None:
+        tx.execute(
+            "INSERT INTO checkpoints (task_id, version, state) VALUES (%s, %s, %s)"
+            " ON CONFLICT (task_id, version) DO UPDATE SET state = excluded.state",
+            (state.task_id, state.version, codec.encode_str(state)),
+        )
+
+    def load_checkpoint(
+        self, task_id: str, version: int, *, tx: psycopg.Connection | None = None
+    ) -> TaskState | None:
+        row = self._log.fetchone(
+            "SELECT state FROM checkpoints WHERE task_id = %s AND version <= %s"
+            " ORDER BY version DESC LIMIT 1",
+            (task_id, version),
+            tx=tx,
+        )
+        return codec.decode_state(row[0]) if row else None
+
+    def stored_checkpoints(
+        self, *, tx: psycopg.Connection | None = None
+    ) -> Iterator[tuple[str, int, TaskState]]:
+        for task_id, version, state in self._log.walk(
+            "SELECT task_id, version, state FROM checkpoints ORDER BY task_id, version", tx=tx
+        ):
+            yield task_id, version, codec.decode_state(state)
+
+    # -- the owners' feed entries -----------------------------------------------------------
+
+    def add_to_feed(self, tx: psycopg.Connection, entries: Sequence[FeedEntry]) -> None:
+        if not entries:
+            return
+        with tx.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO feed (owner, position, task_id, type) VALUES (%s, %s, %s, %s)",
+                [(e.owner, e.position, e.task_id, e.type) for e in entries],
+            )
+
+    def drop_from_feed(self, tx: psycopg.Connection, task_id: str) -> None:
+        tx.execute("DELETE FROM feed WHERE task_id = %s", (task_id,))
+
+    def feed_entries(self, *, tx: psycopg.Connection | None = None) -> Iterator[FeedEntry]:
+        for position, owner, task_id, type_ in self._log.walk(
+            "SELECT position, owner, task_id, type FROM feed ORDER BY task_id, position", tx=tx
+        ):
+            yield FeedEntry(position=position, owner=owner, task_id=task_id, type=type_)
+
+    # -- the event feed ---------------------------------------------------------------------
+
+    def feed(
+        self, query: FeedQuery, *, tx: psycopg.Connection | None = None
+    ) -> list[RecordedEvent]:
+        """Keyset paging, as on SQLite: the events' primary key for the whole log, the feed
+        table's (owner, position) for one owner."""
+        if query.owner is None:
+            return self._log_page(query, tx)
+        columns = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+        where = ["f.owner = %s", "f.position > %s"]
+        params: list[object] = [query.owner, query.after]
+        if query.task_id is not None:
+            where.append("f.task_id = %s")
+            params.append(query.task_id)
+        if query.types:
+            where.append("f.type = ANY(%s)")
+            params.append(list(query.types))
+        if query.visible_at is not None:
+            where.append(
+                "NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = f.task_id"
+                " AND t.gone IS NULL AND t.visible_until <= %s)"
+            )
+            params.append(codec.timestamp(query.visible_at))
+        sql = (
+            f"SELECT {columns} FROM feed f JOIN events e ON e.position = f.position"
+            f" WHERE {' AND '.join(where)} ORDER BY f.position LIMIT %s"
+        )
+        params.append(query.limit)
+        return [row_to_recorded(row) for row in self._log.fetchall(sql, params, tx=tx)]
+
+    def _log_page(self, query: FeedQuery, tx: psycopg.Connection | None) -> list[RecordedEvent]:
+        where = ["position > %s"]
+        params: list[object] = [query.after]
+        if query.task_id is not None:
+            where.append("stream_id = %s")
+            params.append(stream_id_for(query.task_id))
+        if query.types:
+            where.append("type = ANY(%s)")
+            params.append(list(query.types))
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY position LIMIT %s"
+        )
+        params.append(query.limit)
+        return [row_to_recorded(row) for row in self._log.fetchall(sql, params, tx=tx)]
