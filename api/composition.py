@@ -8,10 +8,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from api.settings import is_database_url
 from ledger.commands import AnyCommand
 from ledger.decider import fold
 from ledger.handler import CommandHandler, CommandSource
 from ledger.log import Backend, RecordedEvent, stream_id_for
+from ledger.postgres import PostgresBackend, redact
 from ledger.sqlite import SqliteBackend
 from ledger.state import TaskState
 from projections.checkpoints import CHECKPOINT_EVERY, CheckpointProjection, state_at
@@ -22,6 +24,23 @@ from projections.tasks import TasksProjection
 if TYPE_CHECKING:
     from api.service import TaskLedger
     from api.settings import Settings
+
+
+def open_backend(
+    db: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+) -> Backend:
+    """The backend ``db`` names: a ``postgresql://`` URL opens the PostgreSQL backend (its
+    tables created in the URL's schema on first use), anything else is a SQLite file (created
+    with its schema if new). ``synchronous`` is SQLite's; PostgreSQL commits with its own
+    ``synchronous_commit`` (on by default: every commit is flushed)."""
+    if is_database_url(db):
+        return PostgresBackend(str(db), timeout=busy_timeout_ms / 1000)
+    return SqliteBackend(db, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+
+
+def database_name(db: str | Path) -> str:
+    """``db`` as messages name it: a file's path, or a URL without its password."""
+    return redact(db) if isinstance(db, str) and is_database_url(db) else str(db)
 
 
 class Store:
@@ -40,10 +59,13 @@ class Store:
         backend: Backend | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
-        self.backend: Backend = backend or SqliteBackend(
+        self.backend: Backend = backend or open_backend(
             path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
         )
-        self.path = Path(path)
+        #: The database: a SQLite file's path or a PostgreSQL URL.
+        self.db: str | Path = path
+        #: ``db`` as messages name it (no password).
+        self.name = database_name(path)
         self.log = self.backend.log
         self.views = self.backend.views
         self.records = self.backend.records
@@ -57,6 +79,17 @@ class Store:
             [self.tasks, self.queue, self.checkpoints, self.feed],
             clock=clock,
         )
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (TypeError on PostgreSQL, which has none)."""
+        if is_database_url(self.db):
+            raise TypeError(f"{self.name} is a PostgreSQL database, not a file")
+        return Path(self.db)
+
+    @property
+    def is_postgres(self) -> bool:
+        return is_database_url(self.db)
 
     def state(self, task_id: str) -> TaskState | None:
         """The projected state of a task (one indexed row), or None if it was never created."""
@@ -102,14 +135,16 @@ class Store:
 
 
 def open_service(settings: Settings) -> TaskLedger:
-    """The service over ``settings.db_path``, its writer thread and read pool running."""
+    """The service over the database of ``settings`` (``db_url`` or ``db_path``), its writer
+    thread and read pool running."""
     from api.fetch import UrlFetcher
     from api.groupcommit import Writer
     from api.keys import Gate, RateLimiter
     from api.readpool import ReadPool
     from api.service import TaskLedger, now
+    from api.settings import database_of
 
-    store = Store(settings.db_path, synchronous=settings.synchronous, clock=now)
+    store = Store(database_of(settings), synchronous=settings.synchronous, clock=now)
     writer = Writer(store.handler, park_limit=settings.park_ms / 1000)
     writer.start()
     limiter = None

@@ -10,11 +10,14 @@ from its thread, and the watch fires them on the event loop. A reader takes the 
 *before* it reads, then waits on it: a commit between its read and its wait has already set the
 event it holds, so no wake-up is missed, and a batch that appended nothing wakes nobody.
 
-Other processes on the same database (``serve --workers N``, separate ``serve`` processes) do
-not call this process's writer. While anyone waits here, one background task (``Watch._run``)
-reads the log's last position every ``OTHER_PROCESSES_SECONDS`` and wakes everyone when events
-other than this process's own were appended since its last look: one indexed read per interval
-for the whole process, not one per waiting reader. The same task re-reads, every
+Other processes on the same database (``serve --workers N``, separate ``serve`` processes, other
+nodes on one PostgreSQL database) do not call this process's writer. While anyone waits here,
+one background task (``Watch._run``) reads the log's last position every
+``OTHER_PROCESSES_SECONDS`` and wakes everyone when events other than this process's own were
+appended since its last look: one indexed read per interval for the whole process, not one per
+waiting reader. A backend that hears of other processes' commits (``EventLog.listen``:
+PostgreSQL's LISTEN/NOTIFY) nudges that task to look at once, so a claim waiting on one node
+wakes within milliseconds of a create on another. The same task re-reads, every
 ``KEY_CHECK_SECONDS``, the keys that hold a stream or a claim open, and sets each revoked one's
 ``Hold.revoked``: a stream ends, a waiting claim answers 401.
 
@@ -108,6 +111,9 @@ class Watch:
         #: process appended.
         self._looked = 0
         self._ours: list[int] = []
+        #: Set (on the loop) when the backend reports a commit: the look runs at once.
+        self._nudge = asyncio.Event()
+        self._stop_listening = log.listen(self._heard)
 
     # -- what a reader takes before it reads, and waits on after ---------------------------
 
@@ -182,6 +188,16 @@ class Watch:
             except RuntimeError:  # the loop has closed: nobody is waiting any more
                 pass
 
+    def _heard(self) -> None:
+        """The backend's callback, on its thread: some process committed events."""
+        loop = self._loop
+        if loop is None or self._task is None:
+            return  # nobody waits; the next hold looks at once anyway
+        try:
+            loop.call_soon_threadsafe(self._nudge.set)
+        except RuntimeError:  # the loop has closed
+            pass
+
     def _wake(self, positions: list[int], work: bool, owners: set[str | None]) -> None:
         self._ours += positions
         self._fire(work, owners)
@@ -221,7 +237,11 @@ class Watch:
                     for key_id in revoked:
                         for held in self._holds.get(key_id, ()):
                             held.revoked.set()
-                await asyncio.sleep(self.other_processes)
+                try:
+                    await asyncio.wait_for(self._nudge.wait(), self.other_processes)
+                except TimeoutError:
+                    pass
+                self._nudge.clear()
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
@@ -245,6 +265,7 @@ class Watch:
         return self._log.last_position(), [k for k in keys if not is_active(self._records, k)]
 
     def close(self) -> None:
+        self._stop_listening()
         if self._task is not None:
             self._task.cancel()
             self._task = None

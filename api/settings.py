@@ -10,12 +10,24 @@ import msgspec
 DEFAULT_DB = "taskledger.db"
 
 
-def default_db_path() -> Path:
-    return Path(os.environ.get("TASKLEDGER_DB") or DEFAULT_DB)
+def default_db_path() -> Path | str:
+    """``$TASKLEDGER_DB`` (a file, or a ``postgresql://`` URL), else ./taskledger.db."""
+    value = os.environ.get("TASKLEDGER_DB") or DEFAULT_DB
+    return value if is_database_url(value) else Path(value)
+
+
+def is_database_url(value: object) -> bool:
+    """Whether ``value`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)
+    rather than a SQLite file."""
+    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
 
 
 class Settings(msgspec.Struct, kw_only=True):
+    #: The SQLite file (unused when ``db_url`` is set).
     db_path: Path
+    #: A ``postgresql://`` URL: the ledger lives in that PostgreSQL database (several server
+    #: processes on several hosts may share it) instead of ``db_path``.
+    db_url: str | None = None
     #: Base of absolute URLs (task_url, input_file_url, pdf_url). None: from each request's
     #: Host, when it is one of ``allowed_hosts``.
     public_url: str | None = None
@@ -87,6 +99,18 @@ class Settings(msgspec.Struct, kw_only=True):
     header_timeout: float = 10.0
     #: Seconds a connection idle after a response stays open (keep-alive).
     keep_alive: float = 5.0
+
+
+def settings_for(db: Path | str, **fields: object) -> Settings:
+    """Settings over ``db``: a SQLite file's path, or a PostgreSQL URL."""
+    if is_database_url(db):
+        return Settings(db_path=Path(DEFAULT_DB), db_url=str(db), **fields)  # type: ignore[arg-type]
+    return Settings(db_path=Path(db), **fields)  # type: ignore[arg-type]
+
+
+def database_of(settings: Settings) -> Path | str:
+    """The database ``settings`` name: the PostgreSQL URL if there is one, else the file."""
+    return settings.db_url if settings.db_url is not None else settings.db_path
 
 
 SETTINGS_ENV = "TASKLEDGER_SETTINGS"

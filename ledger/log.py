@@ -211,6 +211,13 @@ class EventLog(Protocol):
         """Every stored blob: its address, its bytes and the tasks that refer to it."""
         ...
 
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (on a thread of the backend's) soon after any process commits
+        events to this log, if the backend can tell (PostgreSQL's LISTEN/NOTIFY); a backend
+        that cannot never calls it, and its readers look for themselves. Returns a function
+        that stops listening."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -6,37 +6,50 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
 from api import keys as key_store
-from api.composition import Store
+from api.composition import Store, database_name
 from api.filetypes import FILE_TYPE_POLICIES
 from api.links import binds_every_interface, default_allowed_hosts, parse_host
 from api.policy import ROLES
-from api.settings import Settings
+from api.settings import is_database_url, settings_for
 from ledger.errors import LedgerError
+from ledger.postgres import SchemaTooNew
 from scripts import bench, ops
-from scripts.options import db_option, resolve_db
+from scripts.options import Database, db_option, resolve_db
 
 
-def open_store(db_path: Path) -> Store:
+def open_store(db: Database) -> Store:
     """The database (created with its schema if new), for key management."""
     try:
-        return Store(db_path)
+        return Store(db)
+    except SchemaTooNew as exc:
+        raise click.ClickException(exc.message) from None
     except (OSError, LedgerError) as exc:
         raise click.ClickException(
-            f"Cannot open the database {db_path} for writing: {exc}. Check the path, its "
-            "permissions and the free space."
+            f"Cannot open the database {database_name(db)} for writing: {exc}. "
+            + (
+                "Check the URL, that the server is up and that the user may create tables."
+                if is_database_url(db)
+                else "Check the path, its permissions and the free space."
+            )
         ) from None
 
 
-def admin_key_file(db: Path) -> Path:
-    """Where ``serve`` leaves the first admin key when no terminal is there to show it."""
+def admin_key_file(db: Database) -> Path:
+    """Where ``serve`` leaves the first admin key when no terminal is there to show it: next
+    to a SQLite file; for a PostgreSQL database, ``<database name>.admin-key`` in the current
+    directory."""
+    if isinstance(db, str):
+        name = urlsplit(db).path.strip("/") or "taskledger"
+        return Path(f"{name}.admin-key")
     return db.with_name(db.name + ".admin-key")
 
 
-def announce_admin_key(db: Path, key_id: str, key: str) -> None:
+def announce_admin_key(db: Database, key_id: str, key: str) -> None:
     """Give the first admin key to the person starting the server, and to nothing else: on the
     terminal (stderr) when there is one; otherwise in a file only its owner can read (0600),
     named on stderr, so it never lands in a log that captures stdout or stderr."""
@@ -256,7 +269,7 @@ def cli() -> None:
     help="Seconds a connection idle after a response stays open.",
 )
 def serve(
-    db_path: Path | None,
+    db_path: Database | None,
     host: str,
     port: int,
     public_url: str | None,
@@ -304,13 +317,18 @@ def serve(
     db = resolve_db(db_path)
     store = open_store(db)
     try:
-        if store.records.count_keys() == 0:
-            record, key = key_store.create_key(store.records, "admin", "admin")
-            announce_admin_key(db, record.key_id, key)
+        made = None
+        # In a write transaction, so that of several servers starting at once on one new
+        # database only one makes the admin key (the others wait for its commit, then see it).
+        with store.log.transaction():
+            if store.records.count_keys() == 0:
+                made = key_store.create_key(store.records, "admin", "admin")
+        if made is not None:
+            announce_admin_key(db, made[0].key_id, made[1])
     except LedgerError as exc:
         raise click.ClickException(
-            f"Cannot open the database {db} for writing: {exc}. Check the path, its permissions "
-            "and the free space."
+            f"Cannot open the database {database_name(db)} for writing: {exc}. Check the path "
+            "or URL, the permissions and the free space."
         ) from None
     finally:
         store.close()
@@ -324,8 +342,8 @@ def serve(
                 f"{', '.join(allowed_hosts)}.",
                 err=True,
             )
-    settings = Settings(
-        db_path=db,
+    settings = settings_for(
+        db,
         public_url=public_url,
         allowed_hosts=allowed_hosts,
         url_ttl=url_ttl,
@@ -432,7 +450,7 @@ def _allowed_hosts(value: str | None) -> tuple[str, ...] | None:
     show_default=True,
     help="user: own tasks; worker: claim and finish any task; admin: everything.",
 )
-def keys_create(db_path: Path | None, owner: str, role: str) -> None:
+def keys_create(db_path: Database | None, owner: str, role: str) -> None:
     """Create a key. The key is printed alone on the last line and never shown again.
 
     Example:
@@ -452,7 +470,7 @@ def keys_create(db_path: Path | None, owner: str, role: str) -> None:
 
 @keys.command("list")
 @db_option
-def keys_list(db_path: Path | None) -> None:
+def keys_list(db_path: Database | None) -> None:
     """List keys (ids, owners, roles; never the keys themselves).
 
     Example:
@@ -490,7 +508,7 @@ def keys_list(db_path: Path | None) -> None:
 @keys.command("revoke")
 @db_option
 @click.argument("key_id")
-def keys_revoke(db_path: Path | None, key_id: str) -> None:
+def keys_revoke(db_path: Database | None, key_id: str) -> None:
     """Revoke a key by its id; requests with it get 401 from then on.
 
     Example:
@@ -509,7 +527,7 @@ def keys_revoke(db_path: Path | None, key_id: str) -> None:
 
 @keys.command("rotate-url-secret")
 @db_option
-def keys_rotate_url_secret(db_path: Path | None) -> None:
+def keys_rotate_url_secret(db_path: Database | None) -> None:
     """Replace the secret that signs file links (input_file_url, pdf_url).
 
     Every link handed out before is refused (403) from then on, by every server on the

@@ -27,16 +27,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.composition import Store, close_service, open_service
+from api.composition import Store, close_service, database_name, open_service
 from api.policy import OPERATOR
 from api.service import MAX_HISTORY_LIMIT
-from api.settings import Settings
+from api.settings import settings_for
 from ledger import codec
 from ledger.decider import evolve, initial_state
 from ledger.errors import ImportRefused, LedgerError, TaskNotFound
 from ledger.log import FeedQuery, RecordedEvent, stream_id_for
 from projections import audit
-from scripts.options import db_option, resolve_db
+from scripts.options import Database, db_option, resolve_db
 
 err = Console(stderr=True)
 
@@ -63,11 +63,16 @@ def event_record(recorded: RecordedEvent) -> dict[str, Any]:
     }
 
 
-def open_store(db_path: Path | None, *, must_exist: bool = True) -> Store:
-    path = resolve_db(db_path)
-    if must_exist and not path.exists():
-        raise click.ClickException(f"No database at {path}")
-    return Store(path)
+def open_store(db_path: Database | None, *, must_exist: bool = True) -> Store:
+    """The ledger ``--db`` names. A SQLite file must exist unless ``must_exist`` is False; a
+    PostgreSQL database is reached (its tables made if missing) or the command says why not."""
+    db = resolve_db(db_path)
+    if must_exist and isinstance(db, Path) and not db.exists():
+        raise click.ClickException(f"No database at {db}")
+    try:
+        return Store(db)
+    except LedgerError as exc:
+        raise click.ClickException(f"Cannot open {database_name(db)}: {exc}") from None
 
 
 @contextmanager
@@ -125,7 +130,7 @@ def pages(store: Store, task_id: str, until_version: int | None) -> Iterator[Rec
 @click.option(
     "--until", "until", default=None, help="Stop after this version, or at this RFC 3339 time."
 )
-def replay(db_path: Path | None, task_id: str, until: str | None) -> None:
+def replay(db_path: Database | None, task_id: str, until: str | None) -> None:
     """Step through a task's events, showing the state after each one.
 
     Example:
@@ -177,7 +182,7 @@ def replay(db_path: Path | None, task_id: str, until: str | None) -> None:
     type=click.IntRange(min=1),
     help="Print at most this many events (default: every one after --after).",
 )
-def history(db_path: Path | None, task_id: str, after: int, limit: int | None) -> None:
+def history(db_path: Database | None, task_id: str, after: int, limit: int | None) -> None:
     """Print a task's events, oldest first, with who caused each.
 
     The events are read a page of 1000 at a time, as GET /api/v1/task/{id}/events serves them,
@@ -187,15 +192,14 @@ def history(db_path: Path | None, task_id: str, after: int, limit: int | None) -
 
         taskledger history --db ./taskledger.db 3f0c9d2e-6a51-4a57-9a3b-1f2b7f0c1e11 --after 1000
     """
-    path = resolve_db(db_path)
-    if not path.exists():
-        raise click.ClickException(f"No database at {path}")
+    db = resolve_db(db_path)
+    open_store(db).close()  # says why, if the ledger is not there
     shown: list[RecordedEvent] = []
 
     async def read() -> None:
         # The same use case the HTTP API serves, as the operator (who holds the file, so may
         # audit every task, deleted and expired ones included).
-        service = open_service(Settings(db_path=path, sweep_interval=0))
+        service = open_service(settings_for(db, sweep_interval=0))
         try:
             cursor, left = after, limit
             while left is None or left > 0:
@@ -251,7 +255,7 @@ def print_events(events: list[RecordedEvent]) -> None:
     help="Start after this position (default: the last 20 events).",
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
-def tail(db_path: Path | None, after: int | None, follow: bool) -> None:
+def tail(db_path: Database | None, after: int | None, follow: bool) -> None:
     """Print the newest events of the whole log; --follow keeps going.
 
     Example:
@@ -274,7 +278,7 @@ def tail(db_path: Path | None, after: int | None, follow: bool) -> None:
 
 @click.command()
 @db_option
-def verify(db_path: Path | None) -> None:
+def verify(db_path: Database | None) -> None:
     """Fold every stream again, compare with the stored projections, and check the hash chain.
 
     Prints each difference; exits 1 if there is any, 0 if the database is sound.
@@ -303,7 +307,7 @@ def verify(db_path: Path | None) -> None:
 
 @click.command()
 @db_option
-def rebuild(db_path: Path | None) -> None:
+def rebuild(db_path: Database | None) -> None:
     """Drop every projection and rebuild it from the log, in one transaction.
 
     Example:
@@ -331,7 +335,7 @@ def rebuild(db_path: Path | None) -> None:
     default=None,
     help="Write here instead of stdout.",
 )
-def export(db_path: Path | None, output: Path | None) -> None:
+def export(db_path: Database | None, output: Path | None) -> None:
     """Write the whole log (events with envelopes and hashes, blobs) as JSON lines.
 
     Example:
@@ -359,7 +363,7 @@ def export(db_path: Path | None, output: Path | None) -> None:
 @click.command("import")
 @db_option
 @click.argument("source", type=click.File("r"))
-def import_(db_path: Path | None, source: Any) -> None:
+def import_(db_path: Database | None, source: Any) -> None:
     """Load an export into a new database, checking the hash chain; then build the projections.
 
     Refuses (and writes nothing) if the chain is broken or the database already has events.
@@ -386,13 +390,13 @@ def import_(db_path: Path | None, source: Any) -> None:
         raise click.ClickException(f"Import refused: {exc.message}") from None
     except (audit.UndecodableEvent, LedgerError) as exc:
         raise click.ClickException(f"Import refused: {exc}") from None
-    err.print(f"Imported {count} events ({tasks} tasks) into {store.path}")
+    err.print(f"Imported {count} events ({tasks} tasks) into {store.name}")
 
 
 @click.command()
 @db_option
 @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
-def backup(db_path: Path | None, destination: Path) -> None:
+def backup(db_path: Database | None, destination: Path) -> None:
     """Copy the database while the server keeps running: a consistent snapshot.
 
     Example:
@@ -404,4 +408,4 @@ def backup(db_path: Path | None, destination: Path) -> None:
         store.backend.backup(destination)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
-    err.print(f"Backed up {store.path} to {destination}")
+    err.print(f"Backed up {store.name} to {destination}")

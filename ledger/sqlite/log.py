@@ -437,6 +437,11 @@ class SqliteLog:
     ) -> Iterator[tuple[str, bytes, list[str]]]:
         return blobs.iter_blobs(tx or self.reader())
 
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """SQLite cannot tell one process about another's commits: never called back (the
+        service's watch reads the last position while anyone waits)."""
+        return lambda: None
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
