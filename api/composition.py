@@ -13,7 +13,6 @@ from ledger.commands import AnyCommand
 from ledger.decider import fold
 from ledger.handler import CommandHandler, CommandSource
 from ledger.log import Backend, RecordedEvent, stream_id_for
-from ledger.postgres import PostgresBackend, redact
 from ledger.sqlite import SqliteBackend
 from ledger.state import TaskState
 from projections.checkpoints import CHECKPOINT_EVERY, CheckpointProjection, state_at
@@ -34,13 +33,19 @@ def open_backend(
     with its schema if new). ``synchronous`` is SQLite's; PostgreSQL commits with its own
     ``synchronous_commit`` (on by default: every commit is flushed)."""
     if is_database_url(db):
+        from ledger.postgres import PostgresBackend  # psycopg is loaded only when used
+
         return PostgresBackend(str(db), timeout=busy_timeout_ms / 1000)
     return SqliteBackend(db, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
 
 
 def database_name(db: str | Path) -> str:
     """``db`` as messages name it: a file's path, or a URL without its password."""
-    return redact(db) if isinstance(db, str) and is_database_url(db) else str(db)
+    if isinstance(db, str) and is_database_url(db):
+        from ledger.postgres.connection import redact
+
+        return redact(db)
+    return str(db)
 
 
 class Store:

@@ -61,3 +61,8 @@ class DuplicateRecord(LedgerError):
 
 class ImportRefused(LedgerError):
     """An export that cannot be imported as it is (broken chain, bad record, non-empty target)."""
+
+
+class SchemaTooNew(LedgerError):
+    """The database was written by a newer taskledger than this one (its schema version is
+    higher than the code's): refused rather than misread."""

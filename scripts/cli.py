@@ -16,8 +16,7 @@ from api.filetypes import FILE_TYPE_POLICIES
 from api.links import binds_every_interface, default_allowed_hosts, parse_host
 from api.policy import ROLES
 from api.settings import is_database_url, settings_for
-from ledger.errors import LedgerError
-from ledger.postgres import SchemaTooNew
+from ledger.errors import LedgerError, SchemaTooNew
 from scripts import bench, ops
 from scripts.options import Database, db_option, resolve_db
 

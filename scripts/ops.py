@@ -362,15 +362,19 @@ def export(db_path: Database | None, output: Path | None) -> None:
 
 @click.command("import")
 @db_option
-@click.argument("source", type=click.File("r"))
+@click.argument("source", type=click.File("r"), default="-")
 def import_(db_path: Database | None, source: Any) -> None:
-    """Load an export into a new database, checking the hash chain; then build the projections.
+    """Load an export (a file, or standard input when SOURCE is left out or is -) into a new
+    database, checking the hash chain; then build the projections. The export's API keys
+    (their hashes) come along, so the same keys work on the new database.
 
     Refuses (and writes nothing) if the chain is broken or the database already has events.
 
-    Example:
+    Examples:
 
         taskledger import events.jsonl --db ./restored.db
+
+        taskledger export --db ./taskledger.db | taskledger import --db postgresql://user@host/db
     """
     store = open_store(db_path, must_exist=False)
 

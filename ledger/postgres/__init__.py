@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ledger.errors import SchemaTooNew
 from ledger.postgres import transfer
-from ledger.postgres.connection import SCHEMA_VERSION, SchemaTooNew, is_postgres_url, redact
+from ledger.postgres.connection import SCHEMA_VERSION, redact
 from ledger.postgres.log import PostgresLog
 from ledger.postgres.records import PostgresRecords
 from ledger.postgres.views import PostgresViews
@@ -61,6 +62,5 @@ __all__ = [
     "PostgresRecords",
     "PostgresViews",
     "SchemaTooNew",
-    "is_postgres_url",
     "redact",
 ]

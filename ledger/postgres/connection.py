@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ledger.errors import LedgerError, StorageUnavailable
+from ledger.errors import SchemaTooNew, StorageUnavailable
 
 #: The schema this code writes and reads. A database whose ``schema_version`` is higher was
 #: written by a newer taskledger and is refused (SchemaTooNew); a lower one is migrated.
@@ -121,14 +121,6 @@ CREATE TABLE IF NOT EXISTS url_secret (
     secret BYTEA NOT NULL
 );
 """
-
-
-class SchemaTooNew(LedgerError):
-    """The database was written by a newer taskledger than this one."""
-
-
-def is_postgres_url(target: object) -> bool:
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
 
 def redact(url: str) -> str:

@@ -1,6 +1,7 @@
 """``taskledger export`` then ``taskledger import``: the whole log (events with their envelopes
-and hashes, blobs) goes to JSON lines and comes back into a new database, whose projections are
-built from it. Served, the new database answers as the old one did. Import checks the hash
+and hashes, blobs, the API keys' hashes) goes to JSON lines and comes back into a new database,
+whose projections are built from it. Served, the new database answers the same keys as the old
+one did, with the same answers. Import checks the hash
 chain and refuses, writing nothing, a file that was altered, or a database that has events.
 """
 
@@ -14,7 +15,6 @@ import pytest
 from audit_support import (
     InProcessServer,
     Story,
-    add_key,
     feed_all,
     json_lines,
     query,
@@ -77,14 +77,10 @@ def imported(exported, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def restored(imported):
-    """The imported database, served, with keys made again for the same owner names (keys are
-    not exported)."""
-    keys = {
-        "alice": add_key(imported, "alice"),
-        "bob": add_key(imported, "bob"),
-        "admin": add_key(imported, "admin", "admin"),  # admins may claim, too
-    }
+def restored(imported, user_keys):
+    """The imported database, served, and clients holding the original keys (an export carries
+    the keys' hashes, so the same keys work)."""
+    keys = {name: user_keys[name] for name in ("alice", "bob", "admin")}
     server = InProcessServer(imported).start()
     clients = {name: server.client(key) for name, key in keys.items()}
     yield server, clients
@@ -99,12 +95,22 @@ def records(path: Path) -> list[dict]:
 
 def test_export_writes_a_header_every_event_and_the_blobs(exported, server):
     lines = records(exported)
-    assert lines[0] == {"kind": "header", "format": "taskledger-export", "version": 1}
+    assert lines[0] == {"kind": "header", "format": "taskledger-export", "version": 2}
     events = [r for r in lines if r["kind"] == "event"]
     stored = query(server.db, "SELECT position, hash FROM events ORDER BY position")
     assert [(e["position"], e["hash"]) for e in events] == stored
     blobs = {r["sha256"] for r in lines if r["kind"] == "blob"}
     assert blobs == {row[0] for row in query(server.db, "SELECT sha256 FROM blobs")}
+    keys = [(r["key_id"], r["key_hash"]) for r in lines if r["kind"] == "key"]
+    assert keys == query(server.db, "SELECT key_id, key_hash FROM api_keys ORDER BY key_id")
+    assert lines[-1]["kind"] == "footer"
+
+
+def test_an_export_holds_no_key_itself(exported, user_keys):
+    text = exported.read_text()
+    for key in user_keys.values():
+        assert key not in text
+        assert key.split("_")[-1] not in text
 
 
 def test_the_imported_database_verifies(imported, exported):
