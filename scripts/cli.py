@@ -140,7 +140,10 @@ def cli() -> None:
     default="FULL",
     show_default=True,
     type=click.Choice(["FULL", "NORMAL"], case_sensitive=False),
-    help="SQLite durability: FULL fsyncs every commit.",
+    help=(
+        "SQLite durability: FULL fsyncs every commit (PostgreSQL commits with its own "
+        "synchronous_commit, on by default)."
+    ),
 )
 @click.option(
     "--expires-in",
@@ -368,7 +371,7 @@ def serve(
         header_timeout=header_timeout,
         keep_alive=keep_alive,
     )
-    click.echo(f"taskledger serving {db} on http://{host}:{port}", err=True)
+    click.echo(f"taskledger serving {database_name(db)} on http://{host}:{port}", err=True)
     if workers > 1:
         import os
 
