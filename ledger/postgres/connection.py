@@ -148,9 +148,13 @@ def with_options(url: str, options: str) -> str:
 
 
 def connect(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> psycopg.Connection:
-    """A new autocommit connection (transactions are begun explicitly)."""
+    """A new autocommit connection (transactions are begun explicitly), with
+    ``synchronous_commit`` on whatever the server's default (a commit returns once it is
+    flushed: what an acknowledged write rests on) and the lock timeout."""
     try:
-        conninfo = with_options(url, f"-c lock_timeout={int(lock_timeout_ms)}")
+        conninfo = with_options(
+            url, f"-c lock_timeout={int(lock_timeout_ms)} -c synchronous_commit=on"
+        )
         return psycopg.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
         raise StorageUnavailable(f"Cannot connect to PostgreSQL at {redact(url)} ({exc})") from exc

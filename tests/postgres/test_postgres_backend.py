@@ -15,6 +15,7 @@ import pytest
 from ledger.errors import SchemaTooNew, StorageUnavailable
 from ledger.log import Actor, Envelope, stream_id_for
 from ledger.postgres import SCHEMA_VERSION, PostgresBackend
+from ledger.postgres.connection import with_options
 from tests.backends.backend_support import created, populate
 from tests.pg import SESSION, needs_postgres
 
@@ -66,6 +67,19 @@ def test_the_schema_version_is_recorded_and_a_newer_one_is_refused(backend, url)
 
     with pytest.raises(SchemaTooNew, match=f"version {SCHEMA_VERSION + 1}, newer than"):
         PostgresBackend(url)
+
+
+def test_the_write_connection_commits_synchronously_whatever_the_default(url):
+    # A connection default that would acknowledge commits before they are flushed.
+    lax = with_options(url, "-c synchronous_commit=off")
+    with psycopg.connect(lax, autocommit=True) as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    backend = PostgresBackend(lax)
+    try:
+        with backend.log.transaction() as tx:
+            assert tx.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    finally:
+        backend.close()
 
 
 def test_opening_an_existing_ledger_keeps_it(backend, url):
