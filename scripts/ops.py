@@ -370,9 +370,11 @@ def import_(db_path: Database | None, source: Any) -> None:
 
     Refuses (and writes nothing) if the chain is broken or the database already has events.
 
-    Examples:
+    Example:
 
         taskledger import events.jsonl --db ./restored.db
+
+    or, moving a ledger to PostgreSQL:
 
         taskledger export --db ./taskledger.db | taskledger import --db postgresql://user@host/db
     """
