@@ -8,7 +8,8 @@ event loop (however many streams it serves) stands between an expired lease and 
 
 Several server processes may sweep the same database. That is safe without any leader election:
 each sweep command is decided against the task's current state inside the write transaction, so
-whichever process comes second finds nothing to do (the decider returns no events).
+whichever process comes second finds nothing to do (the decider returns no events); the pass's
+``swept`` log line counts those as ``already_done``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ log = structlog.get_logger("taskledger.sweeper")
 
 def sweep_once(service: TaskLedger) -> dict[str, int]:
     """One pass of both sweepers, on the calling thread; returns how many leases and tasks it
-    expired."""
-    counts = {"leases_expired": 0, "timed_out": 0, "tasks_expired": 0}
+    expired, and how many it found already dealt with when its command was decided
+    (``already_done``: another process swept them first, or the worker finished or extended
+    the lease in between)."""
+    counts = {"leases_expired": 0, "timed_out": 0, "tasks_expired": 0, "already_done": 0}
     for command, outcome in service.sweep():
         if isinstance(outcome, BaseException):
             log.warning("sweep_failed", task_id=command.task_id, error=str(outcome))
+            continue
+        if not outcome.recorded:
+            counts["already_done"] += 1
             continue
         types = {type(r.event).__name__ for r in outcome.recorded}
         counts["leases_expired"] += "LeaseExpired" in types
