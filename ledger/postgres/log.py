@@ -636,6 +636,9 @@ class _Listener:
     sent meanwhile were lost."""
 
     RETRY_SECONDS = 1.0
+    #: The wait for notifications is cut into pieces this long, to see ``stop``: what closing a
+    #: log (a service's shutdown) waits for the thread at most. No query runs between pieces.
+    STOP_SECONDS = 0.1
 
     def __init__(
         self,
@@ -662,7 +665,7 @@ class _Listener:
                     self._callback()
                 first = False
                 while not self._stopping.is_set():
-                    for notify in conn.notifies(timeout=0.5, stop_after=1):
+                    for notify in conn.notifies(timeout=self.STOP_SECONDS, stop_after=1):
                         if not self._own(notify.pid):
                             self._callback()
             except psycopg.Error:
