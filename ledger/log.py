@@ -212,10 +212,11 @@ class EventLog(Protocol):
         ...
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` (on a thread of the backend's) soon after any process commits
-        events to this log, if the backend can tell (PostgreSQL's LISTEN/NOTIFY); a backend
-        that cannot never calls it, and its readers look for themselves. Returns a function
-        that stops listening."""
+        """Call ``callback`` (on a thread of the backend's) soon after another process (another
+        instance of this log) commits events to it, if the backend can tell (PostgreSQL's
+        LISTEN/NOTIFY); a backend that cannot never calls it, and its readers look for
+        themselves. This instance's own commits are never reported: its writer knows them.
+        Returns a function that stops listening."""
         ...
 
     def close(self) -> None: ...

@@ -28,14 +28,18 @@ import httpx
 BASE_URL = "http://testserver.local"
 
 
-def _store(db: Path) -> Any:
+#: A database as the tests name it: a SQLite file's path or a PostgreSQL URL (``api.composition``).
+Database = Path | str
+
+
+def _store(db: Database) -> Any:
     """The database as ``taskledger keys`` opens it (created with its schema if new)."""
     from api.composition import Store
 
     return Store(db, busy_timeout_ms=30_000)
 
 
-def add_key(db: Path, owner: str, role: str = "user") -> str:
+def add_key(db: Database, owner: str, role: str = "user") -> str:
     """A new key for ``owner`` with ``role``, written straight into the database (what
     ``taskledger keys create`` does, without a subprocess). Returns the key."""
     from api import keys as key_store
@@ -48,7 +52,7 @@ def add_key(db: Path, owner: str, role: str = "user") -> str:
     return key
 
 
-def revoke_key(db: Path, key: str) -> None:
+def revoke_key(db: Database, key: str) -> None:
     """Revoke ``key`` in the database (what ``taskledger keys revoke <key id>`` does)."""
     from api import keys as key_store
 
@@ -59,9 +63,11 @@ def revoke_key(db: Path, key: str) -> None:
         store.close()
 
 
-def _has_keys(db: Path) -> bool:
-    if not db.exists():
-        return False
+def _has_keys(db: Database) -> bool:
+    from api.settings import is_database_url
+
+    if not is_database_url(db) and not Path(db).exists():
+        return False  # not made yet (opening it would make it)
     store = _store(db)
     try:
         return store.records.count_keys() > 0
@@ -86,17 +92,18 @@ class _AppTransport(httpx.BaseTransport):
 
 
 class InProcessServer:
-    """``create_app(Settings(db_path=db, **settings))`` in this process. ``settings`` are
+    """``create_app(settings_for(db, **settings))`` in this process (``db``: a SQLite file's
+    path or a PostgreSQL URL). ``settings`` are
     ``api.settings.Settings`` fields; the flags of ``taskledger serve`` map onto them (see
     scripts/cli.py), e.g. ``--sweep-interval 0`` is ``sweep_interval=0``. As ``serve`` does, a
     database with no keys gets an admin key on start (``admin_key``)."""
 
-    def __init__(self, db: Path, **settings: Any) -> None:
-        from api.settings import Settings
+    def __init__(self, db: Database, **settings: Any) -> None:
+        from api.settings import settings_for
 
         self.db = db
         settings.setdefault("allowed_hosts", (BASE_URL.removeprefix("http://"),))
-        self.settings = Settings(db_path=db, **settings)
+        self.settings = settings_for(db, **settings)
         self.url = BASE_URL
         self.api = f"{BASE_URL}/api/v1"
         self.admin_key: str | None = None

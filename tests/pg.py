@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 import uuid
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
@@ -98,3 +101,39 @@ SESSION = SessionDatabase()
 
 def new_ledger_url() -> str:
     return SESSION.new_ledger_url()
+
+
+# -- a database of either backend (tests/conftest.py's ``db_backend``) -------------------------
+
+
+def new_database(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path | str:
+    """A fresh, empty database of backend ``kind``: a SQLite file's path (not yet made) or the
+    URL of a new schema of the session's PostgreSQL database."""
+    if kind == "postgres":
+        return SESSION.new_ledger_url()
+    return tmp_path_factory.mktemp("ledger") / "ledger.db"
+
+
+def drop_database(db: Path | str) -> None:
+    """Drop what ``new_database`` made on PostgreSQL (a SQLite file goes with its tmp dir)."""
+    if isinstance(db, str):
+        SESSION.drop_schema(db)
+
+
+def execute(db: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (portable SQL, ``?`` for each parameter) on a connection of its own to
+    ``db``, a SQLite file's path or a PostgreSQL URL, and commit; its rows, if it has any."""
+    if isinstance(db, str):
+        import psycopg
+
+        with psycopg.connect(db, connect_timeout=10) as conn:  # commits on leaving
+            # psycopg's placeholders are %s (and a literal % is %%).
+            cursor = conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description is not None else []
+    conn = sqlite3.connect(str(db), timeout=10)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+        conn.commit()
+        return rows
+    finally:
+        conn.close()

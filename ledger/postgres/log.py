@@ -12,7 +12,8 @@ server processes (nodes) share.
 * ``UNIQUE (stream_id, version)`` gives optimistic concurrency as on SQLite; triggers refuse
   UPDATE, DELETE and TRUNCATE on ``events``.
 * Each transaction that appended sends ``NOTIFY`` on the ledger's channel with its last
-  position (delivered at commit): ``listen`` wakes other nodes' waiting readers at once.
+  position (delivered at commit): ``listen`` wakes other nodes' waiting readers at once (and
+  leaves out the log's own, by the sending session's process id).
 * Writes go through one connection per process (a lock serialises its threads); reads take a
   connection from a pool (``psycopg_pool``), in autocommit, or a REPEATABLE READ snapshot.
 * Blobs are ``bytea`` stored uncompressed out of line (``STORAGE EXTERNAL``), so
@@ -127,6 +128,8 @@ class PostgresLog:
         self.timeout = timeout
         self._write_lock = threading.RLock()
         self._writer: psycopg.Connection | None = None
+        #: The write session's backend process id: its NOTIFYs are this log's own commits.
+        self._writer_pid: int | None = None
         self._in_tx = False
         self._turns = 0
         self._appended_to: int | None = None
@@ -165,6 +168,7 @@ class PostgresLog:
         if self._writer is not None:
             self._writer.close()
         self._writer = connect(self.url)
+        self._writer_pid = self._writer.info.backend_pid
         return self._writer
 
     @contextmanager
@@ -599,11 +603,19 @@ class PostgresLog:
     # -- other nodes' appends ---------------------------------------------------------------
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` (on a thread of its own) soon after any process commits events to
-        this ledger, this one included; returns a function that stops listening."""
-        listener = _Listener(self.url, self.channel, callback)
+        """Call ``callback`` (on a thread of its own) soon after another log on this ledger
+        (another process, another node) commits events; returns a function that stops
+        listening. This log's own commits are left out: whoever wrote them knows (the service's
+        writer wakes its readers itself), and a call for them would race that writer's report
+        and pass them off as someone else's."""
+        listener = _Listener(self.url, self.channel, callback, self._is_own)
         listener.start()
         return listener.stop
+
+    def _is_own(self, pid: int) -> bool:
+        """Whether a notification from backend process ``pid`` is this log's write session's
+        (one sent before the session was replaced counts as another's: a needless look)."""
+        return pid == self._writer_pid
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -618,14 +630,24 @@ class PostgresLog:
 
 
 class _Listener:
-    """A thread with a connection of its own that LISTENs on the channel; reconnects (after a
-    pause) when the connection is lost, and calls back once after each reconnect, since
-    notifications sent meanwhile were lost."""
+    """A thread with a connection of its own that LISTENs on the channel and calls back for
+    each notification not sent by a session ``own(pid)`` names; reconnects (after a pause)
+    when the connection is lost, and calls back once after each reconnect, since notifications
+    sent meanwhile were lost."""
 
     RETRY_SECONDS = 1.0
+    #: The wait for notifications is cut into pieces this long, to see ``stop``: what closing a
+    #: log (a service's shutdown) waits for the thread at most. No query runs between pieces.
+    STOP_SECONDS = 0.1
 
-    def __init__(self, url: str, channel: str, callback: Callable[[], None]) -> None:
-        self._url, self._channel, self._callback = url, channel, callback
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        callback: Callable[[], None],
+        own: Callable[[int], bool] = lambda pid: False,
+    ) -> None:
+        self._url, self._channel, self._callback, self._own = url, channel, callback, own
         self._stopping = threading.Event()
         self._conn: psycopg.Connection | None = None
         self._thread = threading.Thread(target=self._run, name="taskledger-listen", daemon=True)
@@ -643,8 +665,9 @@ class _Listener:
                     self._callback()
                 first = False
                 while not self._stopping.is_set():
-                    for _ in conn.notifies(timeout=0.5, stop_after=1):
-                        self._callback()
+                    for notify in conn.notifies(timeout=self.STOP_SECONDS, stop_after=1):
+                        if not self._own(notify.pid):
+                            self._callback()
             except psycopg.Error:
                 if self._stopping.wait(self.RETRY_SECONDS):
                     return

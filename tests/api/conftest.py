@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from api.composition import Store
 from ledger.commands import ClaimTask, CompleteTask, FailTask
 from ledger.events import blob_ref
 from ledger.log import Actor, Envelope, stream_id_for
+from tests.pg import execute
 from tests.support import chunkr_output
 
 FILE = base64.b64encode(b"hello, ledger\n").decode()
@@ -26,10 +26,11 @@ FILE = base64.b64encode(b"hello, ledger\n").decode()
 
 class Ledger:
     """The server's database, opened from the test process as a worker would: a ``Store`` of
-    its own on the same SQLite file (its own connections; it takes its turn to write through
-    the file's write lock, as another process does), plus raw SQL counts."""
+    its own on the same database (its own connections; it takes its turn to write, as another
+    process does: through the SQLite file's write lock, or PostgreSQL's), plus raw SQL counts.
+    ``db`` is the SQLite file's path or the PostgreSQL URL (``server.db``)."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path | str) -> None:
         self.db = db
         self.store = Store(db)
 
@@ -76,11 +77,20 @@ class Ledger:
         return state.version if state is not None else 0
 
     def query(self, sql: str, *params: Any) -> list[tuple]:
-        conn = sqlite3.connect(str(self.db), timeout=10)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        """Rows of ``sql`` (portable SQL, ``?`` for each parameter) on a connection of its own,
+        on either backend."""
+        return execute(self.db, sql, *params)
+
+    def tables(self) -> list[str]:
+        """The names of the ledger's tables (on PostgreSQL, those of the URL's schema)."""
+        if isinstance(self.db, str):
+            sql = (
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+            )
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return sorted(row[0] for row in self.query(sql))
 
     def count(self, table: str = "events") -> int:
         return self.query(f"SELECT count(*) FROM {table}")[0][0]

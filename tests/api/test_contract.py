@@ -118,11 +118,11 @@ def test_create_with_a_bad_key_is_401(server, header):
     assert_text(response, 401, "Invalid or inactive API key")
 
 
-def test_create_over_the_body_limit_is_413(tmp_path):
+def test_create_over_the_body_limit_is_413(database):
     from tests.inprocess import InProcessServer
 
     # ``serve --max-body-mb 1`` (the flag itself: tests/reliability/test_hostile_input.py)
-    small = InProcessServer(tmp_path / "small.db", max_body_bytes=1024 * 1024).start()
+    small = InProcessServer(database, max_body_bytes=1024 * 1024).start()
     try:
         assert small.admin_key
         with small.client(small.admin_key) as client:

@@ -52,8 +52,8 @@ def test_answers_to_another_origin_carry_the_cors_headers(real_server):
 
 
 @pytest.fixture
-def narrow(tmp_path):
-    server = InProcessServer(tmp_path / "ledger.db", cors_origins=("https://ok.example",))
+def narrow(database):
+    server = InProcessServer(database, cors_origins=("https://ok.example",))
     server.start()
     yield server
     server.stop()
@@ -73,8 +73,8 @@ def test_cors_origins_narrows_who_may_call(narrow):
     assert "access-control-allow-origin" not in simple.headers
 
 
-def test_no_cors_origins_no_cors_headers(tmp_path):
-    server = InProcessServer(tmp_path / "ledger.db", cors_origins=()).start()
+def test_no_cors_origins_no_cors_headers(database):
+    server = InProcessServer(database, cors_origins=()).start()
     try:
         with server.client(None) as anonymous:
             response = anonymous.get("/tasks", headers={"Origin": OTHER_ORIGIN})
@@ -84,8 +84,8 @@ def test_no_cors_origins_no_cors_headers(tmp_path):
         server.stop()
 
 
-def test_options_lists_every_method_of_each_path(tmp_path):
-    server = InProcessServer(tmp_path / "ledger.db").start()
+def test_options_lists_every_method_of_each_path(database):
+    server = InProcessServer(database).start()
     try:
         with server.client(None) as anonymous:
             for route in server.app.routes:

@@ -14,8 +14,8 @@ from ledger.log import Envelope
 from tests.inprocess import InProcessServer
 
 
-def test_an_expired_task_cannot_be_updated_cancelled_or_deleted_before_the_sweep(tmp_path):
-    server = InProcessServer(tmp_path / "ledger.db", sweep_interval=0).start()
+def test_an_expired_task_cannot_be_updated_cancelled_or_deleted_before_the_sweep(database):
+    server = InProcessServer(database, sweep_interval=0).start()
     try:
         client = server.client(server.admin_key)
         created = client.post("/task/parse", json={"file": "aGVsbG8=", "expires_in": 1})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from api.fetch import (
 from api.keys import create_key
 from api.refusals import Busy, IdempotencyMismatch
 from api.service import TaskLedger
-from api.settings import Settings
+from api.settings import settings_for
 from tests.fileserver import DOC, FileServer
 from tests.inprocess import InProcessServer, add_key
+from tests.pg import drop_database, new_database
 from tests.server import Server, free_port
 from tests.support import chunkr_output
 
@@ -45,12 +47,17 @@ def files() -> Iterator[FileServer]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real ``taskledger serve`` that may download from loopback, quickly given up on."""
-    db = tmp_path_factory.mktemp("server") / "ledger.db"
-    srv = Server(db, "--allow-private-fetch", "--fetch-timeout", "1", "--max-body-mb", "1").start()
-    yield srv
-    srv.stop()
+def server(db_backend, tmp_path_factory):
+    """A real ``taskledger serve`` that may download from loopback, quickly given up on, over a
+    fresh database of the backend under test."""
+    db = new_database(db_backend, tmp_path_factory)
+    flags = ("--allow-private-fetch", "--fetch-timeout", "1", "--max-body-mb", "1")
+    srv = Server(db, *flags, workdir=tmp_path_factory.mktemp("serve")).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        drop_database(db)
 
 
 # -- through the server ------------------------------------------------------------------------
@@ -162,9 +169,9 @@ def test_an_empty_download_is_refused_as_an_empty_file(alice, ledger, files):
     assert ledger.count() == before
 
 
-def test_without_the_flag_a_loopback_url_is_refused_before_any_request(tmp_path, files):
+def test_without_the_flag_a_loopback_url_is_refused_before_any_request(database, files):
     seen = len(files.requests)
-    with InProcessServer(tmp_path / "ledger.db", sweep_interval=0) as srv:
+    with InProcessServer(database, sweep_interval=0) as srv:
         with srv.client(add_key(srv.db, "alice")) as alice:
             literal = create(alice, f"{files.url}/doc.md")
             named = create(alice, f"http://localhost:{files.port}/doc.md")
@@ -341,10 +348,8 @@ async def test_a_closed_fetcher_downloads_nothing(files):
 
 
 @pytest.fixture
-async def service(tmp_path) -> AsyncIterator[TaskLedger]:
-    opened = open_service(
-        Settings(db_path=tmp_path / "ledger.db", sweep_interval=0, allow_private_fetch=True)
-    )
+async def service(database) -> AsyncIterator[TaskLedger]:
+    opened = open_service(settings_for(database, sweep_interval=0, allow_private_fetch=True))
     yield opened
     close_service(opened)
 
@@ -355,13 +360,15 @@ async def test_a_retry_is_answered_without_downloading_again(service, files):
     same request is answered from its outcome, even if the URL now serves something else or
     nothing, and the file is not downloaded twice."""
     alice = service.authenticate(create_key(service.store.records, "alice", "user")[1])
-    url = f"{files.url}/doc.md?retry"
+    # A query of this test's own: the file server (one per module) serves every backend's run.
+    path = f"/doc.md?retry-{uuid.uuid4().hex[:8]}"
+    url = files.url + path
     first = await service.create(alice, file=FileUrl(url), idempotency_key="k")
     assert first.state.file_name == "doc.md"
-    downloads = files.paths().count("/doc.md?retry")
+    downloads = files.paths().count(path)
     again = await service.create(alice, file=FileUrl(url), idempotency_key="k")
     assert again == first
-    assert files.paths().count("/doc.md?retry") == downloads == 1
+    assert files.paths().count(path) == downloads == 1
     with pytest.raises(IdempotencyMismatch):
         await service.create(alice, file=FileUrl(url + "&other"), idempotency_key="k")
     with pytest.raises(IdempotencyMismatch):

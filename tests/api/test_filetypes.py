@@ -14,7 +14,7 @@ from api.composition import close_service, open_service
 from api.keys import create_key
 from api.refusals import BadRequest
 from api.service import TaskLedger
-from api.settings import Settings
+from api.settings import settings_for
 
 
 def ooxml(main_part: str) -> bytes:
@@ -77,23 +77,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def open_with(tmp_path, file_types: str) -> AsyncIterator[TaskLedger]:
-    service = open_service(
-        Settings(db_path=tmp_path / "ledger.db", sweep_interval=0, file_types=file_types)
-    )
+async def open_with(database, file_types: str) -> AsyncIterator[TaskLedger]:
+    service = open_service(settings_for(database, sweep_interval=0, file_types=file_types))
     yield service
     close_service(service)
 
 
 @pytest.fixture
-async def chunkr_only(tmp_path) -> AsyncIterator[TaskLedger]:
-    async for service in open_with(tmp_path, "chunkr"):
+async def chunkr_only(database) -> AsyncIterator[TaskLedger]:
+    async for service in open_with(database, "chunkr"):
         yield service
 
 
 @pytest.fixture
-async def any_file(tmp_path) -> AsyncIterator[TaskLedger]:
-    async for service in open_with(tmp_path, "any"):
+async def any_file(database) -> AsyncIterator[TaskLedger]:
+    async for service in open_with(database, "any"):
         yield service
 
 

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from api.links import Hosts, UrlSigner, default_allowed_hosts, expiry, parse_host
 from scripts.cli import cli
 from tests.inprocess import InProcessServer, add_key
+from tests.pg import drop_database, execute, new_database
 from tests.server import Server
 from tests.support import wait_for
 
@@ -264,12 +265,16 @@ def test_an_allowed_host_names_the_links(server, alice):
 
 
 @pytest.fixture(scope="module")
-def public(tmp_path_factory) -> Iterator[Server]:
+def public(db_backend, tmp_path_factory) -> Iterator[Server]:
     """A server with --public-url, and links that live one second."""
-    db = tmp_path_factory.mktemp("public") / "ledger.db"
-    srv = Server(db, "--public-url", "https://ledger.example.com/", "--url-ttl", "1").start()
-    yield srv
-    srv.stop()
+    db = new_database(db_backend, tmp_path_factory)
+    flags = ("--public-url", "https://ledger.example.com/", "--url-ttl", "1")
+    srv = Server(db, *flags, workdir=tmp_path_factory.mktemp("serve")).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        drop_database(db)
 
 
 def test_public_url_wins_over_any_host(public):
@@ -345,8 +350,8 @@ class Clock:
 
 
 @pytest.fixture
-def timed(tmp_path) -> Iterator[tuple[InProcessServer, Clock]]:
-    srv = InProcessServer(tmp_path / "ledger.db", url_ttl=60, sweep_interval=0).start()
+def timed(database) -> Iterator[tuple[InProcessServer, Clock]]:
+    srv = InProcessServer(database, url_ttl=60, sweep_interval=0).start()
     clock = Clock()
     srv.app.state.service.clock = clock
     try:
@@ -387,24 +392,18 @@ def test_a_link_to_a_task_past_its_expires_at_is_404(timed):
 
 
 def test_a_link_whose_input_is_purged_is_404(timed):
-    import sqlite3
-
     srv, _ = timed
     with srv.client(add_key(srv.db, "vic")) as vic, srv.client(None) as anyone:
         task = make(vic, b"a blob of its own\n", "purged.txt")
         url = link_of(task)
         assert anyone.get(url).status_code == 200
         sha = hashlib.sha256(b"a blob of its own\n").hexdigest()
-        conn = sqlite3.connect(str(srv.db))
-        conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
-        conn.commit()
-        conn.close()
+        execute(srv.db, "DELETE FROM blobs WHERE sha256 = ?", sha)
         assert anyone.get(url).status_code == 404
 
 
-def test_in_process_the_hosts_are_the_allowed_ones(tmp_path):
-    db = tmp_path / "ledger.db"
-    with InProcessServer(db, allowed_hosts=("ledger.local:8443", "alt.local")) as srv:
+def test_in_process_the_hosts_are_the_allowed_ones(database):
+    with InProcessServer(database, allowed_hosts=("ledger.local:8443", "alt.local")) as srv:
         with srv.client(srv.admin_key) as admin:
             task = make(admin, TEXT_BYTES, "hosts.txt")
             assert task["task_url"].startswith("http://ledger.local:8443/"), "testserver.local"

@@ -19,7 +19,7 @@ from api.live import Follow
 from api.policy import Caller
 from api.refusals import InvalidKey, TooManyStreams
 from api.service import TaskLedger
-from api.settings import Settings
+from api.settings import settings_for
 from ledger.log import RecordedEvent
 
 
@@ -29,10 +29,8 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def service(tmp_path) -> AsyncIterator[TaskLedger]:
-    opened = open_service(
-        Settings(db_path=tmp_path / "ledger.db", sweep_interval=0, max_streams_per_key=3)
-    )
+async def service(database) -> AsyncIterator[TaskLedger]:
+    opened = open_service(settings_for(database, sweep_interval=0, max_streams_per_key=3))
     opened.watch.key_check = 0.1  # re-read the keys often: these tests wait for revocations
     yield opened
     close_service(opened)
@@ -130,8 +128,8 @@ async def test_another_processes_appends_reach_the_stream(service):
     (alice, key_text) = key(service, "alice")
     reader = Reader(await service.follow(alice))
     await asyncio.sleep(0.1)
-    # Another process: its own service over the same file, writing through its own writer.
-    other = open_service(Settings(db_path=service.store.path, sweep_interval=0))
+    # Another process: its own service over the same database, writing through its own writer.
+    other = open_service(settings_for(service.store.db, sweep_interval=0))
     try:
         made = await other.create(other.authenticate(key_text), file=b"elsewhere")
         got = await reader.until(1, timeout=5)
@@ -150,7 +148,7 @@ async def test_another_processes_event_followed_at_once_by_one_of_ours_still_wak
     (alice, key_text), (bob, _) = key(service, "alice"), key(service, "bob")
     reader = Reader(await service.follow(alice))
     await asyncio.sleep(0.7)  # past the watch's first look at the log
-    other = open_service(Settings(db_path=service.store.path, sweep_interval=0))
+    other = open_service(settings_for(service.store.db, sweep_interval=0))
     try:
         theirs = await other.create(other.authenticate(key_text), file=b"elsewhere")
         await service.create(bob, file=b"here")  # bob's: wakes no stream of alice's

@@ -18,7 +18,7 @@ from api.keys import create_key
 from api.output import check_output
 from api.refusals import BadRequest
 from api.service import TaskLedger
-from api.settings import Settings
+from api.settings import settings_for
 from tests.support import chunkr_output
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -263,8 +263,8 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def service(tmp_path) -> AsyncIterator[TaskLedger]:
-    opened = open_service(Settings(db_path=tmp_path / "ledger.db", sweep_interval=0))
+async def service(database) -> AsyncIterator[TaskLedger]:
+    opened = open_service(settings_for(database, sweep_interval=0))
     yield opened
     close_service(opened)
 

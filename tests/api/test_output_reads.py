@@ -19,7 +19,7 @@ from api.output import check_output, summarise
 from api.policy import Caller
 from api.schemas import encode, render_view
 from api.service import ListTooLarge, TaskLedger, TaskView
-from api.settings import Settings
+from api.settings import settings_for
 from ledger.commands import ClaimTask, CompleteTask
 from ledger.events import OutputSummary, Succeeded, blob_ref
 from ledger.log import Actor, Envelope
@@ -51,10 +51,8 @@ class Counted:
 
 
 @pytest.fixture
-async def service(tmp_path) -> AsyncIterator[TaskLedger]:
-    opened = open_service(
-        Settings(db_path=tmp_path / "ledger.db", sweep_interval=0, max_list_output_bytes=2000)
-    )
+async def service(database) -> AsyncIterator[TaskLedger]:
+    opened = open_service(settings_for(database, sweep_interval=0, max_list_output_bytes=2000))
     yield opened
     close_service(opened)
 

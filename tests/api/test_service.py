@@ -18,7 +18,7 @@ from api.keys import create_key
 from api.policy import POLICY, Caller, Forbidden, Scope, UseCase, authorize
 from api.refusals import IdempotencyMismatch
 from api.service import TaskLedger
-from api.settings import Settings
+from api.settings import settings_for
 from ledger.errors import InvalidTransition, TaskNotFound
 from tests.support import chunkr_output
 
@@ -31,8 +31,8 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def service(tmp_path) -> AsyncIterator[TaskLedger]:
-    opened = open_service(Settings(db_path=tmp_path / "ledger.db", sweep_interval=0))
+async def service(database) -> AsyncIterator[TaskLedger]:
+    opened = open_service(settings_for(database, sweep_interval=0))
     yield opened
     close_service(opened)
 
@@ -80,9 +80,9 @@ async def test_an_idempotent_retry_is_answered_from_the_stored_outcome(service):
 
 
 @pytest.mark.anyio
-async def test_an_expired_task_is_gone_by_the_commands_own_time(tmp_path):
+async def test_an_expired_task_is_gone_by_the_commands_own_time(database):
     now = [None]
-    settings = Settings(db_path=tmp_path / "ledger.db", sweep_interval=0)
+    settings = settings_for(database, sweep_interval=0)
     service = open_service(settings)
     real_clock = service.clock
     service.clock = lambda: now[0] or real_clock()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 
 from tests.inprocess import InProcessServer, add_key  # noqa: F401 - for the test modules
+from tests.pg import execute
 from tests.server import Server
 from tests.support import (  # noqa: F401 - wait_for and unsigned for the test modules
     chunkr_output,
@@ -76,12 +76,9 @@ def rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def query(db: Path, sql: str, *params: Any) -> list[tuple]:
-    conn = sqlite3.connect(str(db), timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def query(db: Path | str, sql: str, *params: Any) -> list[tuple]:
+    """Rows of ``sql`` (portable SQL, ``?`` for each parameter) on either backend's ``db``."""
+    return execute(db, sql, *params)
 
 
 def served(response: httpx.Response, server: Server | InProcessServer) -> Any:

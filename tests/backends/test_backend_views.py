@@ -265,6 +265,7 @@ def feed_log(backend):
     ],
 )
 def test_feed(backend, feed_log, query, expected):
+    query = dict(query)  # the parameter's dict is every backend's: a label stays a label
     if "after" in query:
         query["after"] = feed_log[query["after"]].position
     page = backend.views.feed(FeedQuery(**query))
