@@ -156,8 +156,11 @@ class CommandHandler:
                 for request in requests:
                     if guarded:
                         try:
+                            # Released before its outcome counts: a backend may report a
+                            # write's error only when the savepoint ends.
                             with self.log.savepoint(tx, "command"):
-                                results.append(self._run(tx, request))
+                                outcome = self._run(tx, request)
+                            results.append(outcome)
                         except TransactionRolledBack:
                             raise
                         except Exception as exc:

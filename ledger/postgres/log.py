@@ -338,6 +338,13 @@ class PostgresLog:
                         "The database rolled the write transaction back (a statement in it "
                         f"failed): COMMIT answered {commit.statusmessage}"
                     )
+            except psycopg.errors.PipelineAborted as exc:
+                # An error surfaced earlier in the pipeline (and was caught by the caller): the
+                # server skipped everything after it, COMMIT included.
+                self._abandon()
+                raise TransactionRolledBack(
+                    "The database rolled the write transaction back (a statement in it failed)"
+                ) from exc
             except psycopg.Error as exc:
                 self._abandon()
                 raise storage_error(exc) from exc

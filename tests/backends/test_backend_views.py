@@ -265,6 +265,7 @@ def feed_log(backend):
     ],
 )
 def test_feed(backend, feed_log, query, expected):
+    query = dict(query)  # the parameter is shared by every backend's run of this test
     if "after" in query:
         query["after"] = feed_log[query["after"]].position
     page = backend.views.feed(FeedQuery(**query))
