@@ -54,6 +54,7 @@ from ledger.postgres.connection import (
     redact,
     storage_error,
 )
+from ledger.state import TaskState
 
 EVENT_COLUMNS = (
     "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
@@ -171,6 +172,9 @@ class PostgresLog:
         self._cursors = itertools.count(1)
         #: The write transaction's pipeline while one is open.
         self._pipeline: psycopg.Pipeline | None = None
+        #: Task states the open write transaction has read or prefetched, as it left them
+        #: (None: no row): ``PostgresViews`` answers a later read of one without a round trip.
+        self._states: dict[str, TaskState | None] = {}
         #: The blob readers not yet closed: closed with the log.
         self._blob_readers: weakref.WeakSet[PostgresBlobReader] = weakref.WeakSet()
         with self._write_lock:
@@ -320,6 +324,7 @@ class PostgresLog:
                 self._abandon()
                 raise storage_error(exc) from exc
             self._in_tx, self._head, self._appended_to = True, None, None
+            self._states.clear()
             try:
                 with conn.pipeline() as pipeline:
                     self._pipeline = pipeline
@@ -354,6 +359,7 @@ class PostgresLog:
             finally:
                 self._in_tx, self._head, self._appended_to = False, None, None
                 self._pipeline = None
+                self._states.clear()
 
     def _abandon(self) -> None:
         """Roll back whatever is open on the write connection (or drop a broken one)."""
@@ -387,6 +393,7 @@ class PostgresLog:
             self.sync()
         except BaseException as exc:
             self._head = None
+            self._states.clear()  # some may be the unit's, undone with it
             try:
                 # After an error the server skips what the pipeline sent until its next sync.
                 self.sync()
@@ -403,6 +410,13 @@ class PostgresLog:
             if isinstance(exc, psycopg.Error):
                 raise storage_error(exc) from exc
             raise
+
+    def known_states(self, tx: object) -> dict[str, TaskState | None] | None:
+        """The task states the open write transaction ``tx`` already knows (the dict to read and
+        update), or None when ``tx`` is not that transaction."""
+        if tx is not None and self._in_tx and tx is self._writer:
+            return self._states
+        return None
 
     def sync(self) -> None:
         """Send what the write transaction's pipeline holds and read every answer: an error in

@@ -88,3 +88,63 @@ def test_a_write_that_fails_after_being_sent_ahead_fails_its_own_command_only(st
     assert store.state(ids[1]) is None
     assert [store.state(ids[n]) is not None for n in (0, 2, 3)] == [True] * 3
     assert store.log.last_position() == 3
+
+
+def test_batches_decide_alike_on_sqlite_and_postgres(store, tmp_path):
+    """The same batches through both backends: the same outcomes and refusals, the same
+    states. The batches mix what the PostgreSQL write transaction answers from memory (states
+    read ahead for the batch, the claimed head read with its state, states saved earlier in
+    the batch) with what it must read: a task created then cancelled, claimed, completed and
+    deleted within one batch; a second create of the same id; claims of an empty queue."""
+    from ledger.commands import CancelTask, ClaimTask, CompleteTask, DeleteTask
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    lease = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    out = blob_ref(b"{}")
+
+    def claim(s: Store) -> Request:
+        return Request(
+            command=s.claim_source(
+                lambda task_id: ClaimTask(task_id=task_id, at=at, worker_id="w", lease_until=lease)
+            ),
+            envelope=create("x").envelope,
+        )
+
+    def request(command: object, blobs: tuple[bytes, ...] = ()) -> Request:
+        return Request(command=command, envelope=create("x").envelope, blobs=blobs)
+
+    def batches(s: Store) -> list[list[Request]]:
+        return [
+            [create("a"), create("b"), request(CancelTask(task_id="a", at=at)), create("a")],
+            [claim(s), create("c"), claim(s), claim(s), create("d")],
+            [
+                request(CompleteTask(task_id="b", at=at, worker_id="w", output=out), (b"{}",)),
+                request(CompleteTask(task_id="b", at=at, worker_id="w", output=out), (b"{}",)),
+                claim(s),
+                request(DeleteTask(task_id="b", at=at)),
+                request(CancelTask(task_id="b", at=at)),
+                create("e"),
+                request(CancelTask(task_id="e", at=at)),
+            ],
+        ]
+
+    def run(s: Store) -> list[object]:
+        seen: list[object] = []
+        for batch in batches(s):
+            with s.log.write_turn():
+                for result in s.handler.execute_batch(batch):
+                    if isinstance(result, Outcome):
+                        seen.append([type(e.event).__name__ for e in result.recorded])
+                    else:
+                        seen.append(type(result).__name__)
+        states = {t: s.state(t) for t in "abcde"}
+        seen.append({t: (st.status, st.version) if st else None for t, st in states.items()})
+        return seen
+
+    sqlite = Store(tmp_path / "ledger.db")
+    try:
+        expected = run(sqlite)
+    finally:
+        sqlite.close()
+    assert run(store) == expected
+    assert "ConcurrencyConflict" not in str(expected)
