@@ -175,3 +175,20 @@ def test_a_small_postgres_benchmark_run_reports_every_figure(tmp_path):
     with psycopg.connect(url, autocommit=True) as conn:
         names = [row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()]
     assert not [name for name in names if name.startswith(f"tlbench_{os.getpid()}_")]
+
+
+@needs_postgres
+def test_the_profile_script_reports_where_a_create_goes_on_postgres(capsys):
+    from scripts import bench_profile
+    from tests.pg import server_url
+
+    bench_profile.main(
+        ["postgres", "--db", server_url() or "", "--seconds", "0.5", "--batches", "3"]
+    )
+    out = capsys.readouterr().out
+    assert "write transactions of" in out
+    assert "main thread: the event loop" in out
+    assert "PostgreSQL backends of its database" in out
+    assert "eventsourcing create on PostgreSQL" in out
+    assert "handler alone on PostgreSQL" in out
+    assert "statements:" in out and "answers waited for:" in out
