@@ -115,6 +115,24 @@ def probe(url: str, round_trips: int = 2000, commits: int = 300) -> dict[str, An
     return {"round_trip_us": round(rtt * 1e6, 1), "commit_us": round(commit * 1e6, 1)}
 
 
+def settle(url: str) -> dict[str, Any]:
+    """What a database that has been running a while has had done: ``VACUUM ANALYZE`` and a
+    checkpoint after the bulk build, so that the figures measured on it next do not share the
+    machine with autovacuum and the checkpointer catching up (CHECKPOINT needs the
+    pg_checkpoint role or a superuser; without it the build's writes are left to the server)."""
+    import psycopg
+
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        try:
+            conn.execute("CHECKPOINT")
+            checkpoint = True
+        except psycopg.errors.InsufficientPrivilege:
+            checkpoint = False
+    return {"seconds": round(time.perf_counter() - started, 2), "checkpoint": checkpoint}
+
+
 def write_transaction_costs(url: str, repeats: int = 15) -> list[dict[str, Any]]:
     """How long one write transaction holds the ledger's lock, by batch size: batches of creates
     run through the command handler the way a node's writer runs them (the write turn, then one
@@ -422,6 +440,8 @@ def run(
         ip["append_batched"] = bench.build_log(large, events)
         ip["append_unbatched"] = bench.append_unbatched(dbs.new("unbatched"), 300)
         bench.build_log(small, small_events)
+        echo("in-process: VACUUM ANALYZE and CHECKPOINT after the build ...")
+        ip["settle"] = {"large": settle(large), "small": settle(small)}
         echo("in-process: replay, verify, rebuild ...")
         ip["log"] = bench.measure_log(large)
         echo("in-process: eventsourcing notification log ...")
