@@ -34,6 +34,11 @@ class StateStore(Protocol):
 
     def load(self, tx: Any, task_id: str) -> TaskState: ...
 
+    def prefetch(self, tx: Any, task_ids: Sequence[str]) -> None:
+        """The tasks a batch will load, known before its first command runs (a hint: a store
+        that pays a round trip per read can read them at once)."""
+        ...
+
 
 class InlineProjection(Protocol):
     """A read model updated in the same transaction as the append."""
@@ -153,11 +158,17 @@ class CommandHandler:
                         )
                         for r in requests
                     ]
+                self.states.prefetch(
+                    tx, [r.command.task_id for r in requests if not callable(r.command)]
+                )
                 for request in requests:
                     if guarded:
                         try:
+                            # Released before its outcome counts: a backend may report a
+                            # write's error only when the savepoint ends.
                             with self.log.savepoint(tx, "command"):
-                                results.append(self._run(tx, request))
+                                outcome = self._run(tx, request)
+                            results.append(outcome)
                         except TransactionRolledBack:
                             raise
                         except Exception as exc:

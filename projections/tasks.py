@@ -23,6 +23,10 @@ class TasksProjection:
         """The task's current state inside the write transaction (the handler's StateStore)."""
         return self.views.load_task(task_id, tx=tx) or initial_state(task_id)
 
+    def prefetch(self, tx: Any, task_ids: Sequence[str]) -> None:
+        """The tasks a batch is about to load (the handler's StateStore)."""
+        self.views.prefetch_tasks(tx, task_ids)
+
     def apply(
         self, tx: Any, before: TaskState, after: TaskState, recorded: Sequence[RecordedEvent]
     ) -> None:

@@ -35,15 +35,19 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+
+from scripts.options import DatabaseParam
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +129,7 @@ Op = Callable[[Connection], Awaitable[bool]]
 
 async def drive(
     host: str,
-    port: int,
+    port: int | list[int],
     op: Op,
     *,
     concurrency: int,
@@ -133,12 +137,15 @@ async def drive(
     max_ops: int | None,
     stats: Stats,
 ) -> Stats:
-    """Run ``op`` from ``concurrency`` clients until ``seconds`` pass or ``max_ops`` are done."""
+    """Run ``op`` from ``concurrency`` clients until ``seconds`` pass or ``max_ops`` are done.
+    With several ports (several servers on one database) the clients are dealt out among them in
+    turn, so the load is split evenly."""
     deadline = time.perf_counter() + seconds
     budget = [max_ops if max_ops is not None else 1 << 62]
+    ports = [port] if isinstance(port, int) else port
 
-    async def client() -> None:
-        conn = Connection(host, port)
+    async def client(n: int) -> None:
+        conn = Connection(host, ports[n % len(ports)])
         try:
             while time.perf_counter() < deadline and budget[0] > 0:
                 budget[0] -= 1
@@ -152,7 +159,7 @@ async def drive(
             await conn.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client(n) for n in range(concurrency)))
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -234,13 +241,18 @@ class Process:
 
 
 def start_taskledger(
-    db: Path,
+    db: Path | str,
     *,
     synchronous: str = "FULL",
     log: Path | None = None,
     workers: int = 1,
     serve_args: tuple[str, ...] = (),
 ) -> tuple[Process, str]:
+    """``taskledger serve`` on ``db`` (a SQLite file, or a postgresql:// URL) and its admin key.
+    On PostgreSQL the key is made with ``taskledger keys create`` before the server starts (so
+    no key file lands in the working directory, and several servers can share the database)."""
+    postgres = isinstance(db, str)
+    key = make_key(db, "bench-admin", "admin") if postgres else ""
     port = free_port()
     proc = Process(
         [
@@ -263,14 +275,17 @@ def start_taskledger(
         log=log,
         workers=workers,
     )
+    if postgres:
+        return proc, key
     # A new database's admin key: serve leaves it in <db>.admin-key (0600) when its stderr is
     # not a terminal, as here.
+    assert isinstance(db, Path)
     key_file = db.with_name(db.name + ".admin-key")
     key = key_file.read_text().strip() if key_file.exists() else ""
     return proc, key
 
 
-def start_uvicorn(factory: str, db: Path, workers: int = 1) -> Process:
+def start_uvicorn(factory: str, db: Path | str, workers: int = 1) -> Process:
     port = free_port()
     return Process(
         [
@@ -295,7 +310,7 @@ def start_uvicorn(factory: str, db: Path, workers: int = 1) -> Process:
     )
 
 
-def make_key(db: Path, owner: str, role: str) -> str:
+def make_key(db: Path | str, owner: str, role: str) -> str:
     out = subprocess.run(
         [
             sys.executable,
@@ -358,17 +373,35 @@ def http_taskledger(
     workers: int = 1,
     serve_args: tuple[str, ...] = (),
     create_and_get_only: bool = False,
+    *,
+    db: str | None = None,
+    nodes: int = 1,
 ) -> tuple[list[dict], dict]:
     """taskledger's routes under load (only create and get with ``create_and_get_only``),
-    served with ``taskledger serve ... *serve_args``."""
-    db = work / f"taskledger-http-{workers}.db"
-    proc, admin = start_taskledger(db, workers=workers, serve_args=serve_args)
-    worker_key = make_key(db, "pool", "worker")
+    served with ``taskledger serve ... *serve_args``: on a fresh SQLite file in ``work``, or on
+    the PostgreSQL database ``db`` (a URL), with ``nodes`` servers on it, each on its own port
+    and the clients split among them."""
+    if db is None:
+        db_or_file: Path | str = work / f"taskledger-http-{workers}.db"
+        proc, admin = start_taskledger(db_or_file, workers=workers, serve_args=serve_args)
+        procs = [proc]
+    else:
+        db_or_file, admin, procs = db, "", []
+        try:
+            for _ in range(nodes):
+                proc, key = start_taskledger(db, workers=workers, serve_args=serve_args)
+                procs.append(proc)
+                admin = admin or key
+        except BaseException:
+            for started in procs:
+                started.stop()
+            raise
+    worker_key = make_key(db_or_file, "pool", "worker")
     user = {"Authorization": admin}
     worker = {"Authorization": worker_key}
     results: list[dict] = []
     create_body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
-    port = proc.port
+    port: int | list[int] = procs[0].port if len(procs) == 1 else [p.port for p in procs]
     ids: list[str] = []
 
     async def create(conn: Connection) -> bool:
@@ -385,34 +418,26 @@ def http_taskledger(
         status, _ = await conn.request("GET", "/api/v1/tasks?limit=10", headers=user)
         return status == 200
 
+    def timed(op: Op, route: str, concurrency: int, max_ops: int | None = None) -> None:
+        """One timed scenario; on PostgreSQL also the write transactions it committed."""
+        with write_transactions(db) as counted:
+            stats = run_async(
+                drive(
+                    "127.0.0.1",
+                    port,
+                    op,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                    max_ops=max_ops,
+                    stats=Stats(route, "taskledger", concurrency),
+                )
+            )
+        results.append({**stats.summary(), **counted})
+
     try:
         for concurrency in concurrencies:
-            results.append(
-                run_async(
-                    drive(
-                        "127.0.0.1",
-                        port,
-                        create,
-                        concurrency=concurrency,
-                        seconds=seconds,
-                        max_ops=None,
-                        stats=Stats("create", "taskledger", concurrency),
-                    )
-                ).summary()
-            )
-            results.append(
-                run_async(
-                    drive(
-                        "127.0.0.1",
-                        port,
-                        get,
-                        concurrency=concurrency,
-                        seconds=seconds,
-                        max_ops=None,
-                        stats=Stats("get", "taskledger", concurrency),
-                    )
-                ).summary()
-            )
+            timed(create, "create", concurrency)
+            timed(get, "get", concurrency)
             if create_and_get_only:
                 continue
             # Cancel and claim each need fresh Starting tasks: queue them up untimed first.
@@ -430,19 +455,7 @@ def http_taskledger(
                 )
                 return status == 200
 
-            results.append(
-                run_async(
-                    drive(
-                        "127.0.0.1",
-                        port,
-                        cancel,
-                        concurrency=concurrency,
-                        seconds=seconds,
-                        max_ops=len(ids_for_cancel),
-                        stats=Stats("cancel", "taskledger", concurrency),
-                    )
-                ).summary()
-            )
+            timed(cancel, "cancel", concurrency, len(ids_for_cancel))
 
             complete_body_for: dict[str, bytes] = {}
 
@@ -462,19 +475,7 @@ def http_taskledger(
                 )
                 return status == 200
 
-            results.append(
-                run_async(
-                    drive(
-                        "127.0.0.1",
-                        port,
-                        claim_complete,
-                        concurrency=concurrency,
-                        seconds=seconds,
-                        max_ops=claimable,
-                        stats=Stats("claim+complete", "taskledger", concurrency),
-                    )
-                ).summary()
-            )
+            timed(claim_complete, "claim+complete", concurrency, claimable)
 
             # The same cycle as a worker that asks complete to claim its next task (one request
             # per task instead of two). Untimed: queue up fresh tasks for it first.
@@ -519,32 +520,13 @@ def http_taskledger(
                     holding[id(conn)] = following["task_id"]
                 return True
 
-            results.append(
-                run_async(
-                    drive(
-                        "127.0.0.1",
-                        port,
-                        complete_claim_next,
-                        concurrency=concurrency,
-                        seconds=seconds,
-                        max_ops=max(0, queued - concurrency),
-                        stats=Stats("claim+complete (claim_next)", "taskledger", concurrency),
-                    )
-                ).summary()
+            timed(
+                complete_claim_next,
+                "claim+complete (claim_next)",
+                concurrency,
+                max(0, queued - concurrency),
             )
-            results.append(
-                run_async(
-                    drive(
-                        "127.0.0.1",
-                        port,
-                        listing,
-                        concurrency=concurrency,
-                        seconds=seconds,
-                        max_ops=None,
-                        stats=Stats("list", "taskledger", concurrency),
-                    )
-                ).summary()
-            )
+            timed(listing, "list", concurrency)
             # Refill ids for the next round's get.
             run_async(
                 drive(
@@ -558,9 +540,57 @@ def http_taskledger(
                 )
             )
     finally:
-        rss = proc.peak_rss_mb()
-        proc.stop()
-    return with_workers(results, workers), {"peak_rss_mb": rss}
+        peaks = [p.peak_rss_mb() for p in procs]
+        for p in procs:
+            p.stop()
+    rss = round(sum(peak or 0 for peak in peaks), 1) or None
+    return with_workers(results, workers * len(procs)), {"peak_rss_mb": rss}
+
+
+@contextmanager
+def write_transactions(db: str | None) -> Iterator[dict[str, Any]]:
+    """On a PostgreSQL ledger (``db`` a URL), count the write transactions that append while
+    the block runs, and the events they append: every such transaction (one group-commit batch
+    of a node) sends one NOTIFY on the ledger's channel at its commit, which a connection of
+    this process LISTENs to. The dict yielded is filled in when the block ends: ``batches``,
+    ``events``. On SQLite (``db`` None) it stays empty."""
+    counted: dict[str, Any] = {}
+    if db is None:
+        yield counted
+        return
+    import psycopg
+
+    from ledger.postgres.connection import channel_name
+
+    conn = psycopg.connect(db, autocommit=True)
+    stop = threading.Event()
+    seen = [0]
+
+    def last_position() -> int:
+        row = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+    def listen() -> None:
+        while not stop.is_set():
+            seen[0] += sum(1 for _ in conn.notifies(timeout=0.1))
+
+    try:
+        schema = (conn.execute("SELECT current_schema()").fetchone() or ("public",))[0]
+        before = last_position()
+        conn.execute(f'LISTEN "{channel_name(schema)}"')
+        listener = threading.Thread(target=listen, name="bench-listen", daemon=True)
+        listener.start()
+        try:
+            yield counted
+        finally:
+            time.sleep(0.3)  # the last commits' notifications
+            stop.set()
+            listener.join()
+        conn.execute("UNLISTEN *")
+        counted["batches"] = seen[0]
+        counted["events"] = last_position() - before
+    finally:
+        conn.close()
 
 
 def with_workers(rows: list[dict], workers: int) -> list[dict]:
@@ -569,10 +599,29 @@ def with_workers(rows: list[dict], workers: int) -> list[dict]:
     return rows
 
 
+#: The floor's insert route as the report names it, on each backend.
+FLOOR_INSERT = "insert (NORMAL)"
+FLOOR_INSERT_PG = "insert (synchronous_commit=on)"
+
+
 def http_floor(
-    seconds: float, concurrencies: list[int], work: Path, workers: int = 1
+    seconds: float,
+    concurrencies: list[int],
+    work: Path,
+    workers: int = 1,
+    *,
+    db: str | None = None,
 ) -> list[dict]:
-    proc = start_uvicorn("scripts.bench_floor:create_app", work / f"floor-{workers}.db", workers)
+    """The floor under load: on a fresh SQLite file in ``work``, or on the PostgreSQL database
+    ``db`` (a URL; its PostgreSQL app, ``scripts.bench_floor:create_postgres_app``)."""
+    if db is None:
+        proc = start_uvicorn(
+            "scripts.bench_floor:create_app", work / f"floor-{workers}.db", workers
+        )
+        insert_route = FLOOR_INSERT
+    else:
+        proc = start_uvicorn("scripts.bench_floor:create_postgres_app", db, workers)
+        insert_route = FLOOR_INSERT_PG
     body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
     ids: list[str] = []
 
@@ -598,7 +647,7 @@ def http_floor(
                         concurrency=concurrency,
                         seconds=seconds,
                         max_ops=None,
-                        stats=Stats("insert (NORMAL)", "floor", concurrency),
+                        stats=Stats(insert_route, "floor", concurrency),
                     )
                 ).summary()
             )
@@ -620,8 +669,19 @@ def http_floor(
     return with_workers(results, workers)
 
 
-def http_peer(seconds: float, concurrencies: list[int], work: Path, workers: int = 1) -> list[dict]:
-    proc = start_uvicorn("scripts.bench_peer:create_app", work / f"peer-{workers}.db", workers)
+def http_peer(
+    seconds: float,
+    concurrencies: list[int],
+    work: Path,
+    workers: int = 1,
+    *,
+    db: str | None = None,
+) -> list[dict]:
+    """The peer under load: with eventsourcing's SQLite persistence on a fresh file in
+    ``work``, or its PostgreSQL persistence on the database ``db`` (a URL)."""
+    proc = start_uvicorn(
+        "scripts.bench_peer:create_app", db or work / f"peer-{workers}.db", workers
+    )
     body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
     ids: list[str] = []
 
@@ -722,7 +782,7 @@ def http_peer(seconds: float, concurrencies: list[int], work: Path, workers: int
 # -- in-process ---------------------------------------------------------------------------------
 
 
-def build_log(db: Path, events: int, *, batch: int = 500) -> dict[str, Any]:
+def build_log(db: Path | str, events: int, *, batch: int = 500) -> dict[str, Any]:
     """Fill a log with about ``events`` events (tasks created, claimed and succeeded) through the
     real command handler, ``batch`` commands per transaction; returns the append rate."""
     from api.composition import Store
@@ -788,7 +848,7 @@ def build_log(db: Path, events: int, *, batch: int = 500) -> dict[str, Any]:
     }
 
 
-def append_unbatched(db: Path, count: int) -> dict[str, Any]:
+def append_unbatched(db: Path | str, count: int) -> dict[str, Any]:
     """One command per transaction (one fsync each): the cost group commit saves."""
     from api.composition import Store
     from ledger.commands import CreateTask
@@ -830,7 +890,7 @@ def replay_log(store: Any) -> dict[str, Any]:
     return states
 
 
-def measure_log(db: Path) -> dict[str, Any]:
+def measure_log(db: Path | str) -> dict[str, Any]:
     from api.composition import Store
     from projections import audit
 
@@ -869,7 +929,7 @@ def measure_log(db: Path) -> dict[str, Any]:
     return figures
 
 
-def peer_notification_read(db: Path, events: int) -> dict[str, Any]:
+def peer_notification_read(db: Path | str, events: int) -> dict[str, Any]:
     """The eventsourcing library reading its own notification log, mapping each notification to a
     domain event (as a projection would)."""
     from scripts.bench_peer import Task, make_application
@@ -899,7 +959,9 @@ def peer_notification_read(db: Path, events: int) -> dict[str, Any]:
     return {"events": read, "seconds": round(seconds, 2), "events_per_s": round(read / seconds)}
 
 
-def get_latency(small: Path, large: Path, requests: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def get_latency(
+    small: Path | str, large: Path | str, requests: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """GET /task/{id} at concurrency 1 over random tasks, on a small and a large database at
     once: a server on each, requests alternating between them (which one goes first alternates
     too), so a burst of noise on this shared machine hits both sides alike."""
@@ -1136,7 +1198,28 @@ def run(
     keep: bool = False,
     echo: Callable[[str], None] = print,
     workers: list[int] = [1, 2],  # noqa: B006 - read only
+    db: Path | str | None = None,
 ) -> dict[str, Any]:
+    """The whole benchmark. ``db`` a ``postgresql://`` URL runs the PostgreSQL variant on that
+    server (``scripts.bench_postgres``, ``workers`` then counting nodes); None or a file runs it
+    on SQLite files of its own, made in a temporary directory (a file given is not used)."""
+    from api.settings import is_database_url
+
+    if is_database_url(db):
+        assert isinstance(db, str)
+        from scripts import bench_postgres
+
+        return bench_postgres.run(
+            db,
+            events=events,
+            seconds=seconds,
+            concurrency=concurrency,
+            out=out,
+            small_events=small_events,
+            get_requests=get_requests,
+            echo=echo,
+            nodes=workers,
+        )
     work = Path(tempfile.mkdtemp(prefix="taskledger-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -1238,6 +1321,16 @@ def run(
     is_flag=True,
     help="Small sizes and short scenarios: a smoke test, not a measurement.",
 )
+@click.option(
+    "--db",
+    "db",
+    type=DatabaseParam(),
+    default=None,
+    help="A postgresql://user@host:port/database URL runs the benchmark on that PostgreSQL server"
+    " (each app on a database it creates and drops; --workers then counts taskledger nodes on"
+    " one database). Without it, or with a file, everything runs on SQLite files of its own in a"
+    " temporary directory, as always.",
+)
 def bench_command(
     events: int,
     seconds: float,
@@ -1245,6 +1338,7 @@ def bench_command(
     workers: tuple[int, ...],
     out: Path,
     quick: bool,
+    db: Path | str | None,
 ) -> None:
     """Measure taskledger side by side with a floor app and the eventsourcing library.
 
@@ -1254,6 +1348,8 @@ def bench_command(
     Example:
 
         taskledger bench --events 1000000 --seconds 5 --out bench-results
+
+        taskledger bench --db postgresql://postgres@127.0.0.1:5432/postgres
     """
     if quick:
         events, seconds = 3000, 0.5
@@ -1266,5 +1362,11 @@ def bench_command(
         get_requests=300 if quick else 3000,
         echo=lambda line: click.echo(line, err=True),
         workers=list(workers),
+        db=db,
     )
-    click.echo(markdown(report))
+    if report["conditions"].get("backend") == "postgresql":
+        from scripts import bench_postgres
+
+        click.echo(bench_postgres.markdown(report))
+    else:
+        click.echo(markdown(report))

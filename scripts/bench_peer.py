@@ -1,7 +1,10 @@
 """The benchmark's peer: task create / claim / cancel / get written with the ``eventsourcing``
 library (9.5.6) and its SQLite persistence, with its defaults, as a user of that library would
 write it: an Aggregate with event-decorated methods, an Application, and a Litestar app with the
-same uvicorn settings as taskledger.
+same uvicorn settings as taskledger. When ``BENCH_DB`` is a ``postgresql://`` URL it uses the
+library's PostgreSQL persistence instead (``eventsourcing.postgres``, its defaults: a pool of 5
+connections and 10 more on demand), configured from the URL through its ``POSTGRES_*``
+settings.
 
 Run: ``BENCH_DB=/tmp/peer.db uvicorn --factory scripts.bench_peer:create_app``.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from urllib.parse import unquote, urlsplit
 
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
@@ -64,7 +68,23 @@ class Tasks(Application[uuid.UUID]):
 
 
 def make_application(path: str) -> Tasks:
+    if path.startswith(("postgresql://", "postgres://")):
+        return Tasks(env=postgres_env(path))
     return Tasks(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path})
+
+
+def postgres_env(url: str) -> dict[str, str]:
+    """eventsourcing's PostgreSQL settings for the database a URL names (everything else at the
+    library's defaults)."""
+    parts = urlsplit(url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")),
+        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(parts.port or 5432),
+        "POSTGRES_USER": unquote(parts.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+    }
 
 
 def task_json(task: Task) -> dict:

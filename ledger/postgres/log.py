@@ -16,6 +16,14 @@ server processes (nodes) share.
   leaves out the log's own, by the sending session's process id).
 * Writes go through one connection per process (a lock serialises its threads); reads take a
   connection from a pool (``psycopg_pool``), in autocommit, or a REPEATABLE READ snapshot.
+* **Pipeline mode.** A write transaction runs in psycopg's pipeline mode: a statement whose
+  result is not needed (a blob, a projection row, a feed entry) is sent without waiting for its
+  answer, and the answers are read at the next statement whose result is needed (a state read,
+  the append) or at COMMIT. A command in a group-commit batch costs two round trips to the
+  server (its state, its append) instead of one per statement. An error in a statement sent
+  ahead surfaces at that next read, so a savepoint syncs before it is released (the error is
+  its command's), and a transaction the database rolled back is never reported as committed
+  (COMMIT answering ROLLBACK raises TransactionRolledBack).
 * Blobs are ``bytea`` stored uncompressed out of line (``STORAGE EXTERNAL``), so
   ``substring`` reads a piece of one without the rest.
 """
@@ -47,6 +55,7 @@ from ledger.postgres.connection import (
     redact,
     storage_error,
 )
+from ledger.state import TaskState
 
 EVENT_COLUMNS = (
     "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
@@ -58,6 +67,34 @@ STORED_COLUMNS = (
 )
 #: Rows fetched per round trip when a whole table is walked.
 WALK_BATCH = 5_000
+#: The columns of an event row as inserted, and their placeholders (typed, so a column of
+#: NULLs in a multi-row VALUES list still has its column's type).
+INSERT_COLUMNS = (
+    "position",
+    "stream_id",
+    "version",
+    "type",
+    "data",
+    "recorded_at",
+    "actor_key_id",
+    "actor_role",
+    "request_id",
+    "idempotency_key",
+    "hash",
+)
+INSERT_PLACEHOLDERS = (
+    "%s::bigint",
+    "%s::text",
+    "%s::integer",
+    "%s::text",
+    "%s::text",
+    "%s::text",
+    "%s::text",
+    "%s::text",
+    "%s::text",
+    "%s::text",
+    "%s::text",
+)
 
 
 def row_to_recorded(row: Sequence[Any]) -> RecordedEvent:
@@ -136,6 +173,11 @@ class PostgresLog:
         #: (last position, its hash, its recorded_at) as this transaction left them.
         self._head: tuple[int, str, str] | None = None
         self._cursors = itertools.count(1)
+        #: The write transaction's pipeline while one is open.
+        self._pipeline: psycopg.Pipeline | None = None
+        #: Task states the open write transaction has read or prefetched, as it left them
+        #: (None: no row): ``PostgresViews`` answers a later read of one without a round trip.
+        self._states: dict[str, TaskState | None] = {}
         #: The blob readers not yet closed: closed with the log.
         self._blob_readers: weakref.WeakSet[PostgresBlobReader] = weakref.WeakSet()
         with self._write_lock:
@@ -203,23 +245,39 @@ class PostgresLog:
         """The rows of a query that may be long, fetched ``WALK_BATCH`` at a time through a
         server-side cursor: inside ``tx`` (a transaction) or in a read-only transaction of a
         pooled connection held while the walk lasts."""
-        name = f"taskledger_walk_{next(self._cursors)}"
         if tx is not None:
-            with tx.cursor(name=name) as cursor:
-                cursor.itersize = WALK_BATCH
-                cursor.execute(sql, params)
-                yield from cursor
+            yield from self._declared(tx, sql, params)
             return
         with self.reading() as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
-                with conn.cursor(name=name) as cursor:
-                    cursor.itersize = WALK_BATCH
-                    cursor.execute(sql, params)
-                    yield from cursor
+                yield from self._declared(conn, sql, params)
             finally:
                 if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                     conn.execute("ROLLBACK")
+
+    def _declared(
+        self, conn: psycopg.Connection, sql: str, params: Sequence[Any]
+    ) -> Iterator[tuple[Any, ...]]:
+        """A cursor declared with SQL and FETCHed ``WALK_BATCH`` rows at a time, one batch
+        ahead: in pipeline mode the next FETCH is sent before this batch's rows are handed
+        over, so the server reads it while the caller works on these (and what the caller
+        writes meanwhile on a write transaction's connection rides along). psycopg's
+        server-side cursors do not work in pipeline mode; a declared one does. It lives until
+        the transaction ends, or is closed once read to the end."""
+        name = f"taskledger_walk_{next(self._cursors)}"
+        fetch = f"FETCH FORWARD {WALK_BATCH} FROM {name}"
+        with conn.pipeline():
+            conn.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}", params)
+            ahead = conn.execute(fetch)
+            while True:
+                rows = ahead.fetchall()
+                if len(rows) == WALK_BATCH:
+                    ahead = conn.execute(fetch)
+                yield from rows
+                if len(rows) < WALK_BATCH:
+                    break
+            conn.execute(f"CLOSE {name}")
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -266,17 +324,36 @@ class PostgresLog:
                 return
             try:
                 conn = self._connect_writer()
-                conn.execute("BEGIN")
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
             except psycopg.Error as exc:
                 self._abandon()
                 raise storage_error(exc) from exc
             self._in_tx, self._head, self._appended_to = True, None, None
+            self._states.clear()
             try:
-                yield conn
-                if self._appended_to is not None:
-                    conn.execute("SELECT pg_notify(%s, %s)", (self.channel, str(self._appended_to)))
-                conn.execute("COMMIT")
+                with conn.pipeline() as pipeline:
+                    self._pipeline = pipeline
+                    conn.execute("BEGIN")
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
+                    yield conn
+                    if self._appended_to is not None:
+                        conn.execute(
+                            "SELECT pg_notify(%s, %s)", (self.channel, str(self._appended_to))
+                        )
+                    commit = conn.execute("COMMIT")
+                # Leaving the pipeline read every answer: COMMIT's tells whether it committed
+                # (a transaction with a failed statement in it answers ROLLBACK, not an error).
+                if commit.statusmessage != "COMMIT":
+                    raise TransactionRolledBack(
+                        "The database rolled the write transaction back (a statement in it "
+                        f"failed): COMMIT answered {commit.statusmessage}"
+                    )
+            except psycopg.errors.PipelineAborted as exc:
+                # An error surfaced earlier in the pipeline (and was caught by the caller): the
+                # server skipped everything after it, COMMIT included.
+                self._abandon()
+                raise TransactionRolledBack(
+                    "The database rolled the write transaction back (a statement in it failed)"
+                ) from exc
             except psycopg.Error as exc:
                 self._abandon()
                 raise storage_error(exc) from exc
@@ -285,6 +362,8 @@ class PostgresLog:
                 raise
             finally:
                 self._in_tx, self._head, self._appended_to = False, None, None
+                self._pipeline = None
+                self._states.clear()
 
     def _abandon(self) -> None:
         """Roll back whatever is open on the write connection (or drop a broken one)."""
@@ -306,17 +385,28 @@ class PostgresLog:
         connection was lost, the whole transaction is: TransactionRolledBack."""
         try:
             tx.execute(f"SAVEPOINT {name}")
+            self.sync()
         except psycopg.Error as exc:
             raise TransactionRolledBack(
                 f"The database cannot be written right now ({exc})"
             ) from exc
         try:
             yield
+            # The unit's statements sent ahead: their errors are its own, raised in here.
+            tx.execute(f"RELEASE SAVEPOINT {name}")
+            self.sync()
         except BaseException as exc:
             self._head = None
+            self._states.clear()  # some may be the unit's, undone with it
+            try:
+                # After an error the server skips what the pipeline sent until its next sync.
+                self.sync()
+            except psycopg.Error:
+                pass  # the error being handled, or its aftermath
             try:
                 tx.execute(f"ROLLBACK TO SAVEPOINT {name}")
                 tx.execute(f"RELEASE SAVEPOINT {name}")
+                self.sync()
             except psycopg.Error as lost:
                 raise TransactionRolledBack(
                     f"The database cannot be written right now ({lost})"
@@ -324,7 +414,19 @@ class PostgresLog:
             if isinstance(exc, psycopg.Error):
                 raise storage_error(exc) from exc
             raise
-        tx.execute(f"RELEASE SAVEPOINT {name}")
+
+    def known_states(self, tx: object) -> dict[str, TaskState | None] | None:
+        """The task states the open write transaction ``tx`` already knows (the dict to read and
+        update), or None when ``tx`` is not that transaction."""
+        if tx is not None and self._in_tx and tx is self._writer:
+            return self._states
+        return None
+
+    def sync(self) -> None:
+        """Send what the write transaction's pipeline holds and read every answer: an error in
+        a statement sent ahead is raised here (no-op outside a write transaction)."""
+        if self._pipeline is not None:
+            self._pipeline.sync()
 
     @contextmanager
     def read_snapshot(self) -> Iterator[psycopg.Connection]:
@@ -351,14 +453,9 @@ class PostgresLog:
         if tx is None:
             with self.transaction() as own:
                 return self.append(stream_id, expected_version, events, envelope, tx=own)
-        row = tx.execute(
-            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s", (stream_id,)
-        ).fetchone()
-        current = row[0] if row else 0
-        if current != expected_version:
-            raise ConcurrencyConflict(
-                f"Stream {stream_id} is at version {current}, not {expected_version}"
-            )
+        if not events:
+            self._check_version(tx, stream_id, expected_version)
+            return []
         position, previous, last_recorded_at = self._head or self._chain_head(tx)
         stamp = codec.timestamp(envelope.recorded_at)
         if stamp >= last_recorded_at:
@@ -398,7 +495,7 @@ class PostgresLog:
                     hash=previous,
                 )
             )
-        self._insert(tx, rows)
+        self._insert(tx, rows, expected_version=expected_version)
         self._head = (position, previous, recorded_at)
         self._appended_to = position
         return recorded
@@ -417,20 +514,30 @@ class PostgresLog:
         self._insert(tx, [row])
         self._appended_to = int(row["position"])  # type: ignore[call-overload]
 
-    def _insert(self, tx: psycopg.Connection, rows: list[dict[str, object]]) -> None:
+    def _insert(
+        self,
+        tx: psycopg.Connection,
+        rows: list[dict[str, object]],
+        *,
+        expected_version: int | None = None,
+    ) -> None:
+        """Insert stored event rows as they are, in one statement whose answer is read at once
+        (so a conflict is raised here, not at a later statement). With ``expected_version``
+        the rows go in only if their stream is at that version (checked by the same
+        statement), else ConcurrencyConflict."""
+        if not rows:
+            return
+        values = ", ".join(["(" + ", ".join(INSERT_PLACEHOLDERS) + ")"] * len(rows))
+        params: list[object] = [row[column] for row in rows for column in INSERT_COLUMNS]
         sql = (
-            "INSERT INTO events (position, stream_id, version, type, data, recorded_at,"
-            " actor_key_id, actor_role, request_id, idempotency_key, hash)"
-            " VALUES (%(position)s, %(stream_id)s, %(version)s, %(type)s, %(data)s,"
-            " %(recorded_at)s, %(actor_key_id)s, %(actor_role)s, %(request_id)s,"
-            " %(idempotency_key)s, %(hash)s)"
+            f"INSERT INTO events ({', '.join(INSERT_COLUMNS)})"
+            f" SELECT * FROM (VALUES {values}) AS v ({', '.join(INSERT_COLUMNS)})"
         )
+        if expected_version is not None:
+            sql += " WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s) = %s"
+            params += [rows[0]["stream_id"], expected_version]
         try:
-            if len(rows) == 1:
-                tx.execute(sql, rows[0])
-            else:
-                with tx.cursor() as cursor:
-                    cursor.executemany(sql, rows)
+            inserted = tx.execute(sql + " RETURNING position", params).fetchall()
         except psycopg.errors.UniqueViolation as exc:
             self._head = None
             row = rows[0]
@@ -440,6 +547,18 @@ class PostgresLog:
         except psycopg.Error as exc:
             self._head = None
             raise storage_error(exc) from exc
+        if len(inserted) != len(rows):  # the stream was not at the expected version
+            self._head = None
+            stream_id = str(rows[0]["stream_id"])
+            current = self.stream_version(stream_id, tx=tx)
+            raise ConcurrencyConflict(
+                f"Stream {stream_id} is at version {current}, not {expected_version}"
+            )
+
+    def _check_version(self, tx: psycopg.Connection, stream_id: str, expected: int | None) -> None:
+        current = self.stream_version(stream_id, tx=tx)
+        if current != expected:
+            raise ConcurrencyConflict(f"Stream {stream_id} is at version {current}, not {expected}")
 
     def iter_stored(
         self, after: int = 0, *, tx: psycopg.Connection | None = None
@@ -538,14 +657,12 @@ class PostgresLog:
     def put_blob(self, task_id: str, data: bytes, *, tx: psycopg.Connection) -> BlobRef:
         ref = blob_ref(data)
         try:
+            # One statement for both rows (in a write transaction's pipeline, no round trip).
             tx.execute(
-                "INSERT INTO blobs (sha256, size, data) VALUES (%s, %s, %s)"
-                " ON CONFLICT (sha256) DO NOTHING",
-                (ref.sha256, ref.size, data),
-            )
-            tx.execute(
-                "INSERT INTO blob_refs (task_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (task_id, ref.sha256),
+                "WITH stored AS (INSERT INTO blobs (sha256, size, data) VALUES (%s, %s, %s)"
+                " ON CONFLICT (sha256) DO NOTHING)"
+                " INSERT INTO blob_refs (task_id, sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (ref.sha256, ref.size, data, task_id, ref.sha256),
             )
         except psycopg.Error as exc:
             raise storage_error(exc) from exc
@@ -581,12 +698,12 @@ class PostgresLog:
         ]
         if not shas:
             return 0
-        cursor = tx.execute(
+        deleted = tx.execute(
             "DELETE FROM blobs b WHERE b.sha256 = ANY(%s) AND NOT EXISTS"
-            " (SELECT 1 FROM blob_refs r WHERE r.sha256 = b.sha256)",
+            " (SELECT 1 FROM blob_refs r WHERE r.sha256 = b.sha256) RETURNING 1",
             (shas,),
-        )
-        return cursor.rowcount
+        ).fetchall()
+        return len(deleted)
 
     def iter_blobs(
         self, *, tx: psycopg.Connection | None = None

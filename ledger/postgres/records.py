@@ -23,9 +23,9 @@ class PostgresRecords:
 
     def add_key(self, record: KeyRecord, key_hash: str) -> None:
         with self._log.transaction() as tx:
-            cursor = tx.execute(
+            added = tx.execute(
                 "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING",
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING 1",
                 (
                     record.key_id,
                     record.owner,
@@ -34,8 +34,8 @@ class PostgresRecords:
                     record.created_at,
                     record.revoked_at,
                 ),
-            )
-            if cursor.rowcount == 0:
+            ).fetchone()
+            if added is None:
                 raise DuplicateRecord(f"A key with id {record.key_id} already exists")
 
     def find_key(self, key_id: str) -> tuple[KeyRecord, str] | None:
@@ -62,11 +62,12 @@ class PostgresRecords:
 
     def revoke_key(self, key_id: str, at: str) -> bool:
         with self._log.transaction() as tx:
-            cursor = tx.execute(
-                "UPDATE api_keys SET revoked_at = %s WHERE key_id = %s AND revoked_at IS NULL",
+            revoked = tx.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE key_id = %s AND revoked_at IS NULL"
+                " RETURNING 1",
                 (at, key_id),
-            )
-        return cursor.rowcount == 1
+            ).fetchall()
+        return len(revoked) == 1
 
     def count_keys(self) -> int:
         row = self._log.fetchone("SELECT count(*) FROM api_keys")
@@ -94,11 +95,13 @@ class PostgresRecords:
         at: str,
     ) -> None:
         try:
+            # The answer is read at once (in a write transaction's pipeline too): a duplicate is
+            # raised here, for this command.
             tx.execute(
                 "INSERT INTO idempotency_outcomes (key_id, idempotency_key, fingerprint, outcome,"
-                " created_at) VALUES (%s, %s, %s, %s, %s)",
+                " created_at) VALUES (%s, %s, %s, %s, %s) RETURNING 1",
                 (key_id, idempotency_key, outcome.fingerprint, outcome.outcome, at),
-            )
+            ).fetchone()
         except psycopg.errors.UniqueViolation:
             raise DuplicateRecord() from None
         except psycopg.Error as exc:

@@ -71,9 +71,9 @@ class _Sink:
         )
 
     def insert_key(self, tx: psycopg.Connection, record: KeyRecord, key_hash: str) -> None:
-        cursor = tx.execute(
+        added = tx.execute(
             "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING",
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING 1",
             (
                 record.key_id,
                 record.owner,
@@ -82,8 +82,8 @@ class _Sink:
                 record.created_at,
                 record.revoked_at,
             ),
-        )
-        if cursor.rowcount == 0:
+        ).fetchone()
+        if added is None:
             raise ImportRefused(f"The target database already has a key with id {record.key_id}")
 
 

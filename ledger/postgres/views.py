@@ -27,10 +27,36 @@ class PostgresViews:
     # -- tasks ------------------------------------------------------------------------------
 
     def load_task(self, task_id: str, *, tx: psycopg.Connection | None = None) -> TaskState | None:
+        known = self._log.known_states(tx)
+        if known is not None and task_id in known:
+            return known[task_id]
         row = self._log.fetchone("SELECT state FROM tasks WHERE task_id = %s", (task_id,), tx=tx)
-        return codec.decode_state(row[0]) if row else None
+        state = codec.decode_state(row[0]) if row else None
+        if known is not None:
+            known[task_id] = state
+        return state
+
+    def prefetch_tasks(self, tx: psycopg.Connection, task_ids: Sequence[str]) -> None:
+        """Read the states of a write transaction's coming commands in one round trip; each
+        later ``load_task`` of one of them in this transaction is answered from memory (and
+        ``save_task`` keeps the answer current)."""
+        known = self._log.known_states(tx)
+        if known is None:
+            return
+        wanted = [task_id for task_id in dict.fromkeys(task_ids) if task_id not in known]
+        if not wanted:
+            return
+        rows = tx.execute(
+            "SELECT task_id, state FROM tasks WHERE task_id = ANY(%s)", (wanted,)
+        ).fetchall()
+        found = {task_id: codec.decode_state(state) for task_id, state in rows}
+        for task_id in wanted:
+            known[task_id] = found.get(task_id)
 
     def save_task(self, tx: psycopg.Connection, state: TaskState) -> None:
+        known = self._log.known_states(tx)
+        if known is not None and state.task_id in known:
+            known[state.task_id] = state
         tx.execute(
             "INSERT INTO tasks (task_id, owner, status, created_at, visible_until, lease_until,"
             " gone, version, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -101,8 +127,22 @@ class PostgresViews:
     def queue_head(self, *, tx: psycopg.Connection | None = None) -> str | None:
         """The oldest claimable task. Inside a write transaction the ledger's advisory lock is
         held, so no other node can claim the same head before this transaction commits."""
-        row = self._log.fetchone("SELECT task_id FROM queue ORDER BY position LIMIT 1", tx=tx)
-        return row[0] if row else None
+        known = self._log.known_states(tx)
+        if known is None:
+            row = self._log.fetchone("SELECT task_id FROM queue ORDER BY position LIMIT 1", tx=tx)
+            return row[0] if row else None
+        # In the write transaction the claim that asked loads the head's state next: read it
+        # with the head (one round trip for both).
+        row = self._log.fetchone(
+            "SELECT q.task_id, t.state FROM queue q LEFT JOIN tasks t ON t.task_id = q.task_id"
+            " ORDER BY q.position LIMIT 1",
+            tx=tx,
+        )
+        if row is None:
+            return None
+        if row[0] not in known:
+            known[row[0]] = codec.decode_state(row[1]) if row[1] is not None else None
+        return str(row[0])
 
     def enqueue(self, tx: psycopg.Connection, task_id: str, position: int) -> None:
         tx.execute(
@@ -119,6 +159,9 @@ class PostgresViews:
         return [(r[0], r[1]) for r in rows]
 
     def clear(self, tx: psycopg.Connection) -> None:
+        known = self._log.known_states(tx)
+        if known is not None:
+            known.clear()
         tx.execute("DELETE FROM tasks")
         tx.execute("DELETE FROM queue")
         tx.execute("DELETE FROM checkpoints")

@@ -132,6 +132,9 @@ class SqliteViews:
         )
         return codec.decode_state(row[0]) if row else None
 
+    def prefetch_tasks(self, tx: sqlite3.Connection, task_ids: Sequence[str]) -> None:
+        pass  # a read is a lookup in this process: nothing to save by reading ahead
+
     def save_task(self, tx: sqlite3.Connection, state: TaskState) -> None:
         tx.execute(
             "INSERT INTO tasks (task_id, owner, status, created_at, visible_until, lease_until,"
