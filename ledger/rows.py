@@ -1,15 +1,20 @@
-"""What every backend's ``tasks`` table holds besides a task's state: the query columns, and
-how they follow from the state (so each backend writes and checks them the same way)."""
+"""What both backends' tables hold and how it follows from the domain, so each writes and reads
+it the same way: a ``tasks`` row's query columns (from its state), and an ``events`` row (read
+back as a recorded or stored event; made, hash chained, by ``chain_events``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from ledger import codec
+from ledger.chain import chain_hash
 from ledger.decider import visible_until
-from ledger.events import PROCESSING
+from ledger.events import PROCESSING, AnyEvent, tag_of
+from ledger.log import Actor, Envelope, RecordedEvent, StoredEvent
 from ledger.state import TaskState
 
 #: The query columns of a ``tasks`` row, in the order ``query_columns`` gives their values.
@@ -68,3 +73,104 @@ def stale_columns(row: tuple[object, ...]) -> str | None:
         if stored != want
     ]
     return "; ".join(wrong) if wrong else None
+
+
+# -- event rows: what both backends' ``events`` tables hold and how an append fills them ------
+
+#: The columns ``row_to_recorded`` reads, in its order.
+EVENT_COLUMNS = (
+    "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
+    "request_id, idempotency_key, hash"
+)
+#: The columns ``row_to_stored`` reads (every column of ``events``), in its order.
+STORED_COLUMNS = (
+    "position, stream_id, version, type, data, recorded_at, actor_key_id, actor_role, "
+    "request_id, idempotency_key, hash"
+)
+
+#: The head of the log an append goes on from: the last position handed out, the newest
+#: event's hash and its recorded_at ("" before the first event).
+Head = tuple[int, str, str]
+
+
+def row_to_recorded(row: Sequence[Any]) -> RecordedEvent:
+    position, stream_id, version, data, recorded_at, key_id, role, request_id, idem, hash_ = row
+    return RecordedEvent(
+        position=position,
+        stream_id=stream_id,
+        version=version,
+        recorded_at=codec.parse_timestamp(recorded_at),
+        actor=Actor(key_id=key_id, role=role),
+        request_id=request_id,
+        idempotency_key=idem,
+        event=codec.decode_event(data),
+        hash=hash_,
+    )
+
+
+def row_to_stored(r: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        position=r[0],
+        stream_id=r[1],
+        version=r[2],
+        type=r[3],
+        data=r[4],
+        recorded_at=r[5],
+        actor_key_id=r[6],
+        actor_role=r[7],
+        request_id=r[8],
+        idempotency_key=r[9],
+        hash=r[10],
+    )
+
+
+def chain_events(
+    head: Head,
+    stream_id: str,
+    expected_version: int,
+    events: Sequence[AnyEvent],
+    envelope: Envelope,
+) -> tuple[list[dict[str, object]], list[RecordedEvent], Head]:
+    """The rows an append of ``events`` after ``head`` inserts (hash chained), the events as
+    recorded, and the head after them. recorded_at never goes backwards along the log, whatever
+    the clocks of several writer processes say, so "the log as of time T" is always a prefix."""
+    position, previous, last_recorded_at = head
+    stamp = codec.timestamp(envelope.recorded_at)
+    if stamp >= last_recorded_at:
+        recorded_at, when = stamp, envelope.recorded_at.astimezone(UTC)
+    else:
+        recorded_at, when = last_recorded_at, codec.parse_timestamp(last_recorded_at)
+    rows: list[dict[str, object]] = []
+    recorded: list[RecordedEvent] = []
+    for offset, event in enumerate(events, start=1):
+        version = expected_version + offset
+        position += 1
+        stored = StoredEvent(
+            position=position,
+            stream_id=stream_id,
+            version=version,
+            type=tag_of(type(event)),
+            data=codec.encode_str(event),
+            recorded_at=recorded_at,
+            actor_key_id=envelope.actor.key_id,
+            actor_role=envelope.actor.role,
+            request_id=envelope.request_id,
+            idempotency_key=envelope.idempotency_key,
+            hash="",
+        )
+        previous = chain_hash(previous, **stored.chained())
+        rows.append({**stored.chained(), "hash": previous})
+        recorded.append(
+            RecordedEvent(
+                position=position,
+                stream_id=stream_id,
+                version=version,
+                recorded_at=when,
+                actor=envelope.actor,
+                request_id=envelope.request_id,
+                idempotency_key=envelope.idempotency_key,
+                event=event,
+                hash=previous,
+            )
+        )
+    return rows, recorded, (position, previous, recorded_at)

@@ -35,7 +35,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -43,10 +43,10 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ledger import codec
-from ledger.chain import GENESIS, chain_hash
+from ledger.chain import GENESIS
 from ledger.errors import ConcurrencyConflict, StorageUnavailable, TransactionRolledBack
-from ledger.events import AnyEvent, BlobRef, blob_ref, tag_of
-from ledger.log import Actor, Envelope, RecordedEvent, StoredEvent
+from ledger.events import AnyEvent, BlobRef, blob_ref
+from ledger.log import Envelope, RecordedEvent, StoredEvent
 from ledger.postgres.connection import (
     channel_name,
     connect,
@@ -55,16 +55,15 @@ from ledger.postgres.connection import (
     redact,
     storage_error,
 )
+from ledger.rows import (
+    EVENT_COLUMNS,
+    STORED_COLUMNS,
+    chain_events,
+    row_to_recorded,
+    row_to_stored,
+)
 from ledger.state import TaskState
 
-EVENT_COLUMNS = (
-    "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
-    "request_id, idempotency_key, hash"
-)
-STORED_COLUMNS = (
-    "position, stream_id, version, type, data, recorded_at, actor_key_id, actor_role, "
-    "request_id, idempotency_key, hash"
-)
 #: Rows fetched per round trip when a whole table is walked.
 WALK_BATCH = 5_000
 #: The columns of an event row as inserted, and their placeholders (typed, so a column of
@@ -95,37 +94,6 @@ INSERT_PLACEHOLDERS = (
     "%s::text",
     "%s::text",
 )
-
-
-def row_to_recorded(row: Sequence[Any]) -> RecordedEvent:
-    position, stream_id, version, data, recorded_at, key_id, role, request_id, idem, hash_ = row
-    return RecordedEvent(
-        position=position,
-        stream_id=stream_id,
-        version=version,
-        recorded_at=codec.parse_timestamp(recorded_at),
-        actor=Actor(key_id=key_id, role=role),
-        request_id=request_id,
-        idempotency_key=idem,
-        event=codec.decode_event(data),
-        hash=hash_,
-    )
-
-
-def row_to_stored(r: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(
-        position=r[0],
-        stream_id=r[1],
-        version=r[2],
-        type=r[3],
-        data=r[4],
-        recorded_at=r[5],
-        actor_key_id=r[6],
-        actor_role=r[7],
-        request_id=r[8],
-        idempotency_key=r[9],
-        hash=r[10],
-    )
 
 
 class PostgresBlobReader:
@@ -456,48 +424,11 @@ class PostgresLog:
         if not events:
             self._check_version(tx, stream_id, expected_version)
             return []
-        position, previous, last_recorded_at = self._head or self._chain_head(tx)
-        stamp = codec.timestamp(envelope.recorded_at)
-        if stamp >= last_recorded_at:
-            recorded_at, when = stamp, envelope.recorded_at.astimezone(UTC)
-        else:
-            recorded_at, when = last_recorded_at, codec.parse_timestamp(last_recorded_at)
-        recorded: list[RecordedEvent] = []
-        rows: list[dict[str, object]] = []
-        for offset, event in enumerate(events, start=1):
-            version = expected_version + offset
-            position += 1
-            stored = StoredEvent(
-                position=position,
-                stream_id=stream_id,
-                version=version,
-                type=tag_of(type(event)),
-                data=codec.encode_str(event),
-                recorded_at=recorded_at,
-                actor_key_id=envelope.actor.key_id,
-                actor_role=envelope.actor.role,
-                request_id=envelope.request_id,
-                idempotency_key=envelope.idempotency_key,
-                hash="",
-            )
-            previous = chain_hash(previous, **stored.chained())
-            rows.append({**stored.chained(), "hash": previous})
-            recorded.append(
-                RecordedEvent(
-                    position=position,
-                    stream_id=stream_id,
-                    version=version,
-                    recorded_at=when,
-                    actor=envelope.actor,
-                    request_id=envelope.request_id,
-                    idempotency_key=envelope.idempotency_key,
-                    event=event,
-                    hash=previous,
-                )
-            )
+        rows, recorded, self._head = chain_events(
+            self._head or self._chain_head(tx), stream_id, expected_version, events, envelope
+        )
         self._insert(tx, rows, expected_version=expected_version)
-        self._head = (position, previous, recorded_at)
-        self._appended_to = position
+        self._appended_to = self._head[0]
         return recorded
 
     def _chain_head(self, tx: psycopg.Connection) -> tuple[int, str, str]:

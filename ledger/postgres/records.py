@@ -13,6 +13,16 @@ from ledger.postgres.connection import storage_error
 from ledger.postgres.log import PostgresLog
 
 
+def insert_key(tx: psycopg.Connection, record: KeyRecord, key_hash: str) -> bool:
+    """Store a key inside ``tx``; False (nothing written) if its id is taken."""
+    added = tx.execute(
+        "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING 1",
+        (record.key_id, record.owner, record.role, key_hash, record.created_at, record.revoked_at),
+    ).fetchone()
+    return added is not None
+
+
 class PostgresRecords:
     """``ledger.log.Records`` on the database of a ``PostgresLog``."""
 
@@ -23,19 +33,7 @@ class PostgresRecords:
 
     def add_key(self, record: KeyRecord, key_hash: str) -> None:
         with self._log.transaction() as tx:
-            added = tx.execute(
-                "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING 1",
-                (
-                    record.key_id,
-                    record.owner,
-                    record.role,
-                    key_hash,
-                    record.created_at,
-                    record.revoked_at,
-                ),
-            ).fetchone()
-            if added is None:
+            if not insert_key(tx, record, key_hash):
                 raise DuplicateRecord(f"A key with id {record.key_id} already exists")
 
     def find_key(self, key_id: str) -> tuple[KeyRecord, str] | None:

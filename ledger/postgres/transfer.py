@@ -14,6 +14,7 @@ from ledger import transfer
 from ledger.errors import ImportRefused
 from ledger.log import KeyRecord, StoredEvent
 from ledger.postgres.log import PostgresLog
+from ledger.postgres.records import insert_key
 
 
 class _Source:
@@ -71,19 +72,7 @@ class _Sink:
         )
 
     def insert_key(self, tx: psycopg.Connection, record: KeyRecord, key_hash: str) -> None:
-        added = tx.execute(
-            "INSERT INTO api_keys (key_id, owner, role, key_hash, created_at, revoked_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING RETURNING 1",
-            (
-                record.key_id,
-                record.owner,
-                record.role,
-                key_hash,
-                record.created_at,
-                record.revoked_at,
-            ),
-        ).fetchone()
-        if added is None:
+        if not insert_key(tx, record, key_hash):
             raise ImportRefused(f"The target database already has a key with id {record.key_id}")
 
 

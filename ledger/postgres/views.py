@@ -13,8 +13,8 @@ import psycopg
 
 from ledger import codec
 from ledger.log import FeedEntry, FeedQuery, RecordedEvent, TaskQuery, stream_id_for
-from ledger.postgres.log import EVENT_COLUMNS, PostgresLog, row_to_recorded
-from ledger.rows import COLUMN_NAMES, query_columns, stale_columns
+from ledger.postgres.log import PostgresLog
+from ledger.rows import COLUMN_NAMES, EVENT_COLUMNS, query_columns, row_to_recorded, stale_columns
 from ledger.state import TaskState
 
 

@@ -7,9 +7,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ledger import codec
 from ledger.errors import StorageUnavailable
-from ledger.log import Actor, RecordedEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -47,11 +45,6 @@ CREATE TABLE IF NOT EXISTS blob_refs (
 );
 CREATE INDEX IF NOT EXISTS blob_refs_sha ON blob_refs (sha256);
 """
-
-EVENT_COLUMNS = (
-    "position, stream_id, version, data, recorded_at, actor_key_id, actor_role, "
-    "request_id, idempotency_key, hash"
-)
 
 #: Text of the SQLite errors that mean "cannot write now", not "bad request".
 _STORAGE_ERRORS = (
@@ -102,18 +95,3 @@ def connect(
         raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     return conn
-
-
-def row_to_recorded(row: tuple) -> RecordedEvent:
-    position, stream_id, version, data, recorded_at, key_id, role, request_id, idem, hash_ = row
-    return RecordedEvent(
-        position=position,
-        stream_id=stream_id,
-        version=version,
-        recorded_at=codec.parse_timestamp(recorded_at),
-        actor=Actor(key_id=key_id, role=role),
-        request_id=request_id,
-        idempotency_key=idem,
-        event=codec.decode_event(data),
-        hash=hash_,
-    )

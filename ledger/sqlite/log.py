@@ -17,18 +17,19 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import sqlite_utils
 
 from ledger import codec
-from ledger.chain import GENESIS, chain_hash
+from ledger.chain import GENESIS
 from ledger.errors import ConcurrencyConflict, StorageUnavailable, TransactionRolledBack
-from ledger.events import AnyEvent, BlobRef, tag_of
+from ledger.events import AnyEvent, BlobRef
 from ledger.log import Envelope, RecordedEvent, StoredEvent
+from ledger.rows import EVENT_COLUMNS, STORED_COLUMNS, chain_events, row_to_recorded, row_to_stored
 from ledger.sqlite import blobs
-from ledger.sqlite.connection import EVENT_COLUMNS, SCHEMA, connect, row_to_recorded, storage_error
+from ledger.sqlite.connection import SCHEMA, connect, storage_error
 from ledger.sqlite.lock import ProcessWriteLock
 
 
@@ -215,47 +216,12 @@ class SqliteLog:
             raise ConcurrencyConflict(
                 f"Stream {stream_id} is at version {current}, not {expected_version}"
             )
-        position, previous, last_recorded_at = self._head or self._chain_head(tx)
-        # recorded_at never goes backwards along the log, whatever the clocks of several writer
-        # processes say, so "the log as of time T" is always a prefix of it.
-        stamp = codec.timestamp(envelope.recorded_at)
-        if stamp >= last_recorded_at:
-            recorded_at, when = stamp, envelope.recorded_at.astimezone(UTC)
-        else:
-            recorded_at, when = last_recorded_at, codec.parse_timestamp(last_recorded_at)
-        recorded: list[RecordedEvent] = []
-        for offset, event in enumerate(events, start=1):
-            version = expected_version + offset
-            position += 1
-            stored = StoredEvent(
-                position=position,
-                stream_id=stream_id,
-                version=version,
-                type=tag_of(type(event)),
-                data=codec.encode_str(event),
-                recorded_at=recorded_at,
-                actor_key_id=envelope.actor.key_id,
-                actor_role=envelope.actor.role,
-                request_id=envelope.request_id,
-                idempotency_key=envelope.idempotency_key,
-                hash="",
-            )
-            previous = chain_hash(previous, **stored.chained())
-            self.insert_row(tx, {**stored.chained(), "hash": previous})
-            recorded.append(
-                RecordedEvent(
-                    position=position,
-                    stream_id=stream_id,
-                    version=version,
-                    recorded_at=when,
-                    actor=envelope.actor,
-                    request_id=envelope.request_id,
-                    idempotency_key=envelope.idempotency_key,
-                    event=event,
-                    hash=previous,
-                )
-            )
-        self._head = (position, previous, recorded_at)
+        rows, recorded, head = chain_events(
+            self._head or self._chain_head(tx), stream_id, expected_version, events, envelope
+        )
+        for row in rows:
+            self.insert_row(tx, row)  # each clears the head: it is set once all are in
+        self._head = head
         return recorded
 
     def _chain_head(self, tx: sqlite3.Connection) -> tuple[int, str, str]:
@@ -292,25 +258,11 @@ class SqliteLog:
         conn = tx or self.reader()
         while True:
             rows = conn.execute(
-                "SELECT position, stream_id, version, type, data, recorded_at, actor_key_id,"
-                " actor_role, request_id, idempotency_key, hash FROM events WHERE position > ?"
-                " ORDER BY position LIMIT ?",
+                f"SELECT {STORED_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
                 (after, batch),
             ).fetchall()
             for r in rows:
-                yield StoredEvent(
-                    position=r[0],
-                    stream_id=r[1],
-                    version=r[2],
-                    type=r[3],
-                    data=r[4],
-                    recorded_at=r[5],
-                    actor_key_id=r[6],
-                    actor_role=r[7],
-                    request_id=r[8],
-                    idempotency_key=r[9],
-                    hash=r[10],
-                )
+                yield row_to_stored(r)
             if len(rows) < batch:
                 return
             after = rows[-1][0]

@@ -18,8 +18,14 @@ import msgspec
 from ledger import codec
 from ledger.decider import visible_until
 from ledger.log import FeedEntry, FeedQuery, RecordedEvent, TaskQuery, stream_id_for
-from ledger.rows import COLUMN_NAMES, query_columns, stale_columns, timestamp
-from ledger.sqlite.connection import EVENT_COLUMNS, row_to_recorded
+from ledger.rows import (
+    COLUMN_NAMES,
+    EVENT_COLUMNS,
+    query_columns,
+    row_to_recorded,
+    stale_columns,
+    timestamp,
+)
 from ledger.sqlite.log import SqliteLog
 from ledger.state import TaskState
 

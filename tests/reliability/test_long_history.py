@@ -24,7 +24,7 @@ import ledger.sqlite.log as sqlite_log
 from api.composition import Store
 from ledger.decider import fold
 from ledger.log import stream_id_for
-from ledger.sqlite.connection import EVENT_COLUMNS
+from ledger.rows import EVENT_COLUMNS
 from ledger.state import TaskState
 from projections.checkpoints import CHECKPOINT_EVERY
 from scripts.bench_history import T0, grow
