@@ -302,6 +302,9 @@ class PostgresLog:
                     self._pipeline = pipeline
                     conn.execute("BEGIN")
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
+                    # Held before the block runs: what it reads on other connections (the
+                    # pool) must see no other node's write in progress. One round trip a batch.
+                    pipeline.sync()
                     yield conn
                     if self._appended_to is not None:
                         conn.execute(
