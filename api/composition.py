@@ -12,13 +12,14 @@ from api.settings import is_database_url
 from ledger.commands import AnyCommand
 from ledger.decider import fold
 from ledger.handler import CommandHandler, CommandSource
-from ledger.log import Backend, RecordedEvent, stream_id_for
+from ledger.log import Backend, RecordedEvent, stream_id_for, task_events
 from ledger.sqlite import SqliteBackend
 from ledger.state import TaskState
 from projections.checkpoints import CHECKPOINT_EVERY, CheckpointProjection, state_at
 from projections.feed import FeedProjection
 from projections.queue import QueueProjection
 from projections.tasks import TasksProjection
+from projections.webhooks import OutboxProjection, SubscriptionsProjection
 
 if TYPE_CHECKING:
     from api.service import TaskLedger
@@ -74,15 +75,20 @@ class Store:
         self.log = self.backend.log
         self.views = self.backend.views
         self.records = self.backend.records
+        self.webhooks = self.backend.webhooks
         self.tasks = TasksProjection(self.views)
         self.queue = QueueProjection(self.views)
         self.checkpoints = CheckpointProjection(self.views, checkpoint_every)
         self.feed = FeedProjection(self.views)
+        self.subscriptions = SubscriptionsProjection(self.webhooks)
+        self.outbox = OutboxProjection(self.webhooks)
         self.handler = CommandHandler(
             self.log,
             self.tasks,
-            [self.tasks, self.queue, self.checkpoints, self.feed],
+            [self.tasks, self.queue, self.checkpoints, self.feed, self.outbox],
             clock=clock,
+            subscriptions=self.subscriptions,
+            subscription_projections=[self.subscriptions],
         )
 
     @property
@@ -104,7 +110,7 @@ class Store:
         """The task's state folded afresh from all its events (up to ``until_version``): the
         truth the projections and checkpoints are checked against."""
         events = self.log.read_stream(stream_id_for(task_id), until_version=until_version)
-        return fold(e.event for e in events) if events else None
+        return fold(task_events(events)) if events else None
 
     def state_at(self, task_id: str, version: int) -> TaskState | None:
         """The task's state after its ``version``-th event, folded on from its latest

@@ -27,6 +27,7 @@ from api.refusals import BadRequest
 from ledger.events import SUCCEEDED
 from ledger.log import RecordedEvent
 from ledger.state import TaskState
+from ledger.webhooks import WebhookEvent
 
 PositiveInt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=2**31 - 1)]
@@ -286,7 +287,9 @@ class ActorJSON(msgspec.Struct, kw_only=True):
 
 class EventJSON(msgspec.Struct, kw_only=True):
     position: int
-    task_id: str
+    #: The task's id; for a webhook subscription's event (only in an admin's view of the whole
+    #: log) None, and ``webhook_id`` names the subscription.
+    task_id: str | None
     version: int
     type: str
     recorded_at: datetime
@@ -295,6 +298,7 @@ class EventJSON(msgspec.Struct, kw_only=True):
     idempotency_key: str | None
     hash: str
     data: dict[str, Any]
+    webhook_id: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class FeedPage(msgspec.Struct, kw_only=True):
@@ -304,11 +308,14 @@ class FeedPage(msgspec.Struct, kw_only=True):
 
 
 def event_json(recorded: RecordedEvent) -> EventJSON:
-    data = msgspec.to_builtins(recorded.event)
+    event = recorded.event
+    data = msgspec.to_builtins(event)
     kind = data.pop("type")
+    webhook = isinstance(event, WebhookEvent)
     return EventJSON(
         position=recorded.position,
-        task_id=recorded.event.task_id,
+        task_id=None if webhook else data["task_id"],
+        webhook_id=data["webhook_id"] if webhook else msgspec.UNSET,
         version=recorded.version,
         type=kind,
         recorded_at=recorded.recorded_at,

@@ -27,6 +27,8 @@ class CreateTask(Command):
     file_name: str | None = None
     expires_in: int | None = None
     media_type: str | None = None
+    #: Where this task's own webhooks go (see ledger.webhooks); None: nowhere.
+    webhook_url: str | None = None
 
 
 class UpdateTask(Command):
@@ -36,6 +38,8 @@ class UpdateTask(Command):
     #: The most events a task's stream may hold before it runs no more updates (the server's
     #: ``--max-events-per-task``); None: no limit.
     max_events: int | None = None
+    #: A new address for the task's own webhooks; None keeps the one it has.
+    webhook_url: str | None = None
 
 
 class CancelTask(Command):

@@ -138,6 +138,7 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
                     file_name=command.file_name,
                     expires_in=command.expires_in,
                     media_type=command.media_type,
+                    webhook_url=command.webhook_url,
                 )
             ]
         case ExpireLease():
@@ -172,7 +173,11 @@ def decide(command: AnyCommand, state: TaskState) -> list[AnyEvent]:
             expires_in = configuration.get("expires_in", state.expires_in)
             return [
                 UpdateRequested(
-                    task_id=tid, at=at, configuration=configuration, expires_in=expires_in
+                    task_id=tid,
+                    at=at,
+                    configuration=configuration,
+                    expires_in=expires_in,
+                    webhook_url=command.webhook_url,
                 )
             ]
         case CancelTask():
@@ -249,6 +254,7 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
                 expires_in=event.expires_in,
                 media_type=event.media_type,
                 created_at=at,
+                webhook_url=event.webhook_url,
             )
         case UpdateRequested():
             return replace(
@@ -259,6 +265,7 @@ def evolve(state: TaskState, event: AnyEvent) -> TaskState:
                 message=MSG_QUEUED_FOR_UPDATE,
                 configuration=event.configuration,
                 expires_in=event.expires_in,
+                webhook_url=event.webhook_url or state.webhook_url,
                 # An update is a new run: it gets its own max_attempts, whatever earlier runs used.
                 attempt=0,
             )

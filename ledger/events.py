@@ -58,11 +58,15 @@ class TaskCreated(Event, tag="task_created"):
     #: The input's type as its first bytes show it (``application/pdf``...); None when unknown
     #: and in events written before the field existed.
     media_type: str | None = None
+    #: Where the task's own webhooks go, signed with its owner's default secret (None: none).
+    webhook_url: str | None = None
 
 
 class UpdateRequested(Event, tag="update_requested"):
     configuration: dict[str, Any]
     expires_in: int | None = None
+    #: A new address for the task's own webhooks; None: the one it had stays.
+    webhook_url: str | None = None
 
 
 class Claimed(Event, tag="claimed"):
@@ -130,8 +134,9 @@ AnyEvent = (
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
 
 
-def tag_of(event_type: type[Event]) -> str:
-    """The stored tag of an event class (``tag_of(Cancelled) == "cancelled"``)."""
+def tag_of(event_type: type[msgspec.Struct]) -> str:
+    """The stored tag of an event class (``tag_of(Cancelled) == "cancelled"``; a webhook
+    subscription's events have theirs too)."""
     return event_type.__struct_config__.tag  # type: ignore[return-value]
 
 

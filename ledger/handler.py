@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from ledger import decider
-from ledger.commands import AnyCommand
+from ledger import webhooks as hooks
+from ledger.commands import AnyCommand, Command
 from ledger.errors import LedgerError, TransactionRolledBack
 from ledger.log import Envelope, EventLog, RecordedEvent, stream_id_for
 from ledger.state import TaskState
@@ -48,9 +49,33 @@ class InlineProjection(Protocol):
     ) -> None: ...
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    before: TaskState
-    after: TaskState
+class SubscriptionStore(Protocol):
+    """Where a webhook subscription's state is read from inside the write transaction."""
+
+    def load(self, tx: Any, webhook_id: str) -> hooks.WebhookState: ...
+
+
+class SubscriptionProjection(Protocol):
+    """A read model of the subscriptions, updated in the same transaction as the append."""
+
+    def apply(
+        self,
+        tx: Any,
+        before: hooks.WebhookState,
+        after: hooks.WebhookState,
+        recorded: Sequence[RecordedEvent],
+    ) -> None: ...
+
+
+S = TypeVar("S")
+
+
+class Outcome(msgspec.Struct, Generic[S], frozen=True, kw_only=True):
+    """A command's result: the state before and after it (a task's ``TaskState``, or a
+    subscription's ``WebhookState`` for a webhook command) and the events it appended."""
+
+    before: S
+    after: S
     recorded: list[RecordedEvent]
     extra: Any = None
 
@@ -84,10 +109,16 @@ class CommandHandler:
         projections: Sequence[InlineProjection],
         *,
         clock: Callable[[], datetime] | None = None,
+        subscriptions: SubscriptionStore | None = None,
+        subscription_projections: Sequence[SubscriptionProjection] = (),
     ) -> None:
         self.log = log
         self.states = states
         self.projections = tuple(projections)
+        #: Webhook subscriptions: their streams' state and read model (none: webhook commands
+        #: are refused).
+        self.subscriptions = subscriptions
+        self.subscription_projections = tuple(subscription_projections)
         #: When set, each batch's events are recorded at the time its transaction began (the
         #: commit order), not at the time their envelopes were made.
         self.clock = clock
@@ -159,7 +190,7 @@ class CommandHandler:
                         for r in requests
                     ]
                 self.states.prefetch(
-                    tx, [r.command.task_id for r in requests if not callable(r.command)]
+                    tx, [r.command.task_id for r in requests if isinstance(r.command, Command)]
                 )
                 for request in requests:
                     if guarded:
@@ -196,19 +227,26 @@ class CommandHandler:
     def _run(self, tx: Any, request: Request) -> Outcome:
         return self._write(tx, request, *self._decide(tx, request))
 
-    def _decide(self, tx: Any, request: Request) -> tuple[AnyCommand, TaskState, list[Any]]:
+    def _decide(self, tx: Any, request: Request) -> tuple[Any, Any, list[Any]]:
         """Read and decide: no writes, so a refusal here leaves the transaction untouched."""
         command = request.command
         if callable(command):
             command = command(tx)
             if command is None:
                 raise NothingToDo()
+        if isinstance(command, hooks.WebhookCommand):
+            if self.subscriptions is None:
+                raise LedgerError("This ledger keeps no webhook subscriptions")
+            subscription = self.subscriptions.load(tx, command.webhook_id)
+            return command, subscription, hooks.decide(command, subscription)  # type: ignore[arg-type]
         before = self.states.load(tx, command.task_id)
         return command, before, decider.decide(command, before)
 
     def _write(
-        self, tx: Any, request: Request, command: AnyCommand, before: TaskState, events: list[Any]
+        self, tx: Any, request: Request, command: Any, before: Any, events: list[Any]
     ) -> Outcome:
+        if isinstance(before, hooks.WebhookState):
+            return self._write_subscription(tx, request, before, events)
         if not events:
             outcome = Outcome(before=before, after=before, recorded=[])
         else:
@@ -221,6 +259,27 @@ class CommandHandler:
             if after.gone is not None and before.gone is None:
                 self.log.purge_blobs(command.task_id, tx=tx)
             for projection in self.projections:
+                projection.apply(tx, before, after, recorded)
+            outcome = Outcome(before=before, after=after, recorded=recorded)
+        if request.after_append is not None:
+            outcome = msgspec.structs.replace(outcome, extra=request.after_append(tx, outcome))
+        return outcome
+
+    def _write_subscription(
+        self, tx: Any, request: Request, before: hooks.WebhookState, events: list[Any]
+    ) -> Outcome:
+        if not events:
+            outcome: Outcome = Outcome(before=before, after=before, recorded=[])
+        else:
+            recorded = self.log.append(
+                hooks.webhook_stream_id(before.webhook_id),
+                before.version,
+                events,
+                request.envelope,
+                tx=tx,
+            )
+            after = hooks.fold(events, before)
+            for projection in self.subscription_projections:
                 projection.apply(tx, before, after, recorded)
             outcome = Outcome(before=before, after=after, recorded=recorded)
         if request.after_append is not None:

@@ -20,8 +20,10 @@ from typing import Any, Protocol
 
 import msgspec
 
+from ledger.codec import LogEvent
 from ledger.events import AnyEvent, BlobRef
 from ledger.state import TaskState
+from ledger.webhooks import WebhookEvent, WebhookState
 
 
 def stream_id_for(task_id: str) -> str:
@@ -59,9 +61,22 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     actor: Actor
     request_id: str | None
     idempotency_key: str | None
-    event: AnyEvent
+    event: LogEvent
     #: The hash chain link: sha256 over the previous hash, this envelope and the event's data.
     hash: str = ""
+
+
+def task_event(recorded: RecordedEvent) -> AnyEvent:
+    """The event of a task stream's ``recorded`` (a webhook event there would be a bug)."""
+    event = recorded.event
+    if isinstance(event, WebhookEvent):
+        raise ValueError(f"{recorded.stream_id} holds a webhook event at {recorded.position}")
+    return event
+
+
+def task_events(recorded: Iterable[RecordedEvent]) -> Iterator[AnyEvent]:
+    """The events of a task stream's ``recorded`` events, in order."""
+    return map(task_event, recorded)
 
 
 class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,7 +149,7 @@ class EventLog(Protocol):
         self,
         stream_id: str,
         expected_version: int,
-        events: Sequence[AnyEvent],
+        events: Sequence[LogEvent],
         envelope: Envelope,
         *,
         tx: Any = None,
@@ -401,6 +416,137 @@ class Records(Protocol):
         ...
 
 
+#: A delivery's status: waiting for its next attempt, delivered (a 2xx), or given up on.
+PENDING = "pending"
+DELIVERED = "succeeded"
+GAVE_UP = "failed"
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One webhook message: a task event to one subscription (the outbox row written in the
+    command's transaction), and where its attempts stand. ``delivery_id`` is the
+    ``webhook-id`` every attempt sends, so a receiver can tell a retry from a new message."""
+
+    delivery_id: str
+    #: The subscription; ``default:<owner>`` for a task's own ``webhook_url``.
+    webhook_id: str
+    owner: str
+    task_id: str
+    #: The task's version after the event: the body is the task as it was then.
+    version: int
+    position: int
+    event_type: str
+    url: str
+    created_at: datetime
+    status: str = PENDING
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    finished_at: datetime | None = None
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One try of a delivery: when, how long, the receiver's status (None: no answer), the
+    error, and the first kilobyte of its answer."""
+
+    attempt: int
+    at: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    response: str | None = None
+
+
+class WebhookSecrets(msgspec.Struct, frozen=True, kw_only=True):
+    """A subscription's signing secret and, for a while after a rotation, the one before it."""
+
+    secret: str
+    previous: str | None = None
+    previous_until: datetime | None = None
+
+
+class WebhookStore(Protocol):
+    """Webhooks' storage: the subscriptions (a projection of the ``webhook-`` streams), their
+    signing secrets (records, never events), and the outbox of deliveries with their attempts
+    (operational state the dispatcher leases and updates; never rebuilt from the log)."""
+
+    def save_webhook(self, tx: Any, state: WebhookState) -> None: ...
+
+    def load_webhook(self, webhook_id: str, *, tx: Any = None) -> WebhookState | None: ...
+
+    def list_webhooks(self, owner: str | None, *, tx: Any = None) -> list[WebhookState]:
+        """The subscriptions not deleted, oldest first: ``owner``'s own, or every one (None)."""
+        ...
+
+    def listening(self, tx: Any, owner: str) -> list[WebhookState]:
+        """The active subscriptions that hear of ``owner``'s tasks (its own and the
+        every-owner ones)."""
+        ...
+
+    def stored_webhooks(self, *, tx: Any = None) -> Iterator[WebhookState]:
+        """Every subscription row, deleted ones too, in id order (what verify compares)."""
+        ...
+
+    def clear_webhooks(self, tx: Any) -> None:
+        """Empty the subscription rows (before a rebuild); secrets and deliveries stay."""
+        ...
+
+    def set_secrets(self, tx: Any, webhook_id: str, secrets: WebhookSecrets) -> None: ...
+
+    def secrets(self, webhook_id: str, *, tx: Any = None) -> WebhookSecrets | None: ...
+
+    def add_deliveries(self, tx: Any, deliveries: Sequence[Delivery]) -> None:
+        """Put deliveries in the outbox; one whose id is there already is left as it is."""
+        ...
+
+    def lease_deliveries(
+        self, tx: Any, at: datetime, holder: str, until: datetime, limit: int
+    ) -> list[Delivery]:
+        """Take up to ``limit`` deliveries due at ``at`` (pending, next attempt at or before it,
+        no lease or a lapsed one) for ``holder`` until ``until``, oldest first. A delivery waits
+        while an earlier one of the same subscription and task is pending, so a receiver gets
+        each task's events in order."""
+        ...
+
+    def finish_attempt(
+        self,
+        tx: Any,
+        delivery_id: str,
+        holder: str,
+        attempt: DeliveryAttempt,
+        *,
+        status: str,
+        next_attempt_at: datetime | None,
+    ) -> bool:
+        """Record an attempt and where the delivery stands after it, and end the lease; False
+        (nothing written) if ``holder`` no longer holds the lease."""
+        ...
+
+    def retry_delivery(self, tx: Any, delivery_id: str, at: datetime) -> Delivery | None:
+        """Make a delivery pending again, due at ``at`` (one more attempt); None if none."""
+        ...
+
+    def get_delivery(self, delivery_id: str, *, tx: Any = None) -> Delivery | None: ...
+
+    def list_deliveries(
+        self, webhook_id: str, *, after: int = 0, limit: int = 100, tx: Any = None
+    ) -> list[Delivery]:
+        """A subscription's deliveries in position order, after position ``after``."""
+        ...
+
+    def attempts(self, delivery_id: str, *, tx: Any = None) -> list[DeliveryAttempt]: ...
+
+    def count_failure(self, tx: Any, webhook_id: str, failed: bool) -> int:
+        """Count a delivery that ended (``failed``: given up on) toward the subscription's run of
+        consecutive failed deliveries (a success ends the run); returns the run's length."""
+        ...
+
+    def next_due(self, *, tx: Any = None) -> datetime | None:
+        """The earliest time a pending delivery is due (its next attempt or its lease's end)."""
+        ...
+
+
 class Backend(Protocol):
     """A whole backend: its three parts, and moving the whole ledger in and out of it."""
 
@@ -412,6 +558,9 @@ class Backend(Protocol):
 
     @property
     def records(self) -> Records: ...
+
+    @property
+    def webhooks(self) -> WebhookStore: ...
 
     def export_records(self) -> Iterator[dict[str, object]]:
         """The whole log as records: a header, every stored event, every blob and blob

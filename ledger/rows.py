@@ -12,8 +12,9 @@ import msgspec
 
 from ledger import codec
 from ledger.chain import chain_hash
+from ledger.codec import LogEvent
 from ledger.decider import visible_until
-from ledger.events import PROCESSING, AnyEvent, tag_of
+from ledger.events import PROCESSING, tag_of
 from ledger.log import Actor, Envelope, RecordedEvent, StoredEvent
 from ledger.state import TaskState
 
@@ -128,7 +129,7 @@ def chain_events(
     head: Head,
     stream_id: str,
     expected_version: int,
-    events: Sequence[AnyEvent],
+    events: Sequence[LogEvent],
     envelope: Envelope,
 ) -> tuple[list[dict[str, object]], list[RecordedEvent], Head]:
     """The rows an append of ``events`` after ``head`` inserts (hash chained), the events as

@@ -23,6 +23,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     finished_at: datetime | None
     expires_at: datetime | None
     output_summary: OutputSummary | None = None
+    webhook_url: str | None = None
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -53,6 +54,8 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     prior: Snapshot | None = None
     #: "deleted" or "expired" once the task is a tombstone (404 for reads, blobs purged).
     gone: str | None = None
+    #: Where the task's own webhooks go (``webhook_url`` on create or update), or None.
+    webhook_url: str | None = None
 
     @property
     def exists(self) -> bool:
@@ -75,6 +78,7 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             started_at=self.started_at,
             finished_at=self.finished_at,
             expires_at=self.expires_at,
+            webhook_url=self.webhook_url,
         )
 
     def restored(self, prior: Snapshot, **overrides: Any) -> TaskState:

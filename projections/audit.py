@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable, Iterator
@@ -20,9 +21,10 @@ from typing import Any
 import msgspec
 
 from ledger import codec
+from ledger import webhooks as hooks
 from ledger.chain import GENESIS, chain_hash
 from ledger.decider import evolve, initial_state
-from ledger.log import EventLog, FeedEntry, TaskViews, task_id_of
+from ledger.log import EventLog, FeedEntry, TaskViews, WebhookStore, task_id_of
 from ledger.state import TaskState
 from projections.checkpoints import CHECKPOINT_EVERY
 from projections.feed import entries_of, feed_after
@@ -33,8 +35,8 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Difference:
-    """One thing ``verify`` found wrong. ``kind`` is chain, event, blob, task, queue, feed or
-    checkpoint."""
+    """One thing ``verify`` found wrong. ``kind`` is chain, event, blob, task, queue, feed,
+    checkpoint or webhook."""
 
     kind: str
     detail: str
@@ -73,32 +75,53 @@ def fold_streams(
     progress: Progress | None = None,
     on_bad_event: Callable[[UndecodableEvent], None] | None = None,
     each: Callable[[TaskState], None] | None = None,
+    subscription: Callable[[hooks.WebhookState], None] | None = None,
 ) -> Iterator[Folded]:
     """Every task folded from its events, one stream at a time, with its queue position and its
-    feed entries; ``each`` is handed the state after every event.
+    feed entries; ``each`` is handed the state after every event. A webhook subscription's
+    stream is folded too, and its last state handed to ``subscription``.
 
     An event that cannot be decoded raises UndecodableEvent, or, with ``on_bad_event``, is
     reported there and skipped."""
     rows = log.iter_by_stream(tx=tx)
     current_stream: str | None = None
     state: TaskState | None = None
+    hook: hooks.WebhookState | None = None
     position_in_queue: int | None = None
     feed: list[FeedEntry] = []
     for stream_id, position, data in rows:
         if stream_id != current_stream:
             if state is not None:
                 yield Folded(state, position_in_queue, feed)
+            if hook is not None and subscription is not None:
+                subscription(hook)
             current_stream = stream_id
-            state = initial_state(task_id_of(stream_id))
+            state = hook = None
+            if hooks.is_webhook_stream(stream_id):
+                hook = hooks.WebhookState(webhook_id=hooks.webhook_id_of(stream_id))
+            else:
+                state = initial_state(task_id_of(stream_id))
             position_in_queue = None
             feed = []
-        assert state is not None
         try:
             event = codec.decode_event(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             bad = UndecodableEvent(stream_id, position, exc)
             if on_bad_event is None:
                 raise bad from None
+            on_bad_event(bad)
+            continue
+        if hook is not None:
+            if isinstance(event, hooks.WebhookEvent):
+                hook = hooks.evolve(hook, event)
+            elif on_bad_event is not None:
+                on_bad_event(UndecodableEvent(stream_id, position, ValueError("a task event")))
+            continue
+        assert state is not None
+        if isinstance(event, hooks.WebhookEvent):
+            bad = UndecodableEvent(stream_id, position, ValueError("a webhook event"))
+            if on_bad_event is None:
+                raise bad
             on_bad_event(bad)
             continue
         after = evolve(state, event)
@@ -111,6 +134,8 @@ def fold_streams(
             progress(1)
     if state is not None:
         yield Folded(state, position_in_queue, feed)
+    if hook is not None and subscription is not None:
+        subscription(hook)
 
 
 def check_chain(log: EventLog, tx: Any, progress: Progress | None = None) -> list[Difference]:
@@ -155,16 +180,27 @@ def check_blobs(log: EventLog, tx: Any) -> list[Difference]:
     return differences
 
 
-def verify(log: EventLog, views: TaskViews, progress: Progress | None = None) -> list[Difference]:
-    """Every difference between the log and the projections, every broken chain link, every
-    event that cannot be decoded and every blob that no longer matches its address; all read
-    from one snapshot, so writers running meanwhile cause no false differences."""
+def verify(
+    log: EventLog,
+    views: TaskViews,
+    progress: Progress | None = None,
+    *,
+    webhooks: WebhookStore | None = None,
+) -> list[Difference]:
+    """Every difference between the log and the projections (the webhook subscriptions' too,
+    given ``webhooks``), every broken chain link, every event that cannot be decoded and every
+    blob that no longer matches its address; all read from one snapshot, so writers running
+    meanwhile cause no false differences."""
     with log.read_snapshot() as tx:
-        return _verify(log, views, tx, progress)
+        return _verify(log, views, tx, progress, webhooks)
 
 
 def _verify(
-    log: EventLog, views: TaskViews, tx: Any, progress: Progress | None = None
+    log: EventLog,
+    views: TaskViews,
+    tx: Any,
+    progress: Progress | None = None,
+    webhooks: WebhookStore | None = None,
 ) -> list[Difference]:
     differences = check_chain(log, tx, progress) + check_blobs(log, tx)
 
@@ -181,7 +217,12 @@ def _verify(
     entries = _by_task(views.feed_entries(tx=tx))
     stored_feed = next(entries, None)
     feed_orphans: list[str] = []
-    for folded in fold_streams(log, tx, progress, bad_event, checkpoints.see):
+    folded_hooks: dict[str, hooks.WebhookState] = {}
+
+    def subscription(state: hooks.WebhookState) -> None:
+        folded_hooks[state.webhook_id] = state
+
+    for folded in fold_streams(log, tx, progress, bad_event, checkpoints.see, subscription):
         task_id = folded.state.task_id
         while stored_feed is not None and stored_feed[0] < task_id:
             feed_orphans.append(stored_feed[0])
@@ -234,6 +275,32 @@ def _verify(
     for task_id in feed_orphans:
         differences.append(Difference("feed", "feed entries without events", task_id))
     checkpoints.finish()
+    if webhooks is not None:
+        differences += _check_webhooks(webhooks, tx, folded_hooks)
+    return differences
+
+
+def _check_webhooks(
+    webhooks: WebhookStore, tx: Any, folded: dict[str, hooks.WebhookState]
+) -> list[Difference]:
+    """Each subscription row against the fold of its stream."""
+    differences = []
+    for stored in webhooks.stored_webhooks(tx=tx):
+        want = folded.pop(stored.webhook_id, None)
+        if want is None:
+            detail = f"webhook {stored.webhook_id}: a subscription row without events"
+        elif want != stored:
+            fields = [
+                f"{name}: stored {getattr(stored, name)!r}, log {getattr(want, name)!r}"
+                for name in stored.__struct_fields__
+                if getattr(stored, name) != getattr(want, name)
+            ]
+            detail = f"webhook {stored.webhook_id}: " + "; ".join(fields)
+        else:
+            continue
+        differences.append(Difference("webhook", detail))
+    for webhook_id in sorted(folded):
+        differences.append(Difference("webhook", f"webhook {webhook_id}: no subscription row"))
     return differences
 
 
@@ -318,19 +385,25 @@ def rebuild(
     progress: Progress | None = None,
     *,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    webhooks: WebhookStore | None = None,
 ) -> int:
-    """Drop and rebuild the tasks, queue, feed and checkpoint projections from the log in one
-    transaction (or inside the caller's, if one is open); returns how many tasks were
-    written."""
+    """Drop and rebuild the tasks, queue, feed and checkpoint projections (and, given
+    ``webhooks``, the subscription rows; never the deliveries, which are not a projection) from
+    the log in one transaction (or inside the caller's, if one is open); returns how many tasks
+    were written."""
     count = 0
     with log.transaction() as tx:
         views.clear(tx)
+        saved = None
+        if webhooks is not None:
+            webhooks.clear_webhooks(tx)
+            saved = functools.partial(webhooks.save_webhook, tx)
 
         def keep(state: TaskState) -> None:
             if state.version % checkpoint_every == 0:
                 views.save_checkpoint(tx, state)
 
-        for folded in fold_streams(log, tx, progress, each=keep):
+        for folded in fold_streams(log, tx, progress, each=keep, subscription=saved):
             views.save_task(tx, folded.state)
             if folded.queue_position is not None:
                 views.enqueue(tx, folded.state.task_id, folded.queue_position)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger.decider import evolve, fold
-from ledger.log import EventLog, RecordedEvent, TaskViews, stream_id_for
+from ledger.log import EventLog, RecordedEvent, TaskViews, stream_id_for, task_event, task_events
 from ledger.state import TaskState
 
 #: Events between two checkpoints of a task. Time travel folds at most this many less one
@@ -45,7 +45,7 @@ class CheckpointProjection:
             return
         state = before
         for item in recorded:
-            state = evolve(state, item.event)
+            state = evolve(state, task_event(item))
             if state.version % self.every == 0:
                 self.views.save_checkpoint(tx, state)
 
@@ -61,4 +61,4 @@ def state_at(
     events = log.read_stream(stream_id_for(task_id), after=after, until_version=version, tx=tx)
     if start is None and not events:
         return None
-    return fold((e.event for e in events), start)
+    return fold(task_events(events), start)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger.events import AnyEvent, tag_of
-from ledger.log import FeedEntry, RecordedEvent, TaskViews
+from ledger.log import FeedEntry, RecordedEvent, TaskViews, task_event
 from ledger.state import TaskState
 
 
@@ -56,7 +56,7 @@ class FeedProjection:
     def apply(
         self, tx: Any, before: TaskState, after: TaskState, recorded: Sequence[RecordedEvent]
     ) -> None:
-        new = entries_of(after, [(r.position, r.event) for r in recorded])
+        new = entries_of(after, [(r.position, task_event(r)) for r in recorded])
         if leaves_feed(before, after):
             self.views.drop_from_feed(tx, after.task_id)
         # What feed_after keeps: the task's earlier entries stay unless it became a tombstone.

@@ -882,11 +882,15 @@ def replay_log(store: Any) -> dict[str, Any]:
     from ledger import codec
     from ledger.decider import evolve, initial_state
     from ledger.log import task_id_of
+    from ledger.webhooks import WebhookEvent
 
     states: dict[str, Any] = {}
     for stream_id, data in store.log.iter_data():
+        event = codec.decode_event(data)
+        if isinstance(event, WebhookEvent):  # a subscription's stream, not a task's
+            continue
         state = states.get(stream_id) or initial_state(task_id_of(stream_id))
-        states[stream_id] = evolve(state, codec.decode_event(data))
+        states[stream_id] = evolve(state, event)
     return states
 
 

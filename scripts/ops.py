@@ -34,7 +34,7 @@ from api.settings import settings_for
 from ledger import codec
 from ledger.decider import evolve, initial_state
 from ledger.errors import ImportRefused, LedgerError, TaskNotFound
-from ledger.log import FeedQuery, RecordedEvent, stream_id_for
+from ledger.log import FeedQuery, RecordedEvent, stream_id_for, task_event
 from projections import audit
 from scripts.options import Database, db_option, resolve_db
 
@@ -148,7 +148,7 @@ def replay(db_path: Database | None, task_id: str, until: str | None) -> None:
             break
         if until_time is not None and recorded.recorded_at > until_time:
             break
-        state = evolve(state, recorded.event)
+        state = evolve(state, task_event(recorded))
         record = event_record(recorded)
         snapshot = msgspec.to_builtins(state)
         if as_json_lines():
@@ -290,7 +290,7 @@ def verify(db_path: Database | None) -> None:
     store = open_store(db_path)
     total = event_count(store)
     with progress_bar("verifying", 2 * total) as advance:
-        differences = audit.verify(store.log, store.views, advance)
+        differences = audit.verify(store.log, store.views, advance, webhooks=store.webhooks)
     for difference in differences:
         if as_json_lines():
             emit(difference.as_dict())
@@ -317,7 +317,7 @@ def rebuild(db_path: Database | None) -> None:
     store = open_store(db_path)
     try:
         with progress_bar("rebuilding", event_count(store)) as advance:
-            tasks = audit.rebuild(store.log, store.views, advance)
+            tasks = audit.rebuild(store.log, store.views, advance, webhooks=store.webhooks)
     except audit.UndecodableEvent as exc:
         raise click.ClickException(
             f"Cannot rebuild: {exc} (task {exc.task_id}); nothing was changed. "
@@ -391,7 +391,7 @@ def import_(db_path: Database | None, source: Any) -> None:
     try:
         with progress_bar("importing", 0) as advance, store.log.transaction() as tx:
             count = store.backend.import_records(records(), tx=tx, progress=advance)
-            tasks = audit.rebuild(store.log, store.views)
+            tasks = audit.rebuild(store.log, store.views, webhooks=store.webhooks)
     except ImportRefused as exc:
         raise click.ClickException(f"Import refused: {exc.message}") from None
     except (audit.UndecodableEvent, LedgerError) as exc:

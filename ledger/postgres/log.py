@@ -44,8 +44,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ledger import codec
 from ledger.chain import GENESIS
+from ledger.codec import LogEvent
 from ledger.errors import ConcurrencyConflict, StorageUnavailable, TransactionRolledBack
-from ledger.events import AnyEvent, BlobRef, blob_ref
+from ledger.events import BlobRef, blob_ref
 from ledger.log import Envelope, RecordedEvent, StoredEvent
 from ledger.postgres.connection import (
     channel_name,
@@ -416,7 +417,7 @@ class PostgresLog:
         self,
         stream_id: str,
         expected_version: int,
-        events: Sequence[AnyEvent],
+        events: Sequence[LogEvent],
         envelope: Envelope,
         *,
         tx: psycopg.Connection | None = None,

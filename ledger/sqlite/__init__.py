@@ -1,8 +1,8 @@
 """The embedded SQLite backend: one file holds the log, its blobs, the read models' tables and
 the application's records. One module per concern: ``connection`` (pragmas, the events schema,
 error mapping), ``lock`` (the cross-process write lock), ``log`` (the EventLog), ``blobs``,
-``views`` (the read models' tables), ``records`` (keys and idempotency outcomes) and
-``transfer`` (export, import, backup)."""
+``views`` (the read models' tables), ``records`` (keys and idempotency outcomes),
+``webhooks`` (subscriptions, secrets, the outbox) and ``transfer`` (export, import, backup)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ledger.sqlite import records, transfer, views
+from ledger.sqlite import records, transfer, views, webhooks
 from ledger.sqlite.log import SqliteLog
 from ledger.sqlite.records import SqliteRecords
 from ledger.sqlite.views import SqliteViews
+from ledger.sqlite.webhooks import SqliteWebhooks
 
 
 class SqliteBackend:
@@ -26,11 +27,12 @@ class SqliteBackend:
             path,
             synchronous=synchronous,
             busy_timeout_ms=busy_timeout_ms,
-            schemas=(views.SCHEMA, records.SCHEMA),
+            schemas=(views.SCHEMA, records.SCHEMA, webhooks.SCHEMA),
             migrations=views.MIGRATIONS,
         )
         self.views = SqliteViews(self.log)
         self.records = SqliteRecords(self.log)
+        self.webhooks = SqliteWebhooks(self.log)
 
     @property
     def path(self) -> Path:
@@ -55,4 +57,4 @@ class SqliteBackend:
         self.log.close()
 
 
-__all__ = ["SqliteBackend", "SqliteLog", "SqliteRecords", "SqliteViews"]
+__all__ = ["SqliteBackend", "SqliteLog", "SqliteRecords", "SqliteViews", "SqliteWebhooks"]

@@ -24,8 +24,9 @@ import sqlite_utils
 
 from ledger import codec
 from ledger.chain import GENESIS
+from ledger.codec import LogEvent
 from ledger.errors import ConcurrencyConflict, StorageUnavailable, TransactionRolledBack
-from ledger.events import AnyEvent, BlobRef
+from ledger.events import BlobRef
 from ledger.log import Envelope, RecordedEvent, StoredEvent
 from ledger.rows import EVENT_COLUMNS, STORED_COLUMNS, chain_events, row_to_recorded, row_to_stored
 from ledger.sqlite import blobs
@@ -201,7 +202,7 @@ class SqliteLog:
         self,
         stream_id: str,
         expected_version: int,
-        events: Sequence[AnyEvent],
+        events: Sequence[LogEvent],
         envelope: Envelope,
         *,
         tx: sqlite3.Connection | None = None,

@@ -1,0 +1,384 @@
+"""Webhooks in SQLite: ``webhooks`` (each subscription's folded state: a projection of its
+``webhook-`` stream), ``webhook_secrets`` (signing secrets: records, never events),
+``webhook_deliveries`` (the outbox: one row per subscription and task event, written in the
+command's transaction, leased and updated by the dispatchers), ``webhook_attempts`` (every try
+of a delivery) and ``webhook_health`` (each subscription's run of failed deliveries).
+
+Times are stored as ``codec.timestamp`` text, which sorts as it compares.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+
+import msgspec
+
+from ledger import codec
+from ledger.log import PENDING, Delivery, DeliveryAttempt, WebhookSecrets
+from ledger.sqlite.log import SqliteLog
+from ledger.webhooks import ACTIVE, DELETED, WebhookState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhooks (
+    webhook_id TEXT PRIMARY KEY,
+    owner TEXT,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_owner ON webhooks (owner, created_at) WHERE status = 'active';
+CREATE TABLE IF NOT EXISTS webhook_secrets (
+    webhook_id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    previous TEXT,
+    previous_until TEXT
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    url TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    lease_holder TEXT,
+    lease_until TEXT,
+    last_status INTEGER,
+    last_error TEXT,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_task
+    ON webhook_deliveries (webhook_id, task_id, position) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_webhook
+    ON webhook_deliveries (webhook_id, position);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    duration_ms REAL NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    response TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhook_health (
+    webhook_id TEXT PRIMARY KEY,
+    consecutive_failures INTEGER NOT NULL
+);
+"""
+
+DELIVERY_COLUMNS = (
+    "delivery_id, webhook_id, owner, task_id, version, position, event_type, url, created_at,"
+    " status, attempts, next_attempt_at, last_status, last_error, finished_at"
+)
+
+
+def _time(value: datetime | None) -> str | None:
+    return codec.timestamp(value) if value is not None else None
+
+
+def _parse(value: str | None) -> datetime | None:
+    return codec.parse_timestamp(value) if value is not None else None
+
+
+def row_to_delivery(row: Sequence[object]) -> Delivery:
+    return Delivery(
+        delivery_id=row[0],  # type: ignore[arg-type]
+        webhook_id=row[1],  # type: ignore[arg-type]
+        owner=row[2],  # type: ignore[arg-type]
+        task_id=row[3],  # type: ignore[arg-type]
+        version=row[4],  # type: ignore[arg-type]
+        position=row[5],  # type: ignore[arg-type]
+        event_type=row[6],  # type: ignore[arg-type]
+        url=row[7],  # type: ignore[arg-type]
+        created_at=codec.parse_timestamp(row[8]),  # type: ignore[arg-type]
+        status=row[9],  # type: ignore[arg-type]
+        attempts=row[10],  # type: ignore[arg-type]
+        next_attempt_at=_parse(row[11]),  # type: ignore[arg-type]
+        last_status=row[12],  # type: ignore[arg-type]
+        last_error=row[13],  # type: ignore[arg-type]
+        finished_at=_parse(row[14]),  # type: ignore[arg-type]
+    )
+
+
+def delivery_params(d: Delivery) -> tuple[object, ...]:
+    return (
+        d.delivery_id,
+        d.webhook_id,
+        d.owner,
+        d.task_id,
+        d.version,
+        d.position,
+        d.event_type,
+        d.url,
+        codec.timestamp(d.created_at),
+        d.status,
+        d.attempts,
+        _time(d.next_attempt_at),
+        d.last_status,
+        d.last_error,
+        _time(d.finished_at),
+    )
+
+
+class SqliteWebhooks:
+    """``ledger.log.WebhookStore`` on the SQLite file of a ``SqliteLog``."""
+
+    def __init__(self, log: SqliteLog) -> None:
+        self._log = log
+        self._state = msgspec.json.Decoder(WebhookState)
+
+    def _conn(self, tx: sqlite3.Connection | None) -> sqlite3.Connection:
+        return tx if tx is not None else self._log.reader()
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def save_webhook(self, tx: sqlite3.Connection, state: WebhookState) -> None:
+        assert state.created_at is not None
+        tx.execute(
+            "INSERT OR REPLACE INTO webhooks (webhook_id, owner, status, created_at, state)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                state.webhook_id,
+                state.owner,
+                state.status,
+                codec.timestamp(state.created_at),
+                codec.encode_str(state),
+            ),
+        )
+
+    def load_webhook(
+        self, webhook_id: str, *, tx: sqlite3.Connection | None = None
+    ) -> WebhookState | None:
+        row = (
+            self._conn(tx)
+            .execute("SELECT state FROM webhooks WHERE webhook_id = ?", (webhook_id,))
+            .fetchone()
+        )
+        return self._state.decode(row[0]) if row else None
+
+    def list_webhooks(
+        self, owner: str | None, *, tx: sqlite3.Connection | None = None
+    ) -> list[WebhookState]:
+        if owner is None:
+            rows = self._conn(tx).execute(
+                "SELECT state FROM webhooks WHERE status != ? ORDER BY created_at, webhook_id",
+                (DELETED,),
+            )
+        else:
+            rows = self._conn(tx).execute(
+                "SELECT state FROM webhooks WHERE owner = ? AND status != ?"
+                " ORDER BY created_at, webhook_id",
+                (owner, DELETED),
+            )
+        return [self._state.decode(r[0]) for r in rows]
+
+    def listening(self, tx: sqlite3.Connection, owner: str) -> list[WebhookState]:
+        rows = tx.execute(
+            "SELECT state FROM webhooks WHERE status = ? AND (owner = ? OR owner IS NULL)"
+            " ORDER BY created_at, webhook_id",
+            (ACTIVE, owner),
+        )
+        return [self._state.decode(r[0]) for r in rows]
+
+    def stored_webhooks(self, *, tx: sqlite3.Connection | None = None) -> Iterator[WebhookState]:
+        rows = self._conn(tx).execute("SELECT state FROM webhooks ORDER BY webhook_id")
+        for (state,) in rows:
+            yield self._state.decode(state)
+
+    def clear_webhooks(self, tx: sqlite3.Connection) -> None:
+        tx.execute("DELETE FROM webhooks")
+
+    # -- secrets ----------------------------------------------------------------------------
+
+    def set_secrets(self, tx: sqlite3.Connection, webhook_id: str, secrets: WebhookSecrets) -> None:
+        tx.execute(
+            "INSERT OR REPLACE INTO webhook_secrets (webhook_id, secret, previous, previous_until)"
+            " VALUES (?, ?, ?, ?)",
+            (webhook_id, secrets.secret, secrets.previous, _time(secrets.previous_until)),
+        )
+
+    def secrets(
+        self, webhook_id: str, *, tx: sqlite3.Connection | None = None
+    ) -> WebhookSecrets | None:
+        row = (
+            self._conn(tx)
+            .execute(
+                "SELECT secret, previous, previous_until FROM webhook_secrets WHERE webhook_id = ?",
+                (webhook_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return WebhookSecrets(secret=row[0], previous=row[1], previous_until=_parse(row[2]))
+
+    # -- deliveries -------------------------------------------------------------------------
+
+    def add_deliveries(self, tx: sqlite3.Connection, deliveries: Sequence[Delivery]) -> None:
+        tx.executemany(
+            f"INSERT OR IGNORE INTO webhook_deliveries ({DELIVERY_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [delivery_params(d) for d in deliveries],
+        )
+
+    def lease_deliveries(
+        self, tx: sqlite3.Connection, at: datetime, holder: str, until: datetime, limit: int
+    ) -> list[Delivery]:
+        now = codec.timestamp(at)
+        rows = tx.execute(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries AS d"
+            " WHERE d.status = ? AND d.next_attempt_at <= ?"
+            " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+            " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e"
+            "   WHERE e.webhook_id = d.webhook_id AND e.task_id = d.task_id"
+            "   AND e.status = ? AND e.position < d.position)"
+            " ORDER BY d.next_attempt_at, d.position LIMIT ?",
+            (PENDING, now, now, PENDING, limit),
+        ).fetchall()
+        if rows:
+            tx.executemany(
+                "UPDATE webhook_deliveries SET lease_holder = ?, lease_until = ?"
+                " WHERE delivery_id = ?",
+                [(holder, codec.timestamp(until), r[0]) for r in rows],
+            )
+        return [row_to_delivery(r) for r in rows]
+
+    def finish_attempt(
+        self,
+        tx: sqlite3.Connection,
+        delivery_id: str,
+        holder: str,
+        attempt: DeliveryAttempt,
+        *,
+        status: str,
+        next_attempt_at: datetime | None,
+    ) -> bool:
+        cursor = tx.execute(
+            "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?,"
+            " last_status = ?, last_error = ?, finished_at = ?,"
+            " lease_holder = NULL, lease_until = NULL"
+            " WHERE delivery_id = ? AND lease_holder = ? AND status = ?",
+            (
+                status,
+                attempt.attempt,
+                _time(next_attempt_at),
+                attempt.status_code,
+                attempt.error,
+                None if status == PENDING else codec.timestamp(attempt.at),
+                delivery_id,
+                holder,
+                PENDING,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return False
+        tx.execute(
+            "INSERT OR REPLACE INTO webhook_attempts"
+            " (delivery_id, attempt, at, duration_ms, status_code, error, response)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                delivery_id,
+                attempt.attempt,
+                codec.timestamp(attempt.at),
+                attempt.duration_ms,
+                attempt.status_code,
+                attempt.error,
+                attempt.response,
+            ),
+        )
+        return True
+
+    def retry_delivery(
+        self, tx: sqlite3.Connection, delivery_id: str, at: datetime
+    ) -> Delivery | None:
+        tx.execute(
+            "UPDATE webhook_deliveries SET status = ?, next_attempt_at = ?, finished_at = NULL,"
+            " lease_holder = NULL, lease_until = NULL WHERE delivery_id = ?",
+            (PENDING, codec.timestamp(at), delivery_id),
+        )
+        return self.get_delivery(delivery_id, tx=tx)
+
+    def get_delivery(
+        self, delivery_id: str, *, tx: sqlite3.Connection | None = None
+    ) -> Delivery | None:
+        row = (
+            self._conn(tx)
+            .execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE delivery_id = ?",
+                (delivery_id,),
+            )
+            .fetchone()
+        )
+        return row_to_delivery(row) if row else None
+
+    def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        tx: sqlite3.Connection | None = None,
+    ) -> list[Delivery]:
+        rows = self._conn(tx).execute(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries"
+            " WHERE webhook_id = ? AND position > ? ORDER BY position, delivery_id LIMIT ?",
+            (webhook_id, after, limit),
+        )
+        return [row_to_delivery(r) for r in rows]
+
+    def attempts(
+        self, delivery_id: str, *, tx: sqlite3.Connection | None = None
+    ) -> list[DeliveryAttempt]:
+        rows = self._conn(tx).execute(
+            "SELECT attempt, at, duration_ms, status_code, error, response FROM webhook_attempts"
+            " WHERE delivery_id = ? ORDER BY attempt",
+            (delivery_id,),
+        )
+        return [
+            DeliveryAttempt(
+                attempt=r[0],
+                at=codec.parse_timestamp(r[1]),
+                duration_ms=r[2],
+                status_code=r[3],
+                error=r[4],
+                response=r[5],
+            )
+            for r in rows
+        ]
+
+    def count_failure(self, tx: sqlite3.Connection, webhook_id: str, failed: bool) -> int:
+        if not failed:
+            tx.execute("DELETE FROM webhook_health WHERE webhook_id = ?", (webhook_id,))
+            return 0
+        tx.execute(
+            "INSERT INTO webhook_health (webhook_id, consecutive_failures) VALUES (?, 1)"
+            " ON CONFLICT (webhook_id) DO UPDATE"
+            " SET consecutive_failures = consecutive_failures + 1",
+            (webhook_id,),
+        )
+        (count,) = tx.execute(
+            "SELECT consecutive_failures FROM webhook_health WHERE webhook_id = ?", (webhook_id,)
+        ).fetchone()
+        return int(count)
+
+    def next_due(self, *, tx: sqlite3.Connection | None = None) -> datetime | None:
+        (value,) = (
+            self._conn(tx)
+            .execute(
+                "SELECT min(CASE WHEN lease_until > next_attempt_at THEN lease_until"
+                " ELSE next_attempt_at END) FROM webhook_deliveries WHERE status = ?",
+                (PENDING,),
+            )
+            .fetchone()
+        )
+        return _parse(value)
