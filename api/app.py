@@ -27,10 +27,11 @@ from litestar.types import Message, Scope
 
 from api.audit import AuditController
 from api.auth import PUBLIC_DOCS, KeyAuthentication
-from api.composition import close_service, open_service
+from api.composition import close_service, open_service, start_dispatcher
 from api.errors import EXCEPTION_HANDLERS
 from api.files import FilesController
 from api.health import HealthController
+from api.hooks import WebhooksController
 from api.requestlog import request_log_middleware
 from api.service import TaskLedger
 from api.settings import Settings, settings_from_env
@@ -102,9 +103,12 @@ def create_app(settings: Settings) -> Litestar:
         sweepers = Sweepers(service) if settings.sweep_interval > 0 else None
         if sweepers is not None:
             sweepers.start()
+        dispatcher = start_dispatcher(service) if settings.webhook_concurrency > 0 else None
         try:
             yield
         finally:
+            if dispatcher is not None:
+                await asyncio.to_thread(dispatcher.stop)
             if sweepers is not None:
                 # Off the loop: the pass under way may be waiting for the writer.
                 await asyncio.to_thread(sweepers.stop)
@@ -122,6 +126,7 @@ def create_app(settings: Settings) -> Litestar:
                 request_max_body_size=settings.max_output_bytes,
             ),
             AuditController,
+            WebhooksController,
             create_static_files_router(
                 path=DOCS_ASSETS, directories=[swagger_ui_bundle.swagger_ui_path], name="docs"
             ),

@@ -22,6 +22,7 @@ from projections.tasks import TasksProjection
 from projections.webhooks import OutboxProjection, SubscriptionsProjection
 
 if TYPE_CHECKING:
+    from api.dispatch import Dispatcher
     from api.service import TaskLedger
     from api.settings import Settings
 
@@ -168,6 +169,20 @@ def open_service(settings: Settings) -> TaskLedger:
         allow_private=settings.allow_private_fetch,
     )
     return service
+
+
+def start_dispatcher(service: TaskLedger) -> Dispatcher:
+    """The webhook dispatcher of this process, started and told when deliveries may be due:
+    by the writer after a batch that wrote some, by the backend when another process commits
+    (PostgreSQL), and by the service when a retry is asked for."""
+    from api.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(service)
+    dispatcher.start()
+    service.writer.listen(dispatcher.committed)
+    service.store.log.listen(dispatcher.wake)
+    service.wake_dispatcher = dispatcher.wake
+    return dispatcher
 
 
 def close_service(service: TaskLedger) -> None:

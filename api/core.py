@@ -328,8 +328,13 @@ class ServiceCore:
         except Exception as exc:
             note(outcome=type(exc).__name__)
             raise
+        subject = outcome.after
         note(
-            task_id=outcome.after.task_id,
+            **(
+                {"task_id": subject.task_id}
+                if isinstance(subject, TaskState)
+                else {"webhook_id": subject.webhook_id}
+            ),
             events=len(outcome.recorded),
             outcome="appended" if outcome.recorded else "unchanged",
         )

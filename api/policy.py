@@ -59,6 +59,9 @@ class UseCase(enum.Enum):
     LINK_INPUT = "hand out links to input files"
     HISTORY = "read task histories"
     FEED = "read the event feed"
+    #: Webhook subscriptions, their secrets and their deliveries (an admin's reach every
+    #: owner's, and may hear every owner's tasks).
+    WEBHOOKS = "manage webhooks"
 
 
 OWN, ANY, PROCESSING_ONLY, EVER = Scope.OWN, Scope.ANY, Scope.PROCESSING, Scope.EVER
@@ -84,6 +87,7 @@ POLICY: dict[UseCase, dict[str, Scope]] = {
     UseCase.LINK_INPUT: {"user": OWN, "admin": ANY},
     UseCase.HISTORY: {"user": OWN, "worker": ANY, "admin": EVER},
     UseCase.FEED: {"user": OWN, "admin": EVER},
+    UseCase.WEBHOOKS: {"user": OWN, "admin": ANY},
 }
 
 

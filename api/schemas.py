@@ -41,12 +41,16 @@ class CreateBody(ConfigurationInput, kw_only=True):
     file_name: str | None = None
     #: Chunkr accepts ``expires_at`` as an alias of ``expires_in`` on input.
     expires_at: NonNegativeInt | None = None
+    #: taskledger's own: where this task's webhooks go (signed with the owner's default secret).
+    webhook_url: str | None = None
 
 
 class UpdateBody(ConfigurationInput, kw_only=True):
     """An update: the configuration fields to replace, each whole."""
 
     expires_at: NonNegativeInt | None = None
+    #: taskledger's own: a new address for this task's webhooks.
+    webhook_url: str | None = None
 
 
 def configuration_sent(body: CreateBody | UpdateBody) -> ConfigurationInput:

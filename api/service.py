@@ -27,6 +27,7 @@ from api.live import PAGE, Follow
 from api.output import decoded
 from api.policy import Caller, Grant, Scope, UseCase, authorize
 from api.refusals import BadRequest, Busy, size_text
+from api.webhooks import WebhookCases, check_webhook_url
 from api.work import WorkerCases
 from ledger.commands import CancelTask, CreateTask, DeleteTask, UpdateTask
 from ledger.errors import TaskNotFound
@@ -66,6 +67,12 @@ def _decoded(view: TaskView) -> TaskView:
     return TaskView(state=view.state, output=decoded(view.output))
 
 
+def _with_url(parts: tuple[Any, ...], webhook_url: str | None) -> tuple[Any, ...]:
+    """What an Idempotency-Key covers, with the task's ``webhook_url`` if one was sent (so a
+    request without one has the fingerprint it had before webhooks)."""
+    return parts if webhook_url is None else (*parts, webhook_url)
+
+
 class ListTooLarge(BadRequest):
     """A list with chunks whose outputs add up to more than ``Settings.max_list_output_bytes``."""
 
@@ -78,8 +85,9 @@ class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
     next_after: int | None = None
 
 
-class TaskLedger(LinkCases, WorkerCases):
-    """The use cases (the workers' in ``api.work``, the file links' in ``api.links``)."""
+class TaskLedger(LinkCases, WorkerCases, WebhookCases):
+    """The use cases (the workers' in ``api.work``, the file links' in ``api.links``, the
+    webhooks' in ``api.webhooks``)."""
 
     #: URL downloads in flight in this process (see ``_download``).
     _downloads = 0
@@ -94,11 +102,14 @@ class TaskLedger(LinkCases, WorkerCases):
         file_name: str | None = None,
         configuration: ConfigurationInput | dict[str, Any] | None = None,
         ignored_fields: Sequence[str] = (),
+        webhook_url: str | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> TaskView:
         """A new task for ``file``, given as bytes or as a URL the server downloads (the
         task's name is then ``file_name`` if given, else the one the download gives).
+        ``webhook_url`` receives the task's own webhooks (signed with the owner's default
+        secret).
         ``configuration`` is what the caller sent (typed, or plain JSON that is checked here);
         the task stores each field sent, whole, with its own defaults (api.configuration).
         ``ignored_fields`` are the unknown fields the caller's body held (counted in the
@@ -109,6 +120,8 @@ class TaskLedger(LinkCases, WorkerCases):
             "expires_in": self.settings.default_expires_in,
             **self._configuration(configuration, ignored_fields),
         }
+        if webhook_url is not None:
+            webhook_url = await self._task_webhook_url(webhook_url)
         # An Idempotency-Key covers what the caller sent: for a URL, the URL (a retry is the
         # same request whatever the URL serves by then, and is answered without downloading).
         source: list[str] | None = None
@@ -116,7 +129,11 @@ class TaskLedger(LinkCases, WorkerCases):
         if isinstance(file, FileUrl):
             source = ["url", file.url]
             replayed = self._replayed(
-                UseCase.CREATE, caller, (source, file_name, fields), idempotency_key, TaskView
+                UseCase.CREATE,
+                caller,
+                _with_url((source, file_name, fields), webhook_url),
+                idempotency_key,
+                TaskView,
             )
             if replayed is not None:
                 return replayed
@@ -140,8 +157,9 @@ class TaskLedger(LinkCases, WorkerCases):
             file_name=name,
             expires_in=fields["expires_in"],
             media_type=media_type,
+            webhook_url=webhook_url,
         )
-        fp = (source or ref.sha256, file_name, fields)
+        fp = _with_url((source or ref.sha256, file_name, fields), webhook_url)
         return await self._run(
             UseCase.CREATE,
             caller,
@@ -364,30 +382,39 @@ class TaskLedger(LinkCases, WorkerCases):
         configuration: ConfigurationInput | dict[str, Any],
         *,
         ignored_fields: Sequence[str] = (),
+        webhook_url: str | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> TaskView:
         """Run a finished task again with the fields sent replacing the task's, each whole (with
-        its own defaults); the fields not sent keep their values."""
+        its own defaults); the fields not sent keep their values. A ``webhook_url`` replaces
+        the task's own one."""
         grant = authorize(UseCase.UPDATE, caller)
         fields = self._configuration(configuration, ignored_fields)
+        if webhook_url is not None:
+            webhook_url = await self._task_webhook_url(webhook_url)
         command = UpdateTask(
             task_id=task_id,
             at=self.clock(),
             owner=grant.owner,
             configuration=fields,
             max_events=self.settings.max_events_per_task,
+            webhook_url=webhook_url,
         )
+        parts = _with_url((task_id, fields), webhook_url)
         return await self._run(
             UseCase.UPDATE,
             caller,
             command,
             TaskView,
             self._view,
-            (task_id, fields),
+            parts,
             idempotency_key,
             request_id,
         )
+
+    async def _task_webhook_url(self, url: str) -> str:
+        return await check_webhook_url(url, allow_private=self.settings.allow_private_webhooks)
 
     @staticmethod
     def _configuration(

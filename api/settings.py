@@ -99,6 +99,22 @@ class Settings(msgspec.Struct, kw_only=True):
     header_timeout: float = 10.0
     #: Seconds a connection idle after a response stays open (keep-alive).
     keep_alive: float = 5.0
+    # -- webhooks (api.webhooks, api.dispatch) -------------------------------------------------
+    #: Post to loopback, private and link-local addresses too (off: such webhook URLs are
+    #: refused when subscribed and again when sent).
+    allow_private_webhooks: bool = False
+    #: Attempts a delivery gets before it is marked failed.
+    webhook_max_attempts: int = 8
+    #: Consecutive failed deliveries after which a subscription is disabled.
+    webhook_disable_after: int = 20
+    #: Seconds one attempt may take (connecting, sending, the answer); a lease on a delivery
+    #: lasts three times this.
+    webhook_timeout: float = 10.0
+    #: Multiplies the retry delays (about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h): below
+    #: 1 for tests and staging.
+    webhook_backoff_scale: float = 1.0
+    #: Deliveries one process sends at once.
+    webhook_concurrency: int = 16
 
 
 def settings_for(db: Path | str, **fields: object) -> Settings:

@@ -147,6 +147,7 @@ class TaskController(Controller):
             file_name=data.file_name,
             configuration=configuration_sent(data),
             ignored_fields=ignored,
+            webhook_url=data.webhook_url,
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )
@@ -212,6 +213,7 @@ class TaskController(Controller):
             task_id,
             configuration_sent(data),
             ignored_fields=ignored_fields(await request.body(), UpdateBody),
+            webhook_url=data.webhook_url,
             idempotency_key=idempotency_key,
             request_id=request_id(request),
         )

@@ -82,7 +82,7 @@ class Outcome(msgspec.Struct, Generic[S], frozen=True, kw_only=True):
 
 #: A command, or a function that picks one inside the transaction (for example "claim the task at
 #: the head of the queue"); it returns None when there is nothing to do.
-CommandSource = AnyCommand | Callable[[Any], AnyCommand | None]
+CommandSource = AnyCommand | hooks.AnyWebhookCommand | Callable[[Any], AnyCommand | None]
 #: Called inside the transaction after the append; its return value lands in Outcome.extra.
 AfterAppend = Callable[[Any, Outcome], Any]
 

@@ -56,6 +56,9 @@ class SubscriptionsProjection:
 class OutboxProjection:
     def __init__(self, webhooks: WebhookStore) -> None:
         self.webhooks = webhooks
+        #: Deliveries written by this process (a transaction rolled back later counts too): the
+        #: dispatcher looks for due deliveries when it moves.
+        self.written = 0
 
     def apply(
         self, tx: Any, before: TaskState, after: TaskState, recorded: Sequence[RecordedEvent]
@@ -79,6 +82,7 @@ class OutboxProjection:
                 deliveries.append(_delivery(webhook_id, after.webhook_url, owner, r, kind))
         if deliveries:
             self.webhooks.add_deliveries(tx, deliveries)
+            self.written += len(deliveries)
 
 
 def _delivery(webhook_id: str, url: str, owner: str, r: RecordedEvent, kind: str) -> Delivery:

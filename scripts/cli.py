@@ -247,6 +247,49 @@ def cli() -> None:
     default=None,
     help="Log format (default: console on a terminal, JSON otherwise).",
 )
+# -- webhooks (api.dispatch) -----------------------------------------------------------------------
+@click.option(
+    "--allow-private-webhooks",
+    is_flag=True,
+    help="Let webhooks go to loopback, private and link-local addresses (refused by default, "
+    "when subscribed and again when sent).",
+)
+@click.option(
+    "--webhook-max-attempts",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Attempts a webhook delivery gets before it is marked failed.",
+)
+@click.option(
+    "--webhook-disable-after",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Consecutive failed deliveries after which a subscription is disabled.",
+)
+@click.option(
+    "--webhook-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds one webhook attempt may take (a delivery's lease lasts three times this).",
+)
+@click.option(
+    "--webhook-backoff-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Multiplies the retry delays (5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h); below "
+    "1 for tests and staging.",
+)
+@click.option(
+    "--webhook-concurrency",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Webhook deliveries each server process sends at once (0: this process sends none).",
+)
 # -- connections (api.connections) ---------------------------------------------------------------
 @click.option(
     "--max-connections",
@@ -297,6 +340,12 @@ def serve(
     file_types: str,
     cors_origins: str,
     log_json: bool | None,
+    allow_private_webhooks: bool,
+    webhook_max_attempts: int,
+    webhook_disable_after: int,
+    webhook_timeout: float,
+    webhook_backoff_scale: float,
+    webhook_concurrency: int,
     max_connections: int | None,
     header_timeout: float,
     keep_alive: float,
@@ -370,6 +419,12 @@ def serve(
         max_connections=max_connections,
         header_timeout=header_timeout,
         keep_alive=keep_alive,
+        allow_private_webhooks=allow_private_webhooks,
+        webhook_max_attempts=webhook_max_attempts,
+        webhook_disable_after=webhook_disable_after,
+        webhook_timeout=webhook_timeout,
+        webhook_backoff_scale=webhook_backoff_scale,
+        webhook_concurrency=webhook_concurrency,
     )
     click.echo(f"taskledger serving {database_name(db)} on http://{host}:{port}", err=True)
     if workers > 1:

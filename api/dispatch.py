@@ -1,0 +1,346 @@
+"""The webhook dispatcher: one per server process, on a thread (and event loop) of its own, so
+the API's event loop never waits on a receiver.
+
+The outbox rows (``ledger.log.Delivery``) are written in the transaction of the command whose
+event they announce (``projections.webhooks.OutboxProjection``), so no committed change is ever
+without its deliveries. The dispatcher:
+
+1. looks for a due delivery with a read (``next_due``): after each commit of this process that
+   wrote deliveries (the writer tells it), when another process commits (PostgreSQL's
+   LISTEN/NOTIFY), when a retry is asked for, and at least once a second (another process on a
+   SQLite file);
+2. leases up to as many due deliveries as it has free places (``webhook_concurrency``) in one
+   write transaction, each until three times ``webhook_timeout`` from now. A leased delivery
+   is nobody else's to send: several processes never send the same attempt at once. A lease
+   whose process died lapses, and the delivery is sent again (at least once, never lost).
+   A delivery waits while an earlier one of the same subscription and task is pending, so a
+   receiver gets each task's events in order;
+3. posts each one (httpx, ``webhook_timeout`` for the whole attempt, no redirects followed, at
+   most 64 KiB of the answer read, the address checked where the connection is made unless
+   ``--allow-private-webhooks``), Standard Webhooks headers, the body the task as it was right
+   after the event (``state_at`` its version) as ``GET /api/v1/task/{id}`` answers it without
+   chunks;
+4. records the attempts that ended in one write transaction: a 2xx delivers it; a network
+   error, a 5xx or a 429 is tried again after about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h,
+   6 h (times ``webhook_backoff_scale``, +-20% jitter) until ``webhook_max_attempts``; any other
+   answer fails it at once. A subscription whose last ``webhook_disable_after`` deliveries all
+   failed is disabled (a ``webhook_disabled`` event, with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+import structlog
+
+from api.fetch import CheckedBackend, CheckedTransport, DownloadFailed, NoCookies, resolve_host
+from api.policy import Caller
+from api.schemas import render_view
+from api.webhooks import signature_header
+from ledger import __version__
+from ledger.handler import Request
+from ledger.log import DELIVERED, GAVE_UP, PENDING, SYSTEM, Delivery, DeliveryAttempt, Envelope
+from ledger.webhooks import ACTIVE, DisableWebhook
+from projections.webhooks import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from api.service import TaskLedger
+
+log = structlog.get_logger("taskledger.webhooks")
+
+#: Seconds before the 2nd, 3rd, ... attempt (the last repeats).
+BACKOFF = (5, 30, 120, 600, 1800, 3600, 10800, 21600)
+#: Of a receiver's answer: read at most this much, keep the first RESPONSE_KEPT bytes.
+RESPONSE_READ = 64 * 1024
+RESPONSE_KEPT = 1024
+#: The longest the dispatcher waits between two looks for due deliveries.
+LOOK_EVERY = 1.0
+
+
+def retry_delay(attempts: int, scale: float = 1.0, rand: float | None = None) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt, with +-20% jitter."""
+    base = BACKOFF[min(attempts, len(BACKOFF)) - 1]
+    jitter = 0.8 + 0.4 * (random.random() if rand is None else rand)
+    return base * scale * jitter
+
+
+class Attempted(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt, sent: the delivery and what became of it."""
+
+    delivery: Delivery
+    attempt: DeliveryAttempt
+    delivered: bool
+    retryable: bool
+
+
+class Dispatcher:
+    def __init__(self, service: TaskLedger, *, holder: str | None = None) -> None:
+        self.service = service
+        settings = service.settings
+        self.concurrency = max(1, settings.webhook_concurrency)
+        self.timeout = settings.webhook_timeout
+        self.lease = timedelta(seconds=3 * settings.webhook_timeout)
+        #: Who holds a lease: unique per process and start.
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._thread = threading.Thread(target=self._main, name="taskledger-webhooks", daemon=True)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._done: list[Attempted] = []
+        self._seen_outbox = 0
+        #: Attempts made and deliveries delivered by this process (for tests and the bench).
+        self.attempts = 0
+        self.delivered = 0
+
+    # -- life -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Take no more deliveries; wait for those in flight (at most one attempt's timeout)
+        and record them."""
+        self._stopping = True
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout if timeout is not None else self.timeout + 5)
+
+    def wake(self) -> None:
+        """Look for due deliveries now (from any thread)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def committed(self, results: Sequence[Any]) -> None:
+        """The group-commit writer's listener: wake if the batch wrote deliveries."""
+        written = self.service.store.outbox.written
+        if written != self._seen_outbox:
+            self._seen_outbox = written
+            self.wake()
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._ready.set()
+        settings = self.service.settings
+        backend = CheckedBackend(
+            allow_private=settings.allow_private_webhooks,
+            resolve=resolve_host,
+            flag="--allow-private-webhooks",
+        )
+        client = httpx.AsyncClient(
+            transport=CheckedTransport(backend, keep_alive=self.concurrency),
+            headers={"User-Agent": f"taskledger-webhooks/{__version__}"},
+            cookies=NoCookies(),
+            timeout=self.timeout,
+            follow_redirects=False,
+            trust_env=False,
+        )
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    await self._flush()
+                    leased = []
+                    free = self.concurrency - len(inflight)
+                    if free > 0 and await asyncio.to_thread(self._due):
+                        leased = await asyncio.to_thread(self._lease, free)
+                    for delivery in leased:
+                        task = asyncio.create_task(self._attempt(client, delivery))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                    if leased and len(leased) == free:
+                        continue  # more may be due: look again once a place is free
+                except Exception as exc:  # the database: log, and look again shortly
+                    log.warning("webhook_dispatch_error", error=str(exc), kind=type(exc).__name__)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), LOOK_EVERY)
+                except TimeoutError:
+                    pass
+            if inflight:
+                await asyncio.wait(inflight, timeout=self.timeout + 1)
+            await self._flush()
+        finally:
+            await client.aclose()
+
+    def _due(self) -> bool:
+        due = self.service.store.webhooks.next_due()
+        return due is not None and due <= self.service.clock()
+
+    def _lease(self, limit: int) -> list[Delivery]:
+        store = self.service.store
+        at = self.service.clock()
+        with store.log.transaction() as tx:
+            return store.webhooks.lease_deliveries(tx, at, self.holder, at + self.lease, limit)
+
+    async def _flush(self) -> None:
+        if not self._done:
+            return
+        done, self._done = self._done, []
+        disable = await asyncio.to_thread(self._record, done)
+        for webhook_id, failures in disable:
+            await asyncio.to_thread(self._disable, webhook_id, failures)
+
+    def _record(self, done: list[Attempted]) -> list[tuple[str, int]]:
+        """The attempts that ended, in one transaction; the subscriptions to disable."""
+        settings = self.service.settings
+        store = self.service.store
+        disable = []
+        with store.log.transaction() as tx:
+            for item in done:
+                d, attempt = item.delivery, item.attempt
+                next_at: datetime | None = None
+                if item.delivered:
+                    status = DELIVERED
+                elif item.retryable and attempt.attempt < settings.webhook_max_attempts:
+                    status = PENDING
+                    delay = retry_delay(attempt.attempt, settings.webhook_backoff_scale)
+                    next_at = attempt.at + timedelta(seconds=delay)
+                else:
+                    status = GAVE_UP
+                written = store.webhooks.finish_attempt(
+                    tx, d.delivery_id, self.holder, attempt, status=status, next_attempt_at=next_at
+                )
+                if not written:
+                    log.warning("webhook_lease_lost", delivery_id=d.delivery_id)
+                    continue
+                if status == PENDING or d.webhook_id.startswith(DEFAULT_PREFIX):
+                    continue
+                run = store.webhooks.count_failure(tx, d.webhook_id, status == GAVE_UP)
+                if run >= settings.webhook_disable_after:
+                    disable.append((d.webhook_id, run))
+        return disable
+
+    def _disable(self, webhook_id: str, failures: int) -> None:
+        command = DisableWebhook(
+            webhook_id=webhook_id,
+            at=self.service.clock(),
+            reason=f"{failures} deliveries in a row failed",
+        )
+        envelope = Envelope(recorded_at=self.service.clock(), actor=SYSTEM)
+        future: Future[Any] = self.service.writer.submit(
+            Request(command=command, envelope=envelope)
+        )
+        try:
+            outcome = future.result(timeout=30)
+        except Exception as exc:
+            log.warning("webhook_disable_failed", webhook_id=webhook_id, error=str(exc))
+            return
+        if outcome.recorded:
+            log.warning("webhook_disabled", webhook_id=webhook_id, failures=failures)
+
+    # -- one attempt ------------------------------------------------------------------------
+
+    async def _attempt(self, client: httpx.AsyncClient, d: Delivery) -> None:
+        number = d.attempts + 1
+        at = self.service.clock()
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        response: str | None = None
+        retryable = True
+        try:
+            prepared = await asyncio.to_thread(self._prepare, d)
+            if isinstance(prepared, str):
+                error, retryable = prepared, False
+            else:
+                body, found = prepared
+                stamp = int(time.time())
+                headers = {
+                    "content-type": "application/json",
+                    "webhook-id": d.delivery_id,
+                    "webhook-timestamp": str(stamp),
+                    "webhook-signature": signature_header(
+                        found, d.delivery_id, stamp, body, self.service.clock()
+                    ),
+                }
+                async with asyncio.timeout(self.timeout):
+                    async with client.stream("POST", d.url, content=body, headers=headers) as r:
+                        status = r.status_code
+                        response = await _read_some(r)
+                if not 200 <= status < 300:
+                    error = f"the receiver answered {status}"
+                    retryable = status >= 500 or status == 429
+        except (TimeoutError, httpx.TimeoutException):
+            error = f"no answer within {self.timeout:g} s"
+        except DownloadFailed as exc:
+            error, retryable = str(exc), "private address" not in str(exc)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except Exception as exc:  # building the body: a bug or the database; try again later
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("webhook_attempt_error", delivery_id=d.delivery_id, error=error)
+        delivered = status is not None and 200 <= status < 300
+        attempt = DeliveryAttempt(
+            attempt=number,
+            at=at,
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+            status_code=status,
+            error=error,
+            response=response,
+        )
+        self.attempts += 1
+        self.delivered += delivered
+        self._done.append(
+            Attempted(delivery=d, attempt=attempt, delivered=delivered, retryable=retryable)
+        )
+        if self._wake is not None:
+            self._wake.set()
+
+    def _prepare(self, d: Delivery) -> tuple[bytes, Any] | str:
+        """The body and the secrets to sign it with, or why this delivery cannot be sent (the
+        subscription is gone or disabled, or has no secret: not worth trying again)."""
+        store = self.service.store
+        if not d.webhook_id.startswith(DEFAULT_PREFIX):
+            subscription = store.webhooks.load_webhook(d.webhook_id)
+            if subscription is None or subscription.status != ACTIVE:
+                state = "deleted" if subscription is None else subscription.status
+                return f"not sent: the subscription is {state}"
+        found = store.webhooks.secrets(d.webhook_id)
+        if found is None:
+            return "not sent: the subscription has no signing secret (rotate it to make one)"
+        return self._body(d), found
+
+    def _body(self, d: Delivery) -> bytes:
+        service = self.service
+        view = service.delivered_view(d)
+        caller = Caller(key_id="webhooks", owner=d.owner, role="user")
+        links = service.linker(caller, service.webhook_base_url())
+        task = render_view(view, links, include_chunks=False)
+        return msgspec.json.encode({"type": d.event_type, "timestamp": d.created_at, "data": task})
+
+
+async def _read_some(response: httpx.Response) -> str:
+    """The first RESPONSE_KEPT bytes of the answer (as text), reading at most RESPONSE_READ."""
+    kept = bytearray()
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if len(kept) < RESPONSE_KEPT:
+            kept += chunk[: RESPONSE_KEPT - len(kept)]
+        if read >= RESPONSE_READ:
+            break
+    return kept.decode("utf-8", "replace")
