@@ -47,9 +47,12 @@ def test_created_claimed_completed_arrive_in_order_and_verify(hook_server, keys,
         assert hook["events"][0] == "task.created"
         task_id = run_task(hook_server, keys)
         got = wait_for(
-            lambda: [r for r in receiver.requests() if r.json()["data"]["task_id"] == task_id][:3]
-            if len([r for r in receiver.requests() if r.json()["data"]["task_id"] == task_id]) >= 3
-            else None,
+            lambda: (
+                [r for r in receiver.requests() if r.json()["data"]["task_id"] == task_id][:3]
+                if len([r for r in receiver.requests() if r.json()["data"]["task_id"] == task_id])
+                >= 3
+                else None
+            ),
             timeout=20,
             what="three deliveries",
         )
@@ -66,9 +69,7 @@ def test_created_claimed_completed_arrive_in_order_and_verify(hook_server, keys,
         assert payloads[2]["data"]["output"]["page_count"] == 1
         assert len({r.webhook_id for r in got}) == 3
         # Nothing more for this task: exactly the three.
-        assert (
-            len([r for r in receiver.requests() if r.json()["data"]["task_id"] == task_id]) == 3
-        )
+        assert len([r for r in receiver.requests() if r.json()["data"]["task_id"] == task_id]) == 3
         pages = alice.get(f"/webhooks/{hook['id']}/deliveries").json()["deliveries"]
         mine = [d for d in pages if d["task_id"] == task_id]
         assert [d["status"] for d in mine] == ["succeeded"] * 3
