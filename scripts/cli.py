@@ -6,9 +6,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
+import msgspec
 
 from api import keys as key_store
 from api.composition import Store, database_name
@@ -17,6 +19,7 @@ from api.links import binds_every_interface, default_allowed_hosts, parse_host
 from api.policy import ROLES
 from api.settings import is_database_url, settings_for
 from ledger.errors import LedgerError, SchemaTooNew
+from ledger.log import Delivery
 from scripts import bench, ops
 from scripts.options import Database, db_option, resolve_db
 
@@ -603,6 +606,172 @@ def keys_rotate_url_secret(db_path: Database | None) -> None:
     finally:
         store.close()
     click.echo("Rotated the link secret: links handed out before now are refused (403).")
+
+
+@cli.group()
+def webhooks() -> None:
+    """Look at webhook subscriptions and their deliveries; send a delivery again."""
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """JSON lines when stdout is not a terminal, else a table of ``columns`` (key, heading)."""
+    if not sys.stdout.isatty():
+        for row in rows:
+            click.echo(json.dumps(row, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*(heading for _, heading in columns))
+    for row in rows:
+        table.add_row(*("" if row[key] is None else str(row[key]) for key, _ in columns))
+    Console().print(table)
+
+
+@webhooks.command("list")
+@db_option
+@click.option("--owner", default=None, help="Only this owner's subscriptions.")
+def webhooks_list(db_path: Database | None, owner: str | None) -> None:
+    """List the subscriptions (not the deleted ones), oldest first; never their secrets.
+
+    Example:
+
+        taskledger webhooks list --db ./taskledger.db --owner alice
+    """
+    store = open_store(resolve_db(db_path))
+    try:
+        found = store.webhooks.list_webhooks(owner)
+    finally:
+        store.close()
+    rows = [
+        {
+            "id": s.webhook_id,
+            "owner": s.owner,
+            "url": s.url,
+            "events": ",".join(s.event_types),
+            "status": s.status,
+            "disabled_reason": s.disabled_reason,
+            "created_at": s.created_at,
+        }
+        for s in found
+    ]
+    _print_rows(
+        rows,
+        [
+            ("id", "id"),
+            ("owner", "owner (none: every owner)"),
+            ("url", "url"),
+            ("events", "events"),
+            ("status", "status"),
+            ("disabled_reason", "why disabled"),
+        ],
+    )
+
+
+@webhooks.command("deliveries")
+@db_option
+@click.argument("webhook_id")
+@click.option(
+    "--after",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Only deliveries of events after this log position.",
+)
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most this many."
+)
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "succeeded", "failed"]),
+    default=None,
+    help="Only deliveries in this state.",
+)
+def webhooks_deliveries(
+    db_path: Database | None, webhook_id: str, after: int, limit: int, status: str | None
+) -> None:
+    """A subscription's deliveries in the order of their events, with their attempts.
+    WEBHOOK_ID is a subscription's id, or default:<owner> for that owner's tasks' own
+    webhook_url.
+
+    Example:
+
+        taskledger webhooks deliveries --db ./taskledger.db wh_0192f3a4 --status failed
+    """
+    store = open_store(resolve_db(db_path))
+    try:
+        if (
+            not webhook_id.startswith("default:")
+            and store.webhooks.load_webhook(webhook_id) is None
+        ):
+            raise click.ClickException(f"No webhook subscription {webhook_id}")
+        found: list[Delivery] = []
+        while len(found) < limit:
+            page = store.webhooks.list_deliveries(webhook_id, after=after, limit=500)
+            if not page:
+                break
+            after = page[-1].position
+            found += [d for d in page if status is None or d.status == status]
+        found = found[:limit]
+        rows = []
+        for d in found:
+            attempts = store.webhooks.attempts(d.delivery_id)
+            rows.append(
+                {
+                    "id": d.delivery_id,
+                    "position": d.position,
+                    "event_type": d.event_type,
+                    "task_id": d.task_id,
+                    "status": d.status,
+                    "attempts": d.attempts,
+                    "last_status": d.last_status,
+                    "last_error": d.last_error,
+                    "next_attempt_at": d.next_attempt_at,
+                    "attempt_log": [msgspec.to_builtins(a) for a in attempts],
+                }
+            )
+    finally:
+        store.close()
+    _print_rows(
+        rows,
+        [
+            ("id", "delivery (webhook-id)"),
+            ("position", "pos"),
+            ("event_type", "event"),
+            ("task_id", "task"),
+            ("status", "status"),
+            ("attempts", "attempts"),
+            ("last_status", "last status"),
+            ("last_error", "last error"),
+            ("next_attempt_at", "next try"),
+        ],
+    )
+
+
+@webhooks.command("retry")
+@db_option
+@click.argument("delivery_id")
+def webhooks_retry(db_path: Database | None, delivery_id: str) -> None:
+    """Send a delivery again: it is due now, for one more attempt, whatever became of it. A
+    running server sends it within a second.
+
+    Example:
+
+        taskledger webhooks retry --db ./taskledger.db msg_2b0c3f1e9a7d4c5b8e6f1a2b3c4d5e6f
+    """
+    from api.core import now
+
+    store = open_store(resolve_db(db_path))
+    try:
+        with store.log.transaction() as tx:
+            if store.webhooks.get_delivery(delivery_id, tx=tx) is None:
+                raise click.ClickException(f"No delivery {delivery_id}")
+            store.webhooks.retry_delivery(tx, delivery_id, now())
+    except LedgerError as exc:
+        raise click.ClickException(f"Cannot retry {delivery_id}: {exc}") from None
+    finally:
+        store.close()
+    click.echo(f"Delivery {delivery_id} is due again now.")
 
 
 @cli.command()

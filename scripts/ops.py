@@ -53,7 +53,8 @@ def event_record(recorded: RecordedEvent) -> dict[str, Any]:
     data = msgspec.to_builtins(recorded.event)
     return {
         "position": recorded.position,
-        "task_id": data.pop("task_id"),
+        "task_id": data.pop("task_id", None),
+        **({"webhook_id": data.pop("webhook_id")} if "webhook_id" in data else {}),
         "version": recorded.version,
         "type": data.pop("type"),
         "recorded_at": codec.timestamp(recorded.recorded_at),

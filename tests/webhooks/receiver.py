@@ -67,6 +67,8 @@ class Receiver:
                     self.send_header("content-length", str(len(reply)))
                     self.end_headers()
                     self.wfile.write(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender is gone (killed, or gave up waiting)
                 finally:
                     with receiver.lock:
                         receiver.in_progress[key] -= 1
