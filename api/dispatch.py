@@ -30,6 +30,7 @@ without its deliveries. The dispatcher:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import secrets
@@ -50,7 +51,7 @@ from api.policy import Caller
 from api.schemas import render_view
 from api.webhooks import signature_header
 from ledger import __version__
-from ledger.handler import Request
+from ledger.handler import Chore, Request
 from ledger.log import DELIVERED, GAVE_UP, PENDING, SYSTEM, Delivery, DeliveryAttempt, Envelope
 from ledger.webhooks import ACTIVE, DisableWebhook
 from projections.webhooks import DEFAULT_PREFIX
@@ -163,11 +164,8 @@ class Dispatcher:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    await self._flush()
-                    leased = []
                     free = self.concurrency - len(inflight)
-                    if free > 0 and await asyncio.to_thread(self._due):
-                        leased = await asyncio.to_thread(self._lease, free)
+                    leased = await self._cycle(free)
                     for delivery in leased:
                         task = asyncio.create_task(self._attempt(client, delivery))
                         inflight.add(task)
@@ -182,56 +180,73 @@ class Dispatcher:
                     pass
             if inflight:
                 await asyncio.wait(inflight, timeout=self.timeout + 1)
-            await self._flush()
+            await self._cycle(0)
         finally:
             await client.aclose()
+
+    async def _cycle(self, free: int) -> list[Delivery]:
+        """Record the attempts that ended and lease up to ``free`` due deliveries, in one
+        chore of the group-commit writer: the dispatcher's writes ride the next batch's
+        transaction (and its one fsync) instead of paying for transactions of their own."""
+        done, self._done = self._done, []
+        want = free if free > 0 and await asyncio.to_thread(self._due) else 0
+        if not done and not want:
+            return []
+        try:
+            chore = Chore(run=functools.partial(self._record_and_lease, done, want))
+            leased, disable = await asyncio.wrap_future(self.service.writer.submit_chore(chore))
+        except BaseException:
+            self._done = done + self._done  # recorded next time
+            raise
+        for webhook_id, failures in disable:
+            await asyncio.to_thread(self._disable, webhook_id, failures)
+        return leased
 
     def _due(self) -> bool:
         due = self.service.store.webhooks.next_due()
         return due is not None and due <= self.service.clock()
 
-    def _lease(self, limit: int) -> list[Delivery]:
-        store = self.service.store
+    def _record_and_lease(
+        self, done: list[Attempted], want: int, tx: Any
+    ) -> tuple[list[Delivery], list[tuple[str, int]]]:
+        """In the writer's transaction: the attempts that ended, then the deliveries leased;
+        returns those and the subscriptions to disable."""
+        disable = self._record(tx, done)
+        if not want:
+            return [], disable
         at = self.service.clock()
-        with store.log.transaction() as tx:
-            return store.webhooks.lease_deliveries(tx, at, self.holder, at + self.lease, limit)
+        leased = self.service.store.webhooks.lease_deliveries(
+            tx, at, self.holder, at + self.lease, want
+        )
+        return leased, disable
 
-    async def _flush(self) -> None:
-        if not self._done:
-            return
-        done, self._done = self._done, []
-        disable = await asyncio.to_thread(self._record, done)
-        for webhook_id, failures in disable:
-            await asyncio.to_thread(self._disable, webhook_id, failures)
-
-    def _record(self, done: list[Attempted]) -> list[tuple[str, int]]:
-        """The attempts that ended, in one transaction; the subscriptions to disable."""
+    def _record(self, tx: Any, done: list[Attempted]) -> list[tuple[str, int]]:
+        """The attempts that ended; the subscriptions to disable."""
         settings = self.service.settings
         store = self.service.store
         disable = []
-        with store.log.transaction() as tx:
-            for item in done:
-                d, attempt = item.delivery, item.attempt
-                next_at: datetime | None = None
-                if item.delivered:
-                    status = DELIVERED
-                elif item.retryable and attempt.attempt < settings.webhook_max_attempts:
-                    status = PENDING
-                    delay = retry_delay(attempt.attempt, settings.webhook_backoff_scale)
-                    next_at = attempt.at + timedelta(seconds=delay)
-                else:
-                    status = GAVE_UP
-                written = store.webhooks.finish_attempt(
-                    tx, d.delivery_id, self.holder, attempt, status=status, next_attempt_at=next_at
-                )
-                if not written:
-                    log.warning("webhook_lease_lost", delivery_id=d.delivery_id)
-                    continue
-                if status == PENDING or d.webhook_id.startswith(DEFAULT_PREFIX):
-                    continue
-                run = store.webhooks.count_failure(tx, d.webhook_id, status == GAVE_UP)
-                if run >= settings.webhook_disable_after:
-                    disable.append((d.webhook_id, run))
+        for item in done:
+            d, attempt = item.delivery, item.attempt
+            next_at: datetime | None = None
+            if item.delivered:
+                status = DELIVERED
+            elif item.retryable and attempt.attempt < settings.webhook_max_attempts:
+                status = PENDING
+                delay = retry_delay(attempt.attempt, settings.webhook_backoff_scale)
+                next_at = attempt.at + timedelta(seconds=delay)
+            else:
+                status = GAVE_UP
+            written = store.webhooks.finish_attempt(
+                tx, d.delivery_id, self.holder, attempt, status=status, next_attempt_at=next_at
+            )
+            if not written:
+                log.warning("webhook_lease_lost", delivery_id=d.delivery_id)
+                continue
+            if status == PENDING or d.webhook_id.startswith(DEFAULT_PREFIX):
+                continue
+            run = store.webhooks.count_failure(tx, d.webhook_id, status == GAVE_UP)
+            if run >= settings.webhook_disable_after:
+                disable.append((d.webhook_id, run))
         return disable
 
     def _disable(self, webhook_id: str, failures: int) -> None:

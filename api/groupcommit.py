@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Self
 
-from ledger.handler import CommandHandler, Outcome, Request
+from ledger.handler import Chore, CommandHandler, Outcome, Request
 
 
 class Writer:
@@ -29,7 +29,7 @@ class Writer:
         self.max_batch = max_batch
         #: The longest an event loop is parked while a batch runs (see Pause); 0 never parks.
         self.park_limit = park_limit
-        self._queue: queue.SimpleQueue[tuple[Request, Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Request | Chore, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="taskledger-writer", daemon=True)
         self._started = False
         self._lock = threading.Lock()
@@ -56,6 +56,15 @@ class Writer:
             self.start()
         future: Future[Outcome] = Future()
         self._queue.put((request, future))
+        return future
+
+    def submit_chore(self, chore: Chore) -> Future[Any]:
+        """Run ``chore`` in the next batch's transaction (alone if no command is waiting): its
+        writes share that batch's commit (and fsync) instead of paying for one of their own."""
+        if not self._started:
+            self.start()
+        future: Future[Any] = Future()
+        self._queue.put((chore, future))
         return future
 
     def submit_async(self, request: Request) -> asyncio.Future[Outcome]:

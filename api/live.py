@@ -42,6 +42,7 @@ from api.readpool import ReadPool
 from api.refusals import TooManyStreams
 from ledger.handler import Outcome
 from ledger.log import EventLog, RecordedEvent, Records
+from ledger.state import TaskState
 from projections.queue import claimable
 
 log = structlog.get_logger("taskledger.live")
@@ -178,7 +179,11 @@ class Watch:
         positions: list[int] = []
         work, owners = False, set()
         for result in results:
-            if isinstance(result, Outcome) and result.recorded:
+            if (
+                isinstance(result, Outcome)
+                and result.recorded
+                and isinstance(result.after, TaskState)
+            ):
                 positions += [r.position for r in result.recorded]
                 work = work or claimable(result.after)
                 owners.add(result.after.owner)

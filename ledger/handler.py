@@ -94,6 +94,16 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     after_append: Any = None  # AfterAppend | None
 
 
+class Chore(msgspec.Struct, frozen=True):
+    """Work that is not a command but rides a batch's transaction, and its one commit: the
+    webhook dispatcher's leases and attempts (``api.dispatch``). ``run(tx)`` may read and
+    write; what it returns is its result in the batch. Like a command's, its writes are undone
+    alone if it raises after writing (the batch is rerun with a savepoint per item), and all of
+    them if the transaction cannot commit: so it must be safe to run again."""
+
+    run: Any  # Callable[[Any], Any]
+
+
 class NothingToDo(LedgerError):
     """A command source found nothing to act on (an empty queue)."""
 
@@ -142,7 +152,7 @@ class CommandHandler:
 
     def execute_batch(
         self,
-        requests: Sequence[Request],
+        requests: Sequence[Request | Chore],
         *,
         begun: Callable[[], None] | None = None,
         before_commit: Callable[[], None] | None = None,
@@ -167,7 +177,7 @@ class CommandHandler:
 
     def _execute_batch(
         self,
-        requests: Sequence[Request],
+        requests: Sequence[Request | Chore],
         *,
         guarded: bool,
         begun: Callable[[], None] | None = None,
@@ -187,12 +197,22 @@ class CommandHandler:
                         msgspec.structs.replace(
                             r, envelope=msgspec.structs.replace(r.envelope, recorded_at=stamp)
                         )
+                        if isinstance(r, Request)
+                        else r
                         for r in requests
                     ]
                 self.states.prefetch(
-                    tx, [r.command.task_id for r in requests if isinstance(r.command, Command)]
+                    tx,
+                    [
+                        r.command.task_id
+                        for r in requests
+                        if isinstance(r, Request) and isinstance(r.command, Command)
+                    ],
                 )
                 for request in requests:
+                    if isinstance(request, Chore):
+                        results.append(self._chore(tx, request, guarded))
+                        continue
                     if guarded:
                         try:
                             # Released before its outcome counts: a backend may report a
@@ -223,6 +243,21 @@ class CommandHandler:
                 raise _PartlyWritten() from exc
             raise
         return results
+
+    def _chore(self, tx: Any, chore: Chore, guarded: bool) -> Any:
+        if not guarded:
+            try:
+                return chore.run(tx)
+            except Exception as exc:
+                raise _PartlyWritten() from exc
+        try:
+            with self.log.savepoint(tx, "chore"):
+                value = chore.run(tx)
+            return value
+        except TransactionRolledBack:
+            raise
+        except Exception as exc:
+            return exc
 
     def _run(self, tx: Any, request: Request) -> Outcome:
         return self._write(tx, request, *self._decide(tx, request))

@@ -1,0 +1,323 @@
+"""Webhook delivery under load, measured against a real receiver on 127.0.0.1.
+
+    python -m scripts.bench_webhooks --tasks 1000 --seconds 5 --rounds 3
+
+Two figures (BENCHMARKS.md, "Webhooks"):
+
+* **Delivery throughput**: ``--tasks`` tasks are created, then claimed and completed by 8
+  workers (complete with ``claim_next``), with one subscription to ``task.succeeded`` on a
+  receiver (uvicorn, a process of its own, answering 200 at once). How long after the last
+  completion the receiver holds one delivery per task, and how many deliveries a second
+  arrived from the first completion on.
+* **Create rate with a subscription**: two servers on two fresh databases, one with a
+  subscription that hears every event (so each create writes a delivery and the dispatcher
+  posts it), one without; creates from 32 clients for ``--seconds``, alternating between them
+  for ``--rounds`` rounds. Before each round without the subscription the other server's
+  deliveries are all sent, so its dispatcher never runs in the other's round. The ratio of
+  the medians, and the same run's figures.
+
+Every figure is from this one run on this machine: compare the ratio, not the rates, with
+other machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from scripts.bench import (
+    FILE_B64,
+    Connection,
+    Process,
+    Stats,
+    drive,
+    free_port,
+    make_key,
+    run_async,
+    start_taskledger,
+)
+
+SERVE_ARGS = ("--allow-private-webhooks",)
+
+
+# -- the receiver --------------------------------------------------------------------------------
+
+
+def receiver_app() -> Any:
+    """An ASGI app: POST anything -> 200, counted with its arrival time (and webhook-id);
+    GET /stats -> the counts."""
+    state: dict[str, Any] = {"count": 0, "first": None, "last": None, "ids": set()}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "POST":
+            now = time.time()
+            state["count"] += 1
+            state["first"] = state["first"] or now
+            state["last"] = now
+            for name, value in scope["headers"]:
+                if name == b"webhook-id":
+                    state["ids"].add(value)
+            body = b"ok"
+        else:
+            body = json.dumps(
+                {
+                    "count": state["count"],
+                    "unique": len(state["ids"]),
+                    "first": state["first"],
+                    "last": state["last"],
+                }
+            ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def start_receiver() -> Process:
+    port = free_port()
+    return Process(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "scripts.bench_webhooks:receiver_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        port,
+    )
+
+
+def receiver_stats(receiver: Process) -> dict[str, Any]:
+    return httpx.get(f"http://127.0.0.1:{receiver.port}/stats", timeout=10).json()
+
+
+def wait_for_count(receiver: Process, count: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = receiver_stats(receiver)
+        if stats["unique"] >= count or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
+def subscribe(port: int, key: str, url: str, events: list[str] | None) -> None:
+    body: dict[str, Any] = {"url": url}
+    if events is not None:
+        body["events"] = events
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/api/v1/webhooks",
+        json=body,
+        headers={"Authorization": key},
+        timeout=30,
+    )
+    answer.raise_for_status()
+
+
+# -- delivery throughput -------------------------------------------------------------------------
+
+
+def throughput(work: Path, tasks: int) -> dict[str, Any]:
+    db = work / "throughput.db"
+    server, admin = start_taskledger(db, serve_args=SERVE_ARGS)
+    receiver = start_receiver()
+    try:
+        worker_key = make_key(db, "pool", "worker")
+        subscribe(server.port, admin, f"http://127.0.0.1:{receiver.port}/", ["task.succeeded"])
+        user = {"Authorization": admin}
+        worker = {"Authorization": worker_key}
+        create_body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
+
+        async def create(conn: Connection) -> bool:
+            status, _ = await conn.request("POST", "/api/v1/task/parse", create_body, user)
+            return status == 200
+
+        run_async(
+            drive(
+                "127.0.0.1",
+                server.port,
+                create,
+                concurrency=32,
+                seconds=600,
+                max_ops=tasks,
+                stats=Stats("create", "taskledger", 32),
+            )
+        )
+        output = {
+            "chunks": [],
+            "file_name": "bench.txt",
+            "page_count": 1,
+            "pdf_url": None,
+        }
+        completed = {"count": 0, "last": 0.0, "first": 0.0}
+
+        async def work_loop(n: int) -> None:
+            conn = Connection("127.0.0.1", server.port)
+            worker_id = f"bench-w{n}"
+            claim = json.dumps({"worker_id": worker_id}).encode()
+            done = json.dumps({"worker_id": worker_id, "output": output, "claim_next": True})
+            status, body = await conn.request("POST", "/api/v1/worker/claim", claim, worker)
+            current = json.loads(body)["task_id"] if status == 200 else None
+            while current is not None:
+                status, body = await conn.request(
+                    "POST", f"/api/v1/task/{current}/complete", done.encode(), worker
+                )
+                if status != 200:
+                    raise RuntimeError(f"complete answered {status}: {body[:200]!r}")
+                now = time.time()
+                completed["first"] = completed["first"] or now
+                completed["last"] = now
+                completed["count"] += 1
+                following = json.loads(body).get("next")
+                current = following["task_id"] if following else None
+            await conn.close()
+
+        async def all_workers() -> None:
+            await asyncio.gather(*(work_loop(n) for n in range(8)))
+
+        run_async(all_workers())
+        stats = wait_for_count(receiver, tasks, timeout=120)
+        finished = stats["last"] or 0.0
+        return {
+            "tasks": tasks,
+            "completed": completed["count"],
+            "delivered": stats["unique"],
+            "requests": stats["count"],
+            "completions_seconds": round(completed["last"] - completed["first"], 3),
+            "last_delivery_after_last_completion_s": round(finished - completed["last"], 3),
+            "deliveries_per_second": round(
+                stats["unique"] / max(finished - completed["first"], 1e-9), 1
+            ),
+        }
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+# -- create rate with and without a subscription ---------------------------------------------
+
+
+def create_rate(work: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    receiver = start_receiver()
+    plain, plain_key = start_taskledger(work / "plain.db", serve_args=SERVE_ARGS)
+    hooked, hooked_key = start_taskledger(work / "hooked.db", serve_args=SERVE_ARGS)
+    try:
+        subscribe(hooked.port, hooked_key, f"http://127.0.0.1:{receiver.port}/", None)
+        body = json.dumps({"file": FILE_B64, "file_name": "bench.txt"}).encode()
+        rates: dict[str, list[float]] = {"without": [], "with": []}
+        drain: list[float] = []
+        sent = 0
+
+        def one_round(port: int, key: str, label: str) -> int:
+            headers = {"Authorization": key}
+
+            async def create(conn: Connection) -> bool:
+                status, _ = await conn.request("POST", "/api/v1/task/parse", body, headers)
+                return status == 200
+
+            stats = run_async(
+                drive(
+                    "127.0.0.1",
+                    port,
+                    create,
+                    concurrency=32,
+                    seconds=seconds,
+                    max_ops=None,
+                    stats=Stats("create", label, 32),
+                )
+            )
+            rates[label].append(stats.summary()["rps"])
+            return len(stats.latencies)
+
+        for _ in range(rounds):
+            sent += one_round(hooked.port, hooked_key, "with")
+            started = time.monotonic()
+            wait_for_count(receiver, sent, timeout=120)
+            drain.append(time.monotonic() - started)
+            one_round(plain.port, plain_key, "without")
+        delivered = receiver_stats(receiver)["unique"]
+        without = statistics.median(rates["without"])
+        with_ = statistics.median(rates["with"])
+        return {
+            "seconds_per_round": seconds,
+            "rounds": rounds,
+            "creates_per_s_without": rates["without"],
+            "creates_per_s_with": rates["with"],
+            "median_without": without,
+            "median_with": with_,
+            "ratio_with_to_without": round(with_ / without, 3) if without else None,
+            "deliveries_expected": sent,
+            "deliveries_received": delivered,
+            "drain_after_round_s": [round(d, 2) for d in drain],
+        }
+    finally:
+        plain.stop()
+        hooked.stop()
+        receiver.stop()
+
+
+@click.command()
+@click.option("--tasks", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--seconds", default=5.0, show_default=True, type=click.FloatRange(min=0.5))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
+def main(tasks: int, seconds: float, rounds: int, out: Path | None) -> None:
+    """Measure webhook delivery throughput and the create rate with a subscription.
+
+    Example:
+
+        python -m scripts.bench_webhooks --tasks 1000 --seconds 5 --rounds 3
+    """
+    with tempfile.TemporaryDirectory(prefix="taskledger-bench-hooks-") as tmp:
+        work = Path(tmp)
+        report = {
+            "throughput": throughput(work, tasks),
+            "create_rate": create_rate(work, seconds, rounds),
+        }
+    text = json.dumps(report, indent=2)
+    click.echo(text)
+    if out is not None:
+        out.write_text(text)
+    t, c = report["throughput"], report["create_rate"]
+    click.echo(
+        f"\n{t['delivered']} of {t['tasks']} deliveries; the last "
+        f"{t['last_delivery_after_last_completion_s']} s after the last completion "
+        f"(target: within 10 s); {t['deliveries_per_second']} deliveries/s",
+        err=True,
+    )
+    click.echo(
+        f"creates/s with a subscription {c['median_with']} vs without {c['median_without']}: "
+        f"{c['ratio_with_to_without']} (target: >= 0.90)",
+        err=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
