@@ -524,7 +524,9 @@ class WebhookStore(Protocol):
         ...
 
     def retry_delivery(self, tx: Any, delivery_id: str, at: datetime) -> Delivery | None:
-        """Make a delivery pending again, due at ``at`` (one more attempt); None if none."""
+        """Make a delivery pending again, due at ``at`` (one more attempt); None if none. A
+        lease still running is kept: the attempt in flight is not sent again beside it, and its
+        holder's ``finish_attempt`` still counts (and sets when the next attempt is due)."""
         ...
 
     def get_delivery(self, delivery_id: str, *, tx: Any = None) -> Delivery | None: ...
@@ -543,7 +545,9 @@ class WebhookStore(Protocol):
         ...
 
     def next_due(self, *, tx: Any = None) -> datetime | None:
-        """The earliest time a pending delivery is due (its next attempt or its lease's end)."""
+        """The earliest time a pending delivery is due (its next attempt or its lease's end),
+        leaving out one waiting behind an earlier pending delivery of its subscription and
+        task (``lease_deliveries`` would not take it: the earlier one's time is the one)."""
         ...
 
 

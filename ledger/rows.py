@@ -1,6 +1,7 @@
 """What both backends' tables hold and how it follows from the domain, so each writes and reads
-it the same way: a ``tasks`` row's query columns (from its state), and an ``events`` row (read
-back as a recorded or stored event; made, hash chained, by ``chain_events``)."""
+it the same way: a ``tasks`` row's query columns (from its state), an ``events`` row (read
+back as a recorded or stored event; made, hash chained, by ``chain_events``), and a
+``webhook_deliveries`` row."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ledger.chain import chain_hash
 from ledger.codec import LogEvent
 from ledger.decider import visible_until
 from ledger.events import PROCESSING, tag_of
-from ledger.log import Actor, Envelope, RecordedEvent, StoredEvent
+from ledger.log import Actor, Delivery, Envelope, RecordedEvent, StoredEvent
 from ledger.state import TaskState
 
 #: The query columns of a ``tasks`` row, in the order ``query_columns`` gives their values.
@@ -175,3 +176,64 @@ def chain_events(
             )
         )
     return rows, recorded, (position, previous, recorded_at)
+
+
+# -- webhook deliveries -----------------------------------------------------------------------
+
+#: The columns of a ``webhook_deliveries`` row that make a ``Delivery`` (the lease's two are
+#: the store's own), in the order ``delivery_params`` gives them and ``row_to_delivery`` reads.
+DELIVERY_COLUMNS = (
+    "delivery_id, webhook_id, owner, task_id, version, position, event_type, url, created_at,"
+    " status, attempts, next_attempt_at, last_status, last_error, finished_at"
+)
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    return codec.parse_timestamp(value) if value is not None else None
+
+
+def stored_text(value: str | None) -> str | None:
+    """A receiver's words (an error, an answer) as both backends store them: NUL, which
+    PostgreSQL's text cannot hold, as U+FFFD."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def row_to_delivery(row: Sequence[object]) -> Delivery:
+    return Delivery(
+        delivery_id=row[0],  # type: ignore[arg-type]
+        webhook_id=row[1],  # type: ignore[arg-type]
+        owner=row[2],  # type: ignore[arg-type]
+        task_id=row[3],  # type: ignore[arg-type]
+        version=row[4],  # type: ignore[arg-type]
+        position=row[5],  # type: ignore[arg-type]
+        event_type=row[6],  # type: ignore[arg-type]
+        url=row[7],  # type: ignore[arg-type]
+        created_at=codec.parse_timestamp(row[8]),  # type: ignore[arg-type]
+        status=row[9],  # type: ignore[arg-type]
+        attempts=row[10],  # type: ignore[arg-type]
+        next_attempt_at=parse_timestamp(row[11]),  # type: ignore[arg-type]
+        last_status=row[12],  # type: ignore[arg-type]
+        last_error=row[13],  # type: ignore[arg-type]
+        finished_at=parse_timestamp(row[14]),  # type: ignore[arg-type]
+    )
+
+
+def delivery_params(d: Delivery) -> tuple[object, ...]:
+    """The values of DELIVERY_COLUMNS for ``d``."""
+    return (
+        d.delivery_id,
+        d.webhook_id,
+        d.owner,
+        d.task_id,
+        d.version,
+        d.position,
+        d.event_type,
+        d.url,
+        codec.timestamp(d.created_at),
+        d.status,
+        d.attempts,
+        timestamp(d.next_attempt_at),
+        d.last_status,
+        d.last_error,
+        timestamp(d.finished_at),
+    )

@@ -2,7 +2,8 @@
 and records as the embedded SQLite backend, on a database several server processes (nodes)
 share. One module per concern: ``connection`` (the schema and its version, driver errors, the
 lock and channel names), ``log`` (the EventLog: commit-ordered appends under an advisory lock,
-blobs, LISTEN/NOTIFY), ``views``, ``records`` and ``transfer``."""
+blobs, LISTEN/NOTIFY), ``views``, ``records``, ``webhooks`` (subscriptions, secrets, the
+outbox) and ``transfer``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ledger.postgres.connection import SCHEMA_VERSION, redact
 from ledger.postgres.log import PostgresLog
 from ledger.postgres.records import PostgresRecords
 from ledger.postgres.views import PostgresViews
+from ledger.postgres.webhooks import PostgresWebhooks
 
 
 class PostgresBackend:
@@ -26,6 +28,7 @@ class PostgresBackend:
         self.log = PostgresLog(url, pool_size=pool_size, timeout=timeout)
         self.views = PostgresViews(self.log)
         self.records = PostgresRecords(self.log)
+        self.webhooks = PostgresWebhooks(self.log)
 
     @property
     def url(self) -> str:
@@ -61,6 +64,7 @@ __all__ = [
     "PostgresLog",
     "PostgresRecords",
     "PostgresViews",
+    "PostgresWebhooks",
     "SchemaTooNew",
     "redact",
 ]

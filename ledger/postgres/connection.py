@@ -1,6 +1,6 @@
 """PostgreSQL connections and the schema: the events and blobs tables, the append-only
-triggers, the read models' and records' tables, the schema version, and the mapping of driver
-errors to StorageUnavailable.
+triggers, the read models', records' and webhooks' tables, the schema version, and the mapping
+of driver errors to StorageUnavailable.
 
 Every table lives in the connection's current schema (``search_path``), so one database can
 hold several ledgers side by side (``?options=-csearch_path%3Dname`` in the URL); the advisory
@@ -18,8 +18,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ledger.errors import SchemaTooNew, StorageUnavailable
 
 #: The schema this code writes and reads. A database whose ``schema_version`` is higher was
-#: written by a newer taskledger and is refused (SchemaTooNew); a lower one is migrated.
-SCHEMA_VERSION = 1
+#: written by a newer taskledger and is refused (SchemaTooNew); a lower one is migrated (SCHEMA
+#: is run again: every statement in it may run on a database that has some of it already).
+#:
+#: 1. The log, blobs, read models and records.
+#: 2. Webhooks: ``webhooks``, ``webhook_secrets``, ``webhook_deliveries``, ``webhook_attempts``
+#:    and ``webhook_health`` (``ledger.postgres.webhooks``).
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -119,6 +124,60 @@ CREATE TABLE IF NOT EXISTS idempotency_outcomes (
 CREATE TABLE IF NOT EXISTS url_secret (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     secret BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhooks (
+    webhook_id TEXT COLLATE "C" PRIMARY KEY,
+    owner TEXT COLLATE "C",
+    status TEXT COLLATE "C" NOT NULL,
+    created_at TEXT COLLATE "C" NOT NULL,
+    state TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_owner ON webhooks (owner, created_at)
+    WHERE status = 'active';
+CREATE TABLE IF NOT EXISTS webhook_secrets (
+    webhook_id TEXT COLLATE "C" PRIMARY KEY,
+    secret TEXT COLLATE "C" NOT NULL,
+    previous TEXT COLLATE "C",
+    previous_until TEXT COLLATE "C"
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    delivery_id TEXT COLLATE "C" PRIMARY KEY,
+    webhook_id TEXT COLLATE "C" NOT NULL,
+    owner TEXT COLLATE "C" NOT NULL,
+    task_id TEXT COLLATE "C" NOT NULL,
+    version INTEGER NOT NULL,
+    position BIGINT NOT NULL,
+    event_type TEXT COLLATE "C" NOT NULL,
+    url TEXT COLLATE "C" NOT NULL,
+    created_at TEXT COLLATE "C" NOT NULL,
+    status TEXT COLLATE "C" NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT COLLATE "C",
+    lease_holder TEXT COLLATE "C",
+    lease_until TEXT COLLATE "C",
+    last_status INTEGER,
+    last_error TEXT COLLATE "C",
+    finished_at TEXT COLLATE "C"
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_task
+    ON webhook_deliveries (webhook_id, task_id, position) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_webhook
+    ON webhook_deliveries (webhook_id, position);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT COLLATE "C" NOT NULL,
+    attempt INTEGER NOT NULL,
+    at TEXT COLLATE "C" NOT NULL,
+    duration_ms DOUBLE PRECISION NOT NULL,
+    status_code INTEGER,
+    error TEXT COLLATE "C",
+    response TEXT COLLATE "C",
+    PRIMARY KEY (delivery_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS webhook_health (
+    webhook_id TEXT COLLATE "C" PRIMARY KEY,
+    consecutive_failures INTEGER NOT NULL
 );
 """
 

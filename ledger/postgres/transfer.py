@@ -107,6 +107,15 @@ TABLES = {
     "api_keys": "key_id, owner, role, key_hash, created_at, revoked_at",
     "idempotency_outcomes": "key_id, idempotency_key, fingerprint, outcome, created_at",
     "url_secret": "id, secret",
+    "webhooks": "webhook_id, owner, status, created_at, state",
+    "webhook_secrets": "webhook_id, secret, previous, previous_until",
+    "webhook_deliveries": (
+        "delivery_id, webhook_id, owner, task_id, version, position, event_type, url, created_at,"
+        " status, attempts, next_attempt_at, lease_holder, lease_until, last_status, last_error,"
+        " finished_at"
+    ),
+    "webhook_attempts": "delivery_id, attempt, at, duration_ms, status_code, error, response",
+    "webhook_health": "webhook_id, consecutive_failures",
 }
 
 

@@ -17,6 +17,9 @@ import msgspec
 
 from ledger import codec
 from ledger.log import PENDING, Delivery, DeliveryAttempt, WebhookSecrets
+from ledger.rows import DELIVERY_COLUMNS, delivery_params, row_to_delivery, stored_text
+from ledger.rows import parse_timestamp as _parse
+from ledger.rows import timestamp as _time
 from ledger.sqlite.log import SqliteLog
 from ledger.webhooks import ACTIVE, DELETED, WebhookState
 
@@ -75,59 +78,6 @@ CREATE TABLE IF NOT EXISTS webhook_health (
     consecutive_failures INTEGER NOT NULL
 );
 """
-
-DELIVERY_COLUMNS = (
-    "delivery_id, webhook_id, owner, task_id, version, position, event_type, url, created_at,"
-    " status, attempts, next_attempt_at, last_status, last_error, finished_at"
-)
-
-
-def _time(value: datetime | None) -> str | None:
-    return codec.timestamp(value) if value is not None else None
-
-
-def _parse(value: str | None) -> datetime | None:
-    return codec.parse_timestamp(value) if value is not None else None
-
-
-def row_to_delivery(row: Sequence[object]) -> Delivery:
-    return Delivery(
-        delivery_id=row[0],  # type: ignore[arg-type]
-        webhook_id=row[1],  # type: ignore[arg-type]
-        owner=row[2],  # type: ignore[arg-type]
-        task_id=row[3],  # type: ignore[arg-type]
-        version=row[4],  # type: ignore[arg-type]
-        position=row[5],  # type: ignore[arg-type]
-        event_type=row[6],  # type: ignore[arg-type]
-        url=row[7],  # type: ignore[arg-type]
-        created_at=codec.parse_timestamp(row[8]),  # type: ignore[arg-type]
-        status=row[9],  # type: ignore[arg-type]
-        attempts=row[10],  # type: ignore[arg-type]
-        next_attempt_at=_parse(row[11]),  # type: ignore[arg-type]
-        last_status=row[12],  # type: ignore[arg-type]
-        last_error=row[13],  # type: ignore[arg-type]
-        finished_at=_parse(row[14]),  # type: ignore[arg-type]
-    )
-
-
-def delivery_params(d: Delivery) -> tuple[object, ...]:
-    return (
-        d.delivery_id,
-        d.webhook_id,
-        d.owner,
-        d.task_id,
-        d.version,
-        d.position,
-        d.event_type,
-        d.url,
-        codec.timestamp(d.created_at),
-        d.status,
-        d.attempts,
-        _time(d.next_attempt_at),
-        d.last_status,
-        d.last_error,
-        _time(d.finished_at),
-    )
 
 
 class SqliteWebhooks:
@@ -273,7 +223,7 @@ class SqliteWebhooks:
                 attempt.attempt,
                 _time(next_attempt_at),
                 attempt.status_code,
-                attempt.error,
+                stored_text(attempt.error),
                 None if status == PENDING else codec.timestamp(attempt.at),
                 delivery_id,
                 holder,
@@ -292,8 +242,8 @@ class SqliteWebhooks:
                 codec.timestamp(attempt.at),
                 attempt.duration_ms,
                 attempt.status_code,
-                attempt.error,
-                attempt.response,
+                stored_text(attempt.error),
+                stored_text(attempt.response),
             ),
         )
         return True
@@ -301,9 +251,11 @@ class SqliteWebhooks:
     def retry_delivery(
         self, tx: sqlite3.Connection, delivery_id: str, at: datetime
     ) -> Delivery | None:
+        # A lease still running is kept: the attempt in flight is not sent a second time at
+        # once, and its holder's finish_attempt still counts.
         tx.execute(
-            "UPDATE webhook_deliveries SET status = ?, next_attempt_at = ?, finished_at = NULL,"
-            " lease_holder = NULL, lease_until = NULL WHERE delivery_id = ?",
+            "UPDATE webhook_deliveries SET status = ?, next_attempt_at = ?, finished_at = NULL"
+            " WHERE delivery_id = ?",
             (PENDING, codec.timestamp(at), delivery_id),
         )
         return self.get_delivery(delivery_id, tx=tx)
@@ -375,9 +327,12 @@ class SqliteWebhooks:
         (value,) = (
             self._conn(tx)
             .execute(
-                "SELECT min(CASE WHEN lease_until > next_attempt_at THEN lease_until"
-                " ELSE next_attempt_at END) FROM webhook_deliveries WHERE status = ?",
-                (PENDING,),
+                "SELECT min(CASE WHEN d.lease_until > d.next_attempt_at THEN d.lease_until"
+                " ELSE d.next_attempt_at END) FROM webhook_deliveries AS d WHERE d.status = ?"
+                " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e"
+                "   WHERE e.webhook_id = d.webhook_id AND e.task_id = d.task_id"
+                "   AND e.status = ? AND e.position < d.position)",
+                (PENDING, PENDING),
             )
             .fetchone()
         )

@@ -16,6 +16,7 @@ from ledger.errors import SchemaTooNew, StorageUnavailable
 from ledger.log import Actor, Envelope, stream_id_for
 from ledger.postgres import SCHEMA_VERSION, PostgresBackend
 from ledger.postgres.connection import with_options
+from ledger.postgres.transfer import TABLES
 from tests.backends.backend_support import created, populate
 from tests.pg import SESSION, needs_postgres
 
@@ -67,6 +68,49 @@ def test_the_schema_version_is_recorded_and_a_newer_one_is_refused(backend, url)
 
     with pytest.raises(SchemaTooNew, match=f"version {SCHEMA_VERSION + 1}, newer than"):
         PostgresBackend(url)
+
+
+WEBHOOK_TABLES = (
+    "webhooks",
+    "webhook_secrets",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "webhook_health",
+)
+
+
+def tables(url: str) -> set[str]:
+    rows = sql(
+        url,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    return {row[0] for row in rows}
+
+
+def test_a_database_of_schema_version_1_is_upgraded_when_opened(backend, url):
+    populate(backend)
+    recorded = backend.log.read_all()
+    backend.close()
+    # what taskledger wrote before webhooks: version 1, no webhook tables
+    for table in WEBHOOK_TABLES:
+        sql(url, f"DROP TABLE {table}")
+    sql(url, "UPDATE schema_version SET version = 1")
+
+    upgraded = PostgresBackend(url)
+    try:
+        assert sql(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert set(WEBHOOK_TABLES) <= tables(url)
+        assert upgraded.log.read_all() == recorded
+        with upgraded.log.transaction() as tx:
+            assert upgraded.webhooks.count_failure(tx, "wh1", True) == 1
+    finally:
+        upgraded.close()
+
+
+def test_a_backup_copies_every_table(backend, url):
+    """``transfer.TABLES`` names each table of the schema (a table added to the schema and not
+    to the backup would be left out of every backup)."""
+    assert tables(url) - {"schema_version"} == set(TABLES)
 
 
 def test_the_write_connection_commits_synchronously_whatever_the_default(url):
