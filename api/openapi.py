@@ -15,7 +15,8 @@ DESCRIPTIONS = {
     "task's status does not allow",
     401: "No API key, or an unknown or revoked one",
     403: "The key's role may not do this",
-    404: "Task not found (missing, deleted, expired, or another owner's)",
+    404: "Task not found (missing, deleted, expired, or another owner's); for the webhook "
+    "routes, the subscription or delivery (missing, deleted, or another owner's)",
     409: "The worker does not hold the task's lease",
     413: "Request body is too large",
     422: "Idempotency-Key was already used with a different request",

@@ -43,6 +43,7 @@ EVERY_COMMAND = [
     "serve",
     "tail",
     "verify",
+    "webhooks",
     "worker",
 ]
 
@@ -93,6 +94,9 @@ def test_the_command_line_has_the_commands_the_issues_ask_for():
         "export",
         "import",
         "backup",
+        "webhooks list",
+        "webhooks deliveries",
+        "webhooks retry",
     } <= names
 
 

@@ -70,6 +70,13 @@ OPERATIONS = [
     ("POST", "/api/v1/task/{task_id}/release"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/events/stream"),
+    ("POST", "/api/v1/webhooks"),
+    ("GET", "/api/v1/webhooks"),
+    ("GET", "/api/v1/webhooks/{webhook_id}"),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"),
+    ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"),
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"),
+    ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
 ]
 
 #: Requests sent and failures found, over the whole module.
