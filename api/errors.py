@@ -22,12 +22,15 @@ from ledger.errors import (
     TaskNotFound,
 )
 from ledger.handler import NothingToDo
+from ledger.webhooks import WebhookExists, WebhookNotFound
 
 log = structlog.get_logger("taskledger.api")
 
 #: The status code of each error class; the body is the error's message.
 STATUS: dict[type[BaseException], int] = {
     TaskNotFound: 404,
+    WebhookNotFound: 404,
+    WebhookExists: 409,
     InvalidTransition: 400,
     TaskAlreadyExists: 409,
     LeaseLost: 409,
