@@ -301,9 +301,11 @@ class SqliteWebhooks:
     def retry_delivery(
         self, tx: sqlite3.Connection, delivery_id: str, at: datetime
     ) -> Delivery | None:
+        # A lease still running is kept: the attempt in flight is not sent a second time at
+        # once, and its holder's finish_attempt still counts.
         tx.execute(
-            "UPDATE webhook_deliveries SET status = ?, next_attempt_at = ?, finished_at = NULL,"
-            " lease_holder = NULL, lease_until = NULL WHERE delivery_id = ?",
+            "UPDATE webhook_deliveries SET status = ?, next_attempt_at = ?, finished_at = NULL"
+            " WHERE delivery_id = ?",
             (PENDING, codec.timestamp(at), delivery_id),
         )
         return self.get_delivery(delivery_id, tx=tx)
