@@ -157,3 +157,24 @@ def test_retry_sends_a_failed_delivery_again_with_the_same_id(hook_server, recei
         assert crossed.status_code == 404, crossed.text
         for h in (hook, other):
             user.delete(f"/webhooks/{h['id']}")
+
+
+def test_a_retry_while_an_attempt_is_in_flight_never_sends_it_twice_at_once(hook_server, receiver):
+    """Retry asked for while the dispatcher is still waiting for the receiver's answer: the
+    delivery stays the in-flight attempt's (its lease is not taken from it), so the receiver
+    never has two requests of one webhook-id at once, and every request it got is an attempt
+    in the delivery's log."""
+    receiver.delay = 1.0
+    with api(hook_server, new_owner_key(hook_server)) as user:
+        hook = subscribe(user, receiver.url, events=["task.created"])
+        task_id = create_task(user)
+        first = wait_for(lambda: of_task(receiver, task_id), timeout=30, what="a request")[0]
+        assert receiver.in_progress[first.webhook_id] == 1
+        answer = user.post(f"/webhooks/{hook['id']}/deliveries/{first.webhook_id}/retry")
+        assert answer.status_code == 202, answer.text
+        d = wait_delivery(user, hook["id"], task_id, finished, what="the delivery to finish")
+        receiver.delay = 0
+        assert d["status"] == "succeeded"
+        assert receiver.most_at_once == 1
+        assert len(of_task(receiver, task_id)) == d["attempts"] == len(d["attempt_log"])
+        user.delete(f"/webhooks/{hook['id']}")
