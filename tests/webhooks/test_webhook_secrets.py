@@ -154,3 +154,26 @@ def test_rotating_the_default_secret(hook_server, receiver):
         Webhook(old).verify(got.body, got.headers)
         # Cancelled, so no task is left waiting for a worker in this module.
         assert user.get(f"/task/{task_id}/cancel").status_code == 200
+
+
+def test_a_deleted_tasks_webhook_is_sent_and_verifies(hook_server, keys, receiver):
+    """task.deleted: the body is the task as it was right after its deletion (its blobs are
+    purged by then)."""
+    with api(hook_server, new_owner_key(hook_server)) as user:
+        hook = subscribe(user, receiver.url, events=["task.succeeded", "task.deleted"])
+        task_id = create_task(user)
+        with api(hook_server, keys["worker"]) as worker:
+            claimed = worker.post("/worker/claim", json={"worker_id": "w-del"})
+            assert claimed.status_code == 200, claimed.text
+            assert claimed.json()["task_id"] == task_id
+            done = worker.post(
+                f"/task/{task_id}/complete", json={"worker_id": "w-del", "output": chunkr_output()}
+            )
+            assert done.status_code == 200, done.text
+        assert user.delete(f"/task/{task_id}").status_code == 200
+        d = wait_delivery(user, hook["id"], task_id, finished, event="task.deleted")
+        assert d["status"] == "succeeded", d
+        got = of_task(receiver, task_id)
+        types = [Webhook(hook["secret"]).verify(r.body, r.headers)["type"] for r in got]
+        assert types == ["task.succeeded", "task.deleted"]
+        user.delete(f"/webhooks/{hook['id']}")
