@@ -70,8 +70,14 @@ def test_created_claimed_completed_arrive_in_order_and_verify(hook_server, keys,
         assert len({r.webhook_id for r in got}) == 3
         # Nothing more for this task: exactly the three.
         assert len([r for r in receiver.requests() if r.json()["data"]["task_id"] == task_id]) == 3
-        pages = alice.get(f"/webhooks/{hook['id']}/deliveries").json()["deliveries"]
-        mine = [d for d in pages if d["task_id"] == task_id]
+
+        # The receiver answers before the dispatcher records the attempt: wait for the record.
+        def recorded():
+            pages = alice.get(f"/webhooks/{hook['id']}/deliveries").json()["deliveries"]
+            found = [d for d in pages if d["task_id"] == task_id]
+            return found if all(d["status"] != "pending" for d in found) else None
+
+        mine = wait_for(recorded, timeout=20, what="the attempts recorded")
         assert [d["status"] for d in mine] == ["succeeded"] * 3
         assert [d["id"] for d in mine] == [r.webhook_id for r in got]
         assert all(d["attempt_log"][0]["status_code"] == 200 for d in mine)
