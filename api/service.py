@@ -34,6 +34,7 @@ from ledger.errors import TaskNotFound
 from ledger.events import EVENT_TAGS, SUCCEEDED, blob_ref
 from ledger.log import FeedQuery, RecordedEvent, TaskQuery
 from ledger.state import TaskState
+from ledger.webhooks import WEBHOOK_EVENT_TAGS
 
 P = TypeVar("P")
 
@@ -548,9 +549,10 @@ class TaskLedger(LinkCases, WorkerCases, WebhookCases):
 
     @staticmethod
     def _check_types(types: Sequence[str]) -> None:
-        unknown = sorted(set(types) - set(EVENT_TAGS))
+        known = (*EVENT_TAGS, *WEBHOOK_EVENT_TAGS)
+        unknown = sorted(set(types) - set(known))
         if unknown:
-            raise BadRequest(f"Unknown event type {unknown[0]!r}; known: {', '.join(EVENT_TAGS)}")
+            raise BadRequest(f"Unknown event type {unknown[0]!r}; known: {', '.join(known)}")
 
     def _feed_page(
         self, grant: Grant, after: int, limit: int, types: tuple[str, ...], task_id: str | None

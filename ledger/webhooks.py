@@ -96,6 +96,13 @@ class WebhookDeleted(WebhookEvent, tag="webhook_deleted"):
 
 
 AnyWebhookEvent = WebhookCreated | WebhookSecretRotated | WebhookDisabled | WebhookDeleted
+#: The stored tags of a subscription's events.
+WEBHOOK_EVENT_TAGS: tuple[str, ...] = (
+    "webhook_created",
+    "webhook_secret_rotated",
+    "webhook_disabled",
+    "webhook_deleted",
+)
 
 
 # -- commands ---------------------------------------------------------------------------------

@@ -455,3 +455,10 @@ def test_a_private_url_passes_only_with_the_flag(url, allowed):
 def test_a_url_is_refused_whatever_the_flag(url):
     with pytest.raises(BadRequest, match="Webhook URL refused"):
         asyncio.run(check_webhook_url(url, allow_private=True))
+
+
+def test_the_webhook_event_tags_are_the_union_s_tags():
+    from ledger.events import tag_of
+    from ledger.webhooks import WEBHOOK_EVENT_TAGS, AnyWebhookEvent
+
+    assert WEBHOOK_EVENT_TAGS == tuple(tag_of(t) for t in AnyWebhookEvent.__args__)

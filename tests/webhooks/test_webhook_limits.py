@@ -93,6 +93,11 @@ def test_a_run_of_failed_deliveries_disables_the_subscription(limited, receiver)
         assert history[1]["task_id"] is None
         assert history[1]["actor"] == {"key_id": None, "role": "system"}
         assert history[1]["data"]["reason"] == "2 deliveries in a row failed"
+        # The feed's type filter knows the subscriptions' event types too.
+        typed = admin.get("/events", params={"type": "webhook_disabled", "limit": 1000})
+        assert typed.status_code == 200, typed.text
+        assert failing["id"] in {e.get("webhook_id") for e in typed.json()["events"]}
+        assert {e["type"] for e in typed.json()["events"]} == {"webhook_disabled"}
         # Still listed, as disabled; the control is untouched.
         listed = {h["id"]: h for h in user.get("/webhooks").json()["webhooks"]}
         assert listed[failing["id"]]["status"] == "disabled"
