@@ -15,12 +15,12 @@ streamed). What a download is held to:
 - unless ``allow_private``: no loopback, private, link-local, shared, multicast, reserved or
   unspecified address, IPv4 or IPv6 (an IPv6 address that carries an IPv4 one, mapped, NAT64
   or 6to4, is judged by the IPv4 address). The check is made where the connection is made: the
-  connection pool's network backend (``CheckedBackend``) resolves the host itself, checks every
+  connection pool's network backend (``_CheckedBackend``) resolves the host itself, checks every
   address it resolves to, and connects to a checked address, so a second DNS answer (DNS
   rebinding) never reaches a socket. The request still names the URL's host (the ``Host``
   header, and the TLS server name and certificate check, which httpcore takes from the URL).
 
-No cookie is kept (``NoCookies``): the client is shared by every caller's downloads. The file's
+No cookie is kept (``_NoCookies``): the client is shared by every caller's downloads. The file's
 name is taken from ``Content-Disposition`` (``filename*`` first, then ``filename``) or else the
 last segment of the final URL's path, made a plain file name (``clean_file_name``).
 
@@ -144,19 +144,15 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-class CheckedBackend(httpcore.AsyncNetworkBackend):
+class _CheckedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, resolving the host itself: every address is checked, then
     the connection is made to a checked address (tried in the resolver's order). The TLS
     handshake that follows still names the URL's host (httpcore passes it to ``start_tls``)."""
 
-    def __init__(
-        self, *, allow_private: bool, resolve: Resolver, flag: str = "--allow-private-fetch"
-    ) -> None:
+    def __init__(self, *, allow_private: bool, resolve: Resolver) -> None:
         self._inner = httpcore.AnyIOBackend()
         self._allow_private = allow_private
         self._resolve = resolve
-        #: The ``serve`` flag a refusal names (the one that would allow the address).
-        self._flag = flag
 
     async def connect_tcp(
         self,
@@ -180,7 +176,8 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
                     else f"{host} resolves to a private address ({address}, {kind})"
                 )
                 raise DownloadFailed(
-                    f"{where}; the server refuses such URLs unless started with {self._flag}"
+                    f"{where}; the server refuses such URLs unless started with "
+                    "--allow-private-fetch"
                 )
         failure: httpcore.ConnectError | None = None
         for address in addresses:
@@ -206,25 +203,24 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class CheckedTransport(httpx.AsyncHTTPTransport):
+class _CheckedTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport (its request, response and error mapping), its connection pool
-    built with ``CheckedBackend``: httpx takes no network backend, httpcore's pool does. By
-    default no connection is kept alive: a download is a one-off, and a pooled connection to a
-    host some caller chose is nothing to keep. The webhook dispatcher keeps ``keep_alive`` (it
-    posts to the same receivers again and again; each address was checked when connected)."""
+    built with ``_CheckedBackend``: httpx takes no network backend, httpcore's pool does. No
+    connection is kept alive: a download is a one-off, and a pooled connection to a host some
+    caller chose is nothing to keep."""
 
-    def __init__(self, backend: CheckedBackend, *, keep_alive: int = 0) -> None:
+    def __init__(self, backend: _CheckedBackend) -> None:
         ssl_context = httpx.create_ssl_context(trust_env=False)
         super().__init__(verify=ssl_context, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
             max_connections=100,
-            max_keepalive_connections=keep_alive,
+            max_keepalive_connections=0,
             network_backend=backend,
         )
 
 
-class NoCookies(CookieJar):
+class _NoCookies(CookieJar):
     """A cookie jar that keeps nothing: one caller's download never sends another's cookies."""
 
     def set_cookie(self, cookie: Cookie) -> None:
@@ -352,9 +348,9 @@ class UrlFetcher:
 
     def _client_now(self) -> httpx.AsyncClient:
         if self._client is None:
-            backend = CheckedBackend(allow_private=self.allow_private, resolve=self._resolve)
+            backend = _CheckedBackend(allow_private=self.allow_private, resolve=self._resolve)
             self._client = httpx.AsyncClient(
-                transport=CheckedTransport(backend),
+                transport=_CheckedTransport(backend),
                 headers={
                     "User-Agent": f"taskledger/{__version__}",
                     "Accept": "*/*",
@@ -362,7 +358,7 @@ class UrlFetcher:
                     # could turn a small compressed body into far more than max_bytes at once.
                     "Accept-Encoding": "identity",
                 },
-                cookies=NoCookies(),
+                cookies=_NoCookies(),
                 timeout=self.timeout,
                 follow_redirects=False,
                 trust_env=False,
