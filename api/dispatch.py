@@ -26,6 +26,13 @@ without its deliveries. The dispatcher:
    6 h (times ``webhook_backoff_scale``, +-20% jitter) until ``webhook_max_attempts``; any other
    answer fails it at once. A subscription whose last ``webhook_disable_after`` deliveries all
    failed is disabled (a ``webhook_disabled`` event, with the reason).
+
+Webhooks are background work: while the API is busy (the writer's last batch held several
+commands, or more wait), the dispatcher starts no post once it has used SHARE of a core (its
+own thread's CPU and its chores' on the writer's) over the last WINDOW seconds. Deliveries then
+fall behind for as long as the load lasts and catch up as it eases, and the requests keep the
+process: on two cores, sending a webhook for every create as it happens took a third of the
+creates a second (BENCHMARKS.md, "Webhooks").
 """
 
 from __future__ import annotations
@@ -68,6 +75,10 @@ RESPONSE_READ = 64 * 1024
 RESPONSE_KEPT = 1024
 #: The longest the dispatcher waits between two looks for due deliveries.
 LOOK_EVERY = 1.0
+#: While the API is busy, the share of one core the dispatcher's thread may use, measured over
+#: windows of WINDOW seconds.
+SHARE = 0.1
+WINDOW = 0.5
 
 
 def retry_delay(attempts: int, scale: float = 1.0, rand: float | None = None) -> float:
@@ -105,6 +116,9 @@ class Dispatcher:
         #: batch of deliveries, not once per delivery).
         self._known: dict[str, tuple[Any, Any]] = {}
         self._base_url = service.webhook_base_url()
+        self._window = (time.monotonic(), time.thread_time())
+        #: CPU its chores took on the writer's thread (counted in its share too).
+        self._chore_cpu = 0.0
         self._seen_outbox = 0
         #: Attempts made and deliveries delivered by this process (for tests and the bench).
         self.attempts = 0
@@ -160,7 +174,7 @@ class Dispatcher:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    free = self.concurrency - len(inflight)
+                    free = self._places() - len(inflight)
                     leased = await self._cycle(free)
                     for delivery in leased:
                         task = asyncio.create_task(self._attempt(client, delivery))
@@ -202,6 +216,20 @@ class Dispatcher:
             await asyncio.to_thread(self._disable, webhook_id, failures)
         return leased
 
+    def _places(self) -> int:
+        """Posts this process may start now: all of ``webhook_concurrency``; but while the API
+        is busy (the writer's batches hold several commands) none once this thread has used
+        more than SHARE of the time since the window began: webhooks are background work,
+        and yield the process to the requests."""
+        now, cpu = time.monotonic(), time.thread_time() + self._chore_cpu
+        if now - self._window[0] > WINDOW:
+            self._window = (now, cpu)
+        if self.service.writer.busy:
+            used = (cpu - self._window[1]) / max(now - self._window[0], 1e-3)
+            if used > SHARE:
+                return 0
+        return self.concurrency
+
     def _idle_wait(self) -> float:
         """With nothing in flight: seconds until the next delivery is due (a retry's time),
         at most LOOK_EVERY, at least a twentieth of a second."""
@@ -216,14 +244,18 @@ class Dispatcher:
     ) -> tuple[list[Delivery], list[tuple[str, int]]]:
         """In the writer's transaction: the attempts that ended, then the deliveries leased;
         returns those and the subscriptions to disable."""
-        disable = self._record(tx, done)
-        if not want:
-            return [], disable
-        at = self.service.clock()
-        leased = self.service.store.webhooks.lease_deliveries(
-            tx, at, self.holder, at + self.lease, want
-        )
-        return leased, disable
+        started = time.thread_time()
+        try:
+            disable = self._record(tx, done)
+            if not want:
+                return [], disable
+            at = self.service.clock()
+            leased = self.service.store.webhooks.lease_deliveries(
+                tx, at, self.holder, at + self.lease, want
+            )
+            return leased, disable
+        finally:
+            self._chore_cpu += time.thread_time() - started
 
     def _record(self, tx: Any, done: list[Attempted]) -> list[tuple[str, int]]:
         """The attempts that ended; the subscriptions to disable."""

@@ -36,6 +36,7 @@ class Writer:
         #: Batches committed and commands in them, for the benchmark and tests.
         self.batches = 0
         self.commands = 0
+        self.busy = False
         self._listeners: list[Callable[[Sequence[Any]], None]] = []
 
     def listen(self, listener: Callable[[Sequence[Any]], None]) -> None:
@@ -102,6 +103,9 @@ class Writer:
             except BaseException as exc:
                 results = [exc] * len(batch)
             self.batches += 1
+            #: Whether commands are coming in faster than one at a time (the last batch held
+            #: several, or more wait): the API is busy, and background work yields to it.
+            self.busy = len(batch) > 1 or not self._queue.empty()
             self.commands += len(batch)
             on_loops: list[tuple[asyncio.Future, Any, bool]] = []
             for (_, future), result in zip(batch, results, strict=True):

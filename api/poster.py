@@ -2,7 +2,7 @@
 keep-alive connections per origin.
 
 The dispatcher posts the same small request to the same few receivers again and again, and
-does it in the server's own process. Through httpx that cost about 1.2 ms of CPU a request
+does it in the server's own process. Through httpx that cost 1.2-1.7 ms of CPU a request
 here, against about 0.1 ms this way (``python -m scripts.bench_posting``, side by side in one
 run): httpx's generality (auth, redirects, cookies, AnyIO, a pool that asks every idle
 connection's socket for its whole attribute table before each request) is paid for by every
