@@ -192,3 +192,29 @@ def test_the_profile_script_reports_where_a_create_goes_on_postgres(capsys):
     assert "eventsourcing create on PostgreSQL" in out
     assert "handler alone on PostgreSQL" in out
     assert "statements:" in out and "answers waited for:" in out
+
+
+def test_the_webhook_benchmark_delivers_every_webhook_and_reports_both_rates(tmp_path):
+    from scripts import bench_webhooks
+
+    throughput = bench_webhooks.throughput(tmp_path, 30)
+    assert throughput["completed"] == 30
+    assert throughput["delivered"] == 30  # one task.succeeded per task, each received
+    assert throughput["last_delivery_after_last_completion_s"] is not None
+    rates = bench_webhooks.create_rate(tmp_path, 0.5, 1)
+    assert rates["creates_per_s_with"][0] > 0 and rates["creates_per_s_without"][0] > 0
+    # Every create with the subscription was delivered before the round without it began.
+    assert rates["deliveries_received"] == rates["deliveries_expected"] > 0
+    assert rates["ratio_with_to_without"] is not None
+
+
+def test_the_posting_benchmark_runs_both_clients(capsys):
+    from click.testing import CliRunner
+
+    from scripts import bench_posting
+
+    result = CliRunner().invoke(bench_posting.main, ["--posts", "40", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[2] for line in lines] == ["httpx", "api.poster"]
+    assert all("us CPU per post" in line for line in lines)
