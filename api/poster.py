@@ -261,7 +261,13 @@ class Poster:
         except BaseException:  # a timeout or a cancellation: the connection is in mid-request
             connection.close()
             raise
-        if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
+        # h11 ends an answer whose body runs to the connection's end (no Content-Length, not
+        # chunked) in DONE, as if the connection could be used again: it cannot.
+        if (
+            protocol.our_state is h11.DONE
+            and protocol.their_state is h11.DONE
+            and not connection.reader.at_eof()
+        ):
             protocol.start_next_cycle()
             self._keep(origin, connection)
         else:
