@@ -568,8 +568,9 @@ class Backend(Protocol):
 
     def export_records(self) -> Iterator[dict[str, object]]:
         """The whole log as records: a header, every stored event, every blob and blob
-        reference, and a footer (event count and last hash) to tell a whole export from one
-        cut short."""
+        reference, every API key (hashed), the webhooks' secrets, deliveries (not leased),
+        attempts and failure runs, and a footer (event count and last hash) to tell a whole
+        export from one cut short (see ``ledger.transfer``)."""
         ...
 
     def import_records(

@@ -1,7 +1,7 @@
 """What both backends' tables hold and how it follows from the domain, so each writes and reads
 it the same way: a ``tasks`` row's query columns (from its state), an ``events`` row (read
-back as a recorded or stored event; made, hash chained, by ``chain_events``), and a
-``webhook_deliveries`` row."""
+back as a recorded or stored event; made, hash chained, by ``chain_events``), and the
+``webhook_secrets``, ``webhook_deliveries`` and ``webhook_attempts`` rows."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from ledger.chain import chain_hash
 from ledger.codec import LogEvent
 from ledger.decider import visible_until
 from ledger.events import PROCESSING, tag_of
-from ledger.log import Actor, Delivery, Envelope, RecordedEvent, StoredEvent
+from ledger.log import (
+    Actor,
+    Delivery,
+    DeliveryAttempt,
+    Envelope,
+    RecordedEvent,
+    StoredEvent,
+    WebhookSecrets,
+)
 from ledger.state import TaskState
 
 #: The query columns of a ``tasks`` row, in the order ``query_columns`` gives their values.
@@ -237,3 +245,50 @@ def delivery_params(d: Delivery) -> tuple[object, ...]:
         d.last_error,
         timestamp(d.finished_at),
     )
+
+
+#: The columns of a ``webhook_attempts`` row that make a ``DeliveryAttempt`` (its delivery's id
+#: aside), in the order ``row_to_attempt`` reads them.
+ATTEMPT_COLUMNS = "attempt, at, duration_ms, status_code, error, response"
+
+
+def row_to_attempt(row: Sequence[object]) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        attempt=row[0],  # type: ignore[arg-type]
+        at=codec.parse_timestamp(row[1]),  # type: ignore[arg-type]
+        duration_ms=row[2],  # type: ignore[arg-type]
+        status_code=row[3],  # type: ignore[arg-type]
+        error=row[4],  # type: ignore[arg-type]
+        response=row[5],  # type: ignore[arg-type]
+    )
+
+
+def attempt_params(delivery_id: str, a: DeliveryAttempt) -> tuple[object, ...]:
+    """The values of ``delivery_id, ATTEMPT_COLUMNS`` for ``a``."""
+    return (
+        delivery_id,
+        a.attempt,
+        codec.timestamp(a.at),
+        a.duration_ms,
+        a.status_code,
+        stored_text(a.error),
+        stored_text(a.response),
+    )
+
+
+#: The columns of a ``webhook_secrets`` row that make ``WebhookSecrets`` (its subscription's id
+#: aside), in the order ``row_to_secrets`` reads them.
+SECRET_COLUMNS = "secret, previous, previous_until"
+
+
+def row_to_secrets(row: Sequence[object]) -> WebhookSecrets:
+    return WebhookSecrets(
+        secret=row[0],  # type: ignore[arg-type]
+        previous=row[1],  # type: ignore[arg-type]
+        previous_until=parse_timestamp(row[2]),  # type: ignore[arg-type]
+    )
+
+
+def secrets_params(webhook_id: str, s: WebhookSecrets) -> tuple[object, ...]:
+    """The values of ``webhook_id, SECRET_COLUMNS`` for ``s``."""
+    return (webhook_id, s.secret, s.previous, timestamp(s.previous_until))

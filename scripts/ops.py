@@ -337,14 +337,17 @@ def rebuild(db_path: Database | None) -> None:
     help="Write here instead of stdout.",
 )
 def export(db_path: Database | None, output: Path | None) -> None:
-    """Write the whole log (events with envelopes and hashes, blobs) as JSON lines.
+    """Write the whole log (events with envelopes and hashes, blobs, the API keys' hashes, the
+    webhooks' signing secrets and deliveries) as JSON lines. It holds the signing secrets in the
+    clear: keep it private (--output creates the file 0600).
 
     Example:
 
         taskledger export --db ./taskledger.db > events.jsonl
     """
     store = open_store(db_path)
-    # The export holds every input and output: a file of it is its owner's alone (0600).
+    # The export holds every input and output and the webhooks' signing secrets: a file of it
+    # is its owner's alone (0600).
     out = (
         open(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
         if output
@@ -367,7 +370,8 @@ def export(db_path: Database | None, output: Path | None) -> None:
 def import_(db_path: Database | None, source: Any) -> None:
     """Load an export (a file, or standard input when SOURCE is left out or is -) into a new
     database, checking the hash chain; then build the projections. The export's API keys
-    (their hashes) come along, so the same keys work on the new database.
+    (their hashes) come along, so the same keys work on the new database, and so do the
+    webhooks' signing secrets and deliveries (those not yet sent go out from the new one).
 
     Refuses (and writes nothing) if the chain is broken or the database already has events.
 

@@ -12,9 +12,21 @@ import psycopg
 
 from ledger import transfer
 from ledger.errors import ImportRefused
-from ledger.log import KeyRecord, StoredEvent
+from ledger.log import Delivery, DeliveryAttempt, KeyRecord, StoredEvent, WebhookSecrets
 from ledger.postgres.log import PostgresLog
 from ledger.postgres.records import insert_key
+from ledger.postgres.webhooks import DELIVERY_PLACEHOLDERS
+from ledger.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    SECRET_COLUMNS,
+    attempt_params,
+    delivery_params,
+    row_to_attempt,
+    row_to_delivery,
+    row_to_secrets,
+    secrets_params,
+)
 
 
 class _Source:
@@ -47,6 +59,35 @@ class _Source:
             )
             yield record, key_hash
 
+    def webhook_secrets(self) -> Iterator[tuple[str, WebhookSecrets]]:
+        for row in self._log.walk(
+            f"SELECT webhook_id, {SECRET_COLUMNS} FROM webhook_secrets ORDER BY webhook_id",
+            tx=self._conn,
+        ):
+            yield row[0], row_to_secrets(row[1:])
+
+    def deliveries(self) -> Iterator[Delivery]:
+        for row in self._log.walk(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries ORDER BY delivery_id",
+            tx=self._conn,
+        ):
+            yield row_to_delivery(row)
+
+    def delivery_attempts(self) -> Iterator[tuple[str, DeliveryAttempt]]:
+        for row in self._log.walk(
+            f"SELECT delivery_id, {ATTEMPT_COLUMNS} FROM webhook_attempts"
+            " ORDER BY delivery_id, attempt",
+            tx=self._conn,
+        ):
+            yield row[0], row_to_attempt(row[1:])
+
+    def webhook_health(self) -> Iterator[tuple[str, int]]:
+        rows = self._log.walk(
+            "SELECT webhook_id, consecutive_failures FROM webhook_health ORDER BY webhook_id",
+            tx=self._conn,
+        )
+        yield from ((row[0], row[1]) for row in rows)
+
 
 class _Sink:
     def __init__(self, log: PostgresLog) -> None:
@@ -74,6 +115,60 @@ class _Sink:
     def insert_key(self, tx: psycopg.Connection, record: KeyRecord, key_hash: str) -> None:
         if not insert_key(tx, record, key_hash):
             raise ImportRefused(f"The target database already has a key with id {record.key_id}")
+
+    # Each insert reads its answer at once (``RETURNING``), so a taken id is refused here, not
+    # at a later statement of a pipeline.
+
+    def insert_webhook_secrets(
+        self, tx: psycopg.Connection, webhook_id: str, secrets: WebhookSecrets
+    ) -> None:
+        added = tx.execute(
+            f"INSERT INTO webhook_secrets (webhook_id, {SECRET_COLUMNS})"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (webhook_id) DO NOTHING RETURNING 1",
+            secrets_params(webhook_id, secrets),
+        ).fetchone()
+        if added is None:
+            raise ImportRefused(f"The target database already has secrets for webhook {webhook_id}")
+
+    def insert_delivery(self, tx: psycopg.Connection, delivery: Delivery) -> None:
+        # Not leased (lease_holder and lease_until are left NULL): whoever imports sends it.
+        added = tx.execute(
+            f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES ({DELIVERY_PLACEHOLDERS})"
+            " ON CONFLICT (delivery_id) DO NOTHING RETURNING 1",
+            delivery_params(delivery),
+        ).fetchone()
+        if added is None:
+            raise ImportRefused(
+                f"The target database already has a delivery with id {delivery.delivery_id}"
+            )
+
+    def insert_delivery_attempt(
+        self, tx: psycopg.Connection, delivery_id: str, attempt: DeliveryAttempt
+    ) -> None:
+        added = tx.execute(
+            f"INSERT INTO webhook_attempts (delivery_id, {ATTEMPT_COLUMNS})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (delivery_id, attempt) DO NOTHING RETURNING 1",
+            attempt_params(delivery_id, attempt),
+        ).fetchone()
+        if added is None:
+            raise ImportRefused(
+                f"The target database already has attempt {attempt.attempt} of delivery"
+                f" {delivery_id}"
+            )
+
+    def insert_webhook_health(
+        self, tx: psycopg.Connection, webhook_id: str, consecutive_failures: int
+    ) -> None:
+        added = tx.execute(
+            "INSERT INTO webhook_health (webhook_id, consecutive_failures) VALUES (%s, %s)"
+            " ON CONFLICT (webhook_id) DO NOTHING RETURNING 1",
+            (webhook_id, consecutive_failures),
+        ).fetchone()
+        if added is None:
+            raise ImportRefused(
+                f"The target database already has a failure count for webhook {webhook_id}"
+            )
 
 
 def export_records(log: PostgresLog) -> Iterator[dict[str, object]]:

@@ -19,7 +19,16 @@ import psycopg
 from ledger import codec
 from ledger.log import PENDING, Delivery, DeliveryAttempt, WebhookSecrets
 from ledger.postgres.log import PostgresLog
-from ledger.rows import DELIVERY_COLUMNS, delivery_params, row_to_delivery, stored_text
+from ledger.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    SECRET_COLUMNS,
+    delivery_params,
+    row_to_attempt,
+    row_to_delivery,
+    row_to_secrets,
+    stored_text,
+)
 from ledger.rows import parse_timestamp as _parse
 from ledger.rows import timestamp as _time
 from ledger.webhooks import ACTIVE, DELETED, WebhookState
@@ -115,13 +124,11 @@ class PostgresWebhooks:
         self, webhook_id: str, *, tx: psycopg.Connection | None = None
     ) -> WebhookSecrets | None:
         row = self._log.fetchone(
-            "SELECT secret, previous, previous_until FROM webhook_secrets WHERE webhook_id = %s",
+            f"SELECT {SECRET_COLUMNS} FROM webhook_secrets WHERE webhook_id = %s",
             (webhook_id,),
             tx=tx,
         )
-        if row is None:
-            return None
-        return WebhookSecrets(secret=row[0], previous=row[1], previous_until=_parse(row[2]))
+        return row_to_secrets(row) if row is not None else None
 
     # -- deliveries -------------------------------------------------------------------------
 
@@ -252,22 +259,12 @@ class PostgresWebhooks:
         self, delivery_id: str, *, tx: psycopg.Connection | None = None
     ) -> list[DeliveryAttempt]:
         rows = self._log.fetchall(
-            "SELECT attempt, at, duration_ms, status_code, error, response FROM webhook_attempts"
+            f"SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts"
             " WHERE delivery_id = %s ORDER BY attempt",
             (delivery_id,),
             tx=tx,
         )
-        return [
-            DeliveryAttempt(
-                attempt=r[0],
-                at=codec.parse_timestamp(r[1]),
-                duration_ms=r[2],
-                status_code=r[3],
-                error=r[4],
-                response=r[5],
-            )
-            for r in rows
-        ]
+        return [row_to_attempt(r) for r in rows]
 
     def count_failure(self, tx: psycopg.Connection, webhook_id: str, failed: bool) -> int:
         if not failed:

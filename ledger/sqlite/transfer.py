@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING
 
 from ledger import transfer
 from ledger.errors import ImportRefused
-from ledger.log import KeyRecord, StoredEvent
+from ledger.log import Delivery, DeliveryAttempt, KeyRecord, StoredEvent, WebhookSecrets
+from ledger.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    SECRET_COLUMNS,
+    attempt_params,
+    delivery_params,
+    row_to_attempt,
+    row_to_delivery,
+    row_to_secrets,
+    secrets_params,
+)
 from ledger.sqlite.connection import connect, create_private
 
 if TYPE_CHECKING:
@@ -44,6 +55,30 @@ class _Source:
                 key_id=key_id, owner=owner, role=role, created_at=created_at, revoked_at=revoked_at
             )
             yield record, key_hash
+
+    def webhook_secrets(self) -> Iterator[tuple[str, WebhookSecrets]]:
+        for row in self._conn.execute(
+            f"SELECT webhook_id, {SECRET_COLUMNS} FROM webhook_secrets ORDER BY webhook_id"
+        ):
+            yield row[0], row_to_secrets(row[1:])
+
+    def deliveries(self) -> Iterator[Delivery]:
+        for row in self._conn.execute(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries ORDER BY delivery_id"
+        ):
+            yield row_to_delivery(row)
+
+    def delivery_attempts(self) -> Iterator[tuple[str, DeliveryAttempt]]:
+        for row in self._conn.execute(
+            f"SELECT delivery_id, {ATTEMPT_COLUMNS} FROM webhook_attempts"
+            " ORDER BY delivery_id, attempt"
+        ):
+            yield row[0], row_to_attempt(row[1:])
+
+    def webhook_health(self) -> Iterator[tuple[str, int]]:
+        yield from self._conn.execute(
+            "SELECT webhook_id, consecutive_failures FROM webhook_health ORDER BY webhook_id"
+        )
 
 
 class _Sink:
@@ -84,6 +119,60 @@ class _Sink:
         except sqlite3.IntegrityError:
             raise ImportRefused(
                 f"The target database already has a key with id {record.key_id}"
+            ) from None
+
+    def insert_webhook_secrets(
+        self, tx: sqlite3.Connection, webhook_id: str, secrets: WebhookSecrets
+    ) -> None:
+        try:
+            tx.execute(
+                f"INSERT INTO webhook_secrets (webhook_id, {SECRET_COLUMNS}) VALUES (?, ?, ?, ?)",
+                secrets_params(webhook_id, secrets),
+            )
+        except sqlite3.IntegrityError:
+            raise ImportRefused(
+                f"The target database already has secrets for webhook {webhook_id}"
+            ) from None
+
+    def insert_delivery(self, tx: sqlite3.Connection, delivery: Delivery) -> None:
+        # Not leased (lease_holder and lease_until are left NULL): whoever imports sends it.
+        marks = ", ".join("?" * len(DELIVERY_COLUMNS.split(",")))
+        try:
+            tx.execute(
+                f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES ({marks})",
+                delivery_params(delivery),
+            )
+        except sqlite3.IntegrityError:
+            raise ImportRefused(
+                f"The target database already has a delivery with id {delivery.delivery_id}"
+            ) from None
+
+    def insert_delivery_attempt(
+        self, tx: sqlite3.Connection, delivery_id: str, attempt: DeliveryAttempt
+    ) -> None:
+        try:
+            tx.execute(
+                f"INSERT INTO webhook_attempts (delivery_id, {ATTEMPT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                attempt_params(delivery_id, attempt),
+            )
+        except sqlite3.IntegrityError:
+            raise ImportRefused(
+                f"The target database already has attempt {attempt.attempt} of delivery"
+                f" {delivery_id}"
+            ) from None
+
+    def insert_webhook_health(
+        self, tx: sqlite3.Connection, webhook_id: str, consecutive_failures: int
+    ) -> None:
+        try:
+            tx.execute(
+                "INSERT INTO webhook_health (webhook_id, consecutive_failures) VALUES (?, ?)",
+                (webhook_id, consecutive_failures),
+            )
+        except sqlite3.IntegrityError:
+            raise ImportRefused(
+                f"The target database already has a failure count for webhook {webhook_id}"
             ) from None
 
 

@@ -17,7 +17,16 @@ import msgspec
 
 from ledger import codec
 from ledger.log import PENDING, Delivery, DeliveryAttempt, WebhookSecrets
-from ledger.rows import DELIVERY_COLUMNS, delivery_params, row_to_delivery, stored_text
+from ledger.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    SECRET_COLUMNS,
+    delivery_params,
+    row_to_attempt,
+    row_to_delivery,
+    row_to_secrets,
+    stored_text,
+)
 from ledger.rows import parse_timestamp as _parse
 from ledger.rows import timestamp as _time
 from ledger.sqlite.log import SqliteLog
@@ -163,14 +172,12 @@ class SqliteWebhooks:
         row = (
             self._conn(tx)
             .execute(
-                "SELECT secret, previous, previous_until FROM webhook_secrets WHERE webhook_id = ?",
+                f"SELECT {SECRET_COLUMNS} FROM webhook_secrets WHERE webhook_id = ?",
                 (webhook_id,),
             )
             .fetchone()
         )
-        if row is None:
-            return None
-        return WebhookSecrets(secret=row[0], previous=row[1], previous_until=_parse(row[2]))
+        return row_to_secrets(row) if row is not None else None
 
     # -- deliveries -------------------------------------------------------------------------
 
@@ -292,21 +299,11 @@ class SqliteWebhooks:
         self, delivery_id: str, *, tx: sqlite3.Connection | None = None
     ) -> list[DeliveryAttempt]:
         rows = self._conn(tx).execute(
-            "SELECT attempt, at, duration_ms, status_code, error, response FROM webhook_attempts"
+            f"SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts"
             " WHERE delivery_id = ? ORDER BY attempt",
             (delivery_id,),
         )
-        return [
-            DeliveryAttempt(
-                attempt=r[0],
-                at=codec.parse_timestamp(r[1]),
-                duration_ms=r[2],
-                status_code=r[3],
-                error=r[4],
-                response=r[5],
-            )
-            for r in rows
-        ]
+        return [row_to_attempt(r) for r in rows]
 
     def count_failure(self, tx: sqlite3.Connection, webhook_id: str, failed: bool) -> int:
         if not failed:

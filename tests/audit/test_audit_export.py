@@ -95,7 +95,7 @@ def records(path: Path) -> list[dict]:
 
 def test_export_writes_a_header_every_event_and_the_blobs(exported, server):
     lines = records(exported)
-    assert lines[0] == {"kind": "header", "format": "taskledger-export", "version": 2}
+    assert lines[0] == {"kind": "header", "format": "taskledger-export", "version": 3}
     events = [r for r in lines if r["kind"] == "event"]
     stored = query(server.db, "SELECT position, hash FROM events ORDER BY position")
     assert [(e["position"], e["hash"]) for e in events] == stored

@@ -3,7 +3,10 @@
     taskledger export --db old.db | taskledger import --db postgresql://...
 
 then ``verify`` passes on the result, which holds the same events (same hashes), blobs, task
-states and keys; served from PostgreSQL, the old keys read the same tasks."""
+states and keys; served from PostgreSQL, the old keys read the same tasks. A subscription made
+on SQLite (and an owner's default secret, for a task's own ``webhook_url``) keeps its secret,
+and the deliveries still pending at the move are sent from PostgreSQL, signed so that the
+original secrets verify them."""
 
 from __future__ import annotations
 
@@ -13,11 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from standardwebhooks import Webhook
 
 from api.composition import Store
+from ledger.log import DELIVERED, PENDING
 from tests.api.conftest import Ledger
 from tests.inprocess import InProcessServer, add_key
 from tests.pg import SESSION, needs_postgres
+from tests.support import wait_for
+from tests.webhooks.receiver import Receiver
 
 pytestmark = needs_postgres
 
@@ -39,18 +46,38 @@ def url():
 
 
 @pytest.fixture
-def server_story(tmp_path):
+def receiver():
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def server_story(tmp_path, receiver):
     """A SQLite ledger with a little of everything: created, claimed and succeeded, cancelled,
-    deleted (its blobs purged), and two keys."""
+    deleted (its blobs purged), two keys, and alice's webhooks: a subscription to every event
+    and a task's own ``webhook_url`` (signed with her default secret). Its server sends no
+    webhook (no dispatcher), so every delivery is still pending when the ledger moves. Returns
+    the file, the keys, and the subscription's id and secret and alice's default secret."""
     db = tmp_path / "old.db"
     keys = {"alice": add_key(db, "alice"), "admin": add_key(db, "admin", "admin")}
-    with InProcessServer(db) as server, server.client(keys["alice"]) as alice:
+    hooks: dict[str, str] = {}
+    with (
+        InProcessServer(db, webhook_concurrency=0, allow_private_webhooks=True) as server,
+        server.client(keys["alice"]) as alice,
+    ):
+        subscribed = alice.post("/webhooks", json={"url": receiver.url + "/hook"})
+        assert subscribed.status_code == 201, subscribed.text
+        hooks["id"], hooks["secret"] = subscribed.json()["id"], subscribed.json()["secret"]
+        default = alice.get("/webhooks/default")
+        assert default.status_code == 200, default.text
+        hooks["default"] = default.json()["secret"]
         ledger = Ledger(db)
         try:
             made = []
             for name in ("done", "cancelled", "deleted", "queued"):
+                own = {"webhook_url": receiver.url + "/own"} if name == "done" else {}
                 response = alice.post(
-                    "/task/parse", json={"file": "aGVsbG8=", "file_name": f"{name}.txt"}
+                    "/task/parse", json={"file": "aGVsbG8=", "file_name": f"{name}.txt", **own}
                 )
                 assert response.status_code == 200, response.text
                 made.append(response.json()["task_id"])
@@ -61,11 +88,11 @@ def server_story(tmp_path):
             assert alice.delete(f"/task/{deleted}").status_code == 200
         finally:
             ledger.close()
-    return db, keys
+    return db, keys, hooks
 
 
 def test_export_piped_into_import_moves_a_sqlite_ledger_to_postgresql(server_story, url):
-    db, keys = server_story
+    db, keys, _ = server_story
 
     moved = shell(
         f"{TASKLEDGER} export --db {shlex.quote(str(db))}"
@@ -93,8 +120,65 @@ def test_export_piped_into_import_moves_a_sqlite_ledger_to_postgresql(server_sto
         new.close()
 
 
+def test_webhooks_made_on_sqlite_are_sent_from_postgresql_signed_with_their_secrets(
+    server_story, url, receiver
+):
+    db, _, hooks = server_story
+    default_id = "default:alice"
+    moved = shell(
+        f"{TASKLEDGER} export --db {shlex.quote(str(db))}"
+        f" | {TASKLEDGER} import --db {shlex.quote(url)}"
+    )
+    assert moved.returncode == 0, moved.stderr
+
+    old, new = Store(db), Store(url)
+    try:
+        for webhook_id in (hooks["id"], default_id):
+            assert new.webhooks.secrets(webhook_id) == old.webhooks.secrets(webhook_id)
+        assert new.webhooks.secrets(hooks["id"]).secret == hooks["secret"]
+        assert new.webhooks.secrets(default_id).secret == hooks["default"]
+        pending = {
+            webhook_id: old.webhooks.list_deliveries(webhook_id)
+            for webhook_id in (hooks["id"], default_id)
+        }
+        for webhook_id, deliveries in pending.items():
+            assert deliveries and {d.status for d in deliveries} == {PENDING}
+            assert new.webhooks.list_deliveries(webhook_id) == deliveries
+    finally:
+        old.close()
+        new.close()
+    sent = {d.delivery_id: webhook_id for webhook_id, ds in pending.items() for d in ds}
+    secrets = {hooks["id"]: hooks["secret"], default_id: hooks["default"]}
+
+    # Served from PostgreSQL, every delivery pending at the move reaches the receiver, signed
+    # so that the subscription's original secret (or alice's default one) verifies it.
+    with InProcessServer(url, allow_private_webhooks=True):
+        wait_for(
+            lambda: {r.webhook_id for r in receiver.received} >= set(sent),
+            timeout=60,
+            what="the deliveries pending at the move",
+        )
+        store = Store(url)
+        try:
+            wait_for(
+                lambda: all(
+                    d.status == DELIVERED
+                    for webhook_id in secrets
+                    for d in store.webhooks.list_deliveries(webhook_id)
+                ),
+                timeout=30,
+                what="the deliveries recorded as delivered",
+            )
+        finally:
+            store.close()
+    for got in receiver.received:
+        webhook_id = sent[got.webhook_id]
+        assert got.path == ("/own" if webhook_id == default_id else "/hook")
+        Webhook(secrets[webhook_id]).verify(got.body, got.headers)
+
+
 def test_import_refuses_a_postgresql_ledger_that_already_has_events(server_story, url):
-    db, _ = server_story
+    db, _, _ = server_story
     first = shell(
         f"{TASKLEDGER} export --db {shlex.quote(str(db))}"
         f" | {TASKLEDGER} import --db {shlex.quote(url)}"
@@ -121,7 +205,7 @@ def test_import_refuses_a_postgresql_ledger_that_already_has_events(server_story
 def test_a_backup_of_a_postgresql_ledger_is_a_sqlite_file_that_verifies(
     server_story, url, tmp_path
 ):
-    db, _ = server_story
+    db, _, _ = server_story
     moved = shell(
         f"{TASKLEDGER} export --db {shlex.quote(str(db))}"
         f" | {TASKLEDGER} import --db {shlex.quote(url)}"
