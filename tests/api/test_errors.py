@@ -16,6 +16,7 @@ from api.refusals import (
     RateLimited,
     TooManyStreams,
 )
+from api.webhooks import DeliveryNotFound
 from ledger.errors import (
     ConcurrencyConflict,
     EventLimitReached,
@@ -27,6 +28,7 @@ from ledger.errors import (
     TransactionRolledBack,
 )
 from ledger.handler import NothingToDo
+from ledger.webhooks import WebhookExists, WebhookNotFound
 
 CASES = [
     (TaskNotFound(), 404, "Task not found"),
@@ -50,6 +52,9 @@ CASES = [
         " close one, then retry",
     ),
     (RecursionError(), 400, "Invalid request body: it is nested too deeply"),
+    (WebhookNotFound(), 404, "Webhook not found"),
+    (DeliveryNotFound(), 404, "Delivery not found"),
+    (WebhookExists(), 409, "A webhook with this id already exists"),
 ]
 
 
