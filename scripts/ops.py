@@ -11,8 +11,10 @@ does not import scripts.cli.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -339,7 +341,8 @@ def rebuild(db_path: Database | None) -> None:
 def export(db_path: Database | None, output: Path | None) -> None:
     """Write the whole log (events with envelopes and hashes, blobs, the API keys' hashes, the
     webhooks' signing secrets and deliveries) as JSON lines. It holds the signing secrets in the
-    clear: keep it private (--output creates the file 0600).
+    clear: keep it private (--output creates the file 0600, and a file standard output is
+    redirected to is made 0600 too).
 
     Example:
 
@@ -353,6 +356,8 @@ def export(db_path: Database | None, output: Path | None) -> None:
         if output
         else sys.stdout
     )
+    if not output:
+        _owner_only(sys.stdout)
     try:
         with progress_bar("exporting", event_count(store)) as advance:
             for record in store.backend.export_records():
@@ -362,6 +367,17 @@ def export(db_path: Database | None, output: Path | None) -> None:
     finally:
         if output:
             out.close()
+
+
+def _owner_only(stream: Any) -> None:
+    """Make the regular file ``stream`` writes to (``taskledger export > file``: the shell made
+    it with its umask) readable by its owner only; a pipe or a terminal is left as it is."""
+    try:
+        fd = stream.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 @click.command("import")

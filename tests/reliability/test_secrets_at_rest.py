@@ -65,3 +65,22 @@ def test_backups_and_exports_are_private(tmp_path):
         assert result.returncode == 0, result.stderr
     assert mode(tmp_path / "copy.db") == 0o600
     assert mode(tmp_path / "log.jsonl") == 0o600
+
+
+def test_an_export_redirected_to_a_file_is_made_private(tmp_path):
+    # ``taskledger export > file``: the shell creates the file with its umask (0644 here); the
+    # export holds the webhooks' signing secrets, so the command makes it its owner's alone.
+    db = tmp_path / "ledger.db"
+    Server(db).start().stop()
+    target = tmp_path / "redirected.jsonl"
+    with open(target, "w") as out:
+        target.chmod(0o644)
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.cli", "export", "--db", str(db)],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert result.returncode == 0, result.stderr
+    assert mode(target) == 0o600
+    assert target.read_text().startswith('{"kind":"header"')
