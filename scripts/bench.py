@@ -1335,6 +1335,13 @@ def run(
     " one database). Without it, or with a file, everything runs on SQLite files of its own in a"
     " temporary directory, as always.",
 )
+@click.option(
+    "--webhooks",
+    is_flag=True,
+    help="Measure webhooks instead (scripts/bench_webhooks.py): 1,000 tasks' deliveries to a"
+    " local receiver, and the create rate with a subscription that hears every event against"
+    " the rate without one, alternating for 3 rounds of --seconds.",
+)
 def bench_command(
     events: int,
     seconds: float,
@@ -1343,6 +1350,7 @@ def bench_command(
     out: Path,
     quick: bool,
     db: Path | str | None,
+    webhooks: bool,
 ) -> None:
     """Measure taskledger side by side with a floor app and the eventsourcing library.
 
@@ -1354,7 +1362,18 @@ def bench_command(
         taskledger bench --events 1000000 --seconds 5 --out bench-results
 
         taskledger bench --db postgresql://postgres@127.0.0.1:5432/postgres
+
+        taskledger bench --webhooks --seconds 5
     """
+    if webhooks:
+        from scripts import bench_webhooks
+
+        found = bench_webhooks.measure(100 if quick else 1000, 0.5 if quick else seconds, 3)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "webhooks.json").write_text(json.dumps(found, indent=2))
+        bench_webhooks.summarise(found, lambda line: click.echo(line, err=True))
+        click.echo(f"Wrote {out / 'webhooks.json'}", err=True)
+        return
     if quick:
         events, seconds = 3000, 0.5
     report = run(

@@ -305,27 +305,34 @@ def main(tasks: int, seconds: float, rounds: int, out: Path | None) -> None:
 
         python -m scripts.bench_webhooks --tasks 1000 --seconds 5 --rounds 3
     """
-    with tempfile.TemporaryDirectory(prefix="taskledger-bench-hooks-") as tmp:
-        work = Path(tmp)
-        report = {
-            "throughput": throughput(work, tasks),
-            "create_rate": create_rate(work, seconds, rounds),
-        }
+    report = measure(tasks, seconds, rounds)
     text = json.dumps(report, indent=2)
     click.echo(text)
     if out is not None:
         out.write_text(text)
+    summarise(report, lambda line: click.echo(line, err=True))
+
+
+def measure(tasks: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """Both figures, each on fresh databases in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="taskledger-bench-hooks-") as tmp:
+        work = Path(tmp)
+        return {
+            "throughput": throughput(work, tasks),
+            "create_rate": create_rate(work, seconds, rounds),
+        }
+
+
+def summarise(report: dict[str, Any], echo: Any) -> None:
     t, c = report["throughput"], report["create_rate"]
-    click.echo(
-        f"\n{t['delivered']} of {t['tasks']} deliveries; the last "
+    echo(
+        f"{t['delivered']} of {t['tasks']} deliveries; the last "
         f"{t['last_delivery_after_last_completion_s']} s after the last completion "
-        f"(target: within 10 s); {t['deliveries_per_second']} deliveries/s",
-        err=True,
+        f"(target: within 10 s); {t['deliveries_per_second']} deliveries/s"
     )
-    click.echo(
+    echo(
         f"creates/s with a subscription {c['median_with']} vs without {c['median_without']}: "
-        f"{c['ratio_with_to_without']} (target: >= 0.90)",
-        err=True,
+        f"{c['ratio_with_to_without']} (target: >= 0.90)"
     )
 
 

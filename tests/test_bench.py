@@ -218,3 +218,17 @@ def test_the_posting_benchmark_runs_both_clients(capsys):
     lines = result.output.splitlines()
     assert [line.split()[2] for line in lines] == ["httpx", "api.poster"]
     assert all("us CPU per post" in line for line in lines)
+
+
+def test_bench_webhooks_writes_its_report(tmp_path):
+    from click.testing import CliRunner
+
+    from scripts.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", "--webhooks", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "webhooks.json").read_text())
+    assert report["throughput"]["delivered"] == report["throughput"]["tasks"] == 100
+    assert (
+        report["create_rate"]["deliveries_received"] == report["create_rate"]["deliveries_expected"]
+    )
