@@ -262,6 +262,7 @@ class ServiceCore:
         request_id: str | None,
         *,
         blobs: Sequence[bytes] = (),
+        kept: Callable[[R], R] | None = None,
     ) -> R:
         result, _ = await self._execute(
             use_case,
@@ -273,6 +274,7 @@ class ServiceCore:
             idempotency_key,
             request_id,
             blobs=blobs,
+            kept=kept,
         )
         return result
 
@@ -288,10 +290,12 @@ class ServiceCore:
         request_id: str | None,
         *,
         blobs: Sequence[bytes] = (),
+        kept: Callable[[R], R] | None = None,
     ) -> tuple[R, bool]:
         """Run a command through group commit and build its result in the transaction; with an
-        Idempotency-Key, answer a retry from the stored outcome and store a new one. The flag
-        says whether the result was replayed."""
+        Idempotency-Key, answer a retry from the stored outcome and store a new one (``kept``
+        of it, when given: what a retry may be shown, a secret left out). The flag says
+        whether the result was replayed."""
         key = idempotency.check_key(idempotency_key)
         fp = idempotency.fingerprint(use_case.name, parts) if key is not None else ""
         if key is not None:
@@ -302,7 +306,8 @@ class ServiceCore:
         def after_append(tx: Any, outcome: Outcome) -> R:
             result = build(tx, outcome)
             if key is not None:
-                record = StoredOutcome(fingerprint=fp, outcome=msgspec.json.encode(result))
+                stored = kept(result) if kept is not None else result
+                record = StoredOutcome(fingerprint=fp, outcome=msgspec.json.encode(stored))
                 stamp = self.clock().isoformat()
                 self.store.records.record_outcome(tx, caller.key_id, key, record, stamp)
             return result

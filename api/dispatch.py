@@ -23,7 +23,8 @@ without its deliveries. The dispatcher:
 4. records the attempts that ended, and leases the next, in one chore of the group-commit
    writer (its writes ride a batch's transaction): a 2xx delivers it; a network
    error, a 5xx or a 429 is tried again after about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h,
-   6 h (times ``webhook_backoff_scale``, +-20% jitter) until ``webhook_max_attempts``; any other
+   then 6 h each (times ``webhook_backoff_scale``, +-20% jitter) until ``webhook_max_attempts``
+   attempts in all; any other
    answer fails it at once. A subscription whose last ``webhook_disable_after`` deliveries all
    failed is disabled (a ``webhook_disabled`` event, with the reason).
 
@@ -75,10 +76,14 @@ RESPONSE_READ = 64 * 1024
 RESPONSE_KEPT = 1024
 #: The longest the dispatcher waits between two looks for due deliveries.
 LOOK_EVERY = 1.0
-#: While the API is busy, the share of one core the dispatcher's thread may use, measured over
-#: windows of WINDOW seconds.
+#: Chores in a row that may fail to record the same attempts before they are let go (their
+#: deliveries' leases lapse and they are sent again): one bad record must not make every
+#: batch of the writer fail and run again guarded for ever.
+GIVE_UP_RECORDING = 5
+#: While the API is busy, the share of one core the dispatcher may use (its thread and its
+#: chores on the writer's), and the most CPU seconds it may save up or owe.
 SHARE = 0.1
-WINDOW = 0.5
+BURST = 0.05
 
 
 def retry_delay(attempts: int, scale: float = 1.0, rand: float | None = None) -> float:
@@ -95,6 +100,9 @@ class Attempted(msgspec.Struct, frozen=True, kw_only=True):
     attempt: DeliveryAttempt
     delivered: bool
     retryable: bool
+    #: False when nothing was sent (the subscription was deleted or disabled meanwhile, or has
+    #: no secret): such an end does not count toward disabling the subscription.
+    sent: bool = True
 
 
 class Dispatcher:
@@ -116,7 +124,12 @@ class Dispatcher:
         #: batch of deliveries, not once per delivery).
         self._known: dict[str, tuple[Any, Any]] = {}
         self._base_url = service.webhook_base_url()
-        self._window = (time.monotonic(), time.thread_time())
+        #: Whether a delivery's reads go to a thread (PostgreSQL: each is a round trip).
+        self._offload = service.store.is_postgres
+        self._metered = (time.monotonic(), time.thread_time())
+        #: Chores in a row that failed (see GIVE_UP_RECORDING).
+        self._failed_cycles = 0
+        self._budget = BURST
         #: CPU its chores took on the writer's thread (counted in its share too).
         self._chore_cpu = 0.0
         self._seen_outbox = 0
@@ -174,7 +187,8 @@ class Dispatcher:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    free = self._places() - len(inflight)
+                    places = self._places()
+                    free = places - len(inflight)
                     leased = await self._cycle(free)
                     for delivery in leased:
                         task = asyncio.create_task(self._attempt(client, delivery))
@@ -182,6 +196,9 @@ class Dispatcher:
                         task.add_done_callback(inflight.discard)
                     if leased and len(leased) == free:
                         continue  # more may be due: look again once a place is free
+                    if not places:  # over budget while the API is busy: sit out, unwoken
+                        await asyncio.sleep(self._refill_wait())
+                        continue
                     wait = LOOK_EVERY if inflight else await asyncio.to_thread(self._idle_wait)
                 except Exception as exc:  # the database: log, and look again shortly
                     log.warning("webhook_dispatch_error", error=str(exc), kind=type(exc).__name__)
@@ -208,8 +225,14 @@ class Dispatcher:
             chore = Chore(run=functools.partial(self._record_and_lease, done, want))
             leased, disable = await asyncio.wrap_future(self.service.writer.submit_chore(chore))
         except BaseException:
-            self._done = done + self._done  # recorded next time
+            self._failed_cycles += 1
+            if self._failed_cycles < GIVE_UP_RECORDING:
+                self._done = done + self._done  # recorded next time
+            else:  # the same records keep failing: let them go (their leases lapse: sent again)
+                log.error("webhook_attempts_dropped", attempts=len(done))
+                self._failed_cycles = 0
             raise
+        self._failed_cycles = 0
         if leased:
             self._known.clear()
         for webhook_id, failures in disable:
@@ -218,17 +241,25 @@ class Dispatcher:
 
     def _places(self) -> int:
         """Posts this process may start now: all of ``webhook_concurrency``; but while the API
-        is busy (the writer's batches hold several commands) none once this thread has used
-        more than SHARE of the time since the window began: webhooks are background work,
-        and yield the process to the requests."""
+        is busy (the writer's batches hold several commands) none while the dispatcher is over
+        its budget: webhooks are background work, and yield the process to the requests.
+
+        The budget is a bucket of CPU time: it fills at SHARE of a second per second (up to
+        BURST) and empties by what this thread and its chores on the writer's thread use. So
+        under a load that lasts, deliveries go on at SHARE of a core's worth of them, never
+        stop; in a burst they fall behind and catch up as it eases."""
         now, cpu = time.monotonic(), time.thread_time() + self._chore_cpu
-        if now - self._window[0] > WINDOW:
-            self._window = (now, cpu)
-        if self.service.writer.busy:
-            used = (cpu - self._window[1]) / max(now - self._window[0], 1e-3)
-            if used > SHARE:
-                return 0
+        last_now, last_cpu = self._metered
+        self._metered = (now, cpu)
+        self._budget += (now - last_now) * SHARE - (cpu - last_cpu)
+        self._budget = max(-BURST, min(BURST, self._budget))
+        if self.service.writer.busy and self._budget < 0:
+            return 0
         return self.concurrency
+
+    def _refill_wait(self) -> float:
+        """Seconds until the budget is above nothing again (at least a hundredth)."""
+        return max(0.01, -self._budget / SHARE)
 
     def _idle_wait(self) -> float:
         """With nothing in flight: seconds until the next delivery is due (a retry's time),
@@ -279,12 +310,12 @@ class Dispatcher:
             if not written:
                 log.warning("webhook_lease_lost", delivery_id=d.delivery_id)
                 continue
-            if status == PENDING or d.webhook_id.startswith(DEFAULT_PREFIX):
+            if status == PENDING or not item.sent or d.webhook_id.startswith(DEFAULT_PREFIX):
                 continue
             run = store.webhooks.count_failure(tx, d.webhook_id, status == GAVE_UP)
             if run >= settings.webhook_disable_after:
                 disable.append((d.webhook_id, run))
-        return disable
+        return list(dict(disable).items())  # one command per subscription
 
     def _disable(self, webhook_id: str, failures: int) -> None:
         command = DisableWebhook(
@@ -313,12 +344,14 @@ class Dispatcher:
         status: int | None = None
         error: str | None = None
         response: str | None = None
-        retryable = True
+        retryable = sent = True
         try:
-            # On this thread: a few indexed reads, cheaper than a hop to another thread.
-            prepared = self._prepare(d)
+            if self._offload:  # a round trip each on PostgreSQL: not on this loop
+                prepared = await asyncio.to_thread(self._prepare, d)
+            else:  # a few indexed reads on SQLite: cheaper than a hop to another thread
+                prepared = self._prepare(d)
             if isinstance(prepared, str):
-                error, retryable = prepared, False
+                error, retryable, sent = prepared, False, False
             else:
                 body, found = prepared
                 stamp = int(time.time())
@@ -357,7 +390,9 @@ class Dispatcher:
         self.attempts += 1
         self.delivered += delivered
         self._done.append(
-            Attempted(delivery=d, attempt=attempt, delivered=delivered, retryable=retryable)
+            Attempted(
+                delivery=d, attempt=attempt, delivered=delivered, retryable=retryable, sent=sent
+            )
         )
         if self._wake is not None:
             self._wake.set()

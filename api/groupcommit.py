@@ -103,10 +103,11 @@ class Writer:
             except BaseException as exc:
                 results = [exc] * len(batch)
             self.batches += 1
+            commands = sum(isinstance(request, Request) for request, _ in batch)
             #: Whether commands are coming in faster than one at a time (the last batch held
             #: several, or more wait): the API is busy, and background work yields to it.
-            self.busy = len(batch) > 1 or not self._queue.empty()
-            self.commands += len(batch)
+            self.busy = commands > 1 or not self._queue.empty()
+            self.commands += commands
             on_loops: list[tuple[asyncio.Future, Any, bool]] = []
             for (_, future), result in zip(batch, results, strict=True):
                 failed = isinstance(result, BaseException)

@@ -21,8 +21,10 @@ What a post is held to (the dispatcher adds the deadline of ``--webhook-timeout`
   connection closed.
 
 A connection kept from an earlier post that its receiver has closed meanwhile fails before any
-answer arrives: the post is made once more on a new connection (a receiver deduplicates on
-``webhook-id``, and the request never reached it anyway).
+answer arrives: the post is made once more on a new connection. Almost always the request never
+reached the receiver; if the receiver took it and then dropped the connection without
+answering, it gets it twice in one attempt, with the same ``webhook-id`` (receivers
+deduplicate on it: deliveries are at least once anyway).
 """
 
 from __future__ import annotations

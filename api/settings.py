@@ -110,8 +110,8 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Seconds one attempt may take (connecting, sending, the answer); a lease on a delivery
     #: lasts three times this.
     webhook_timeout: float = 10.0
-    #: Multiplies the retry delays (about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h): below
-    #: 1 for tests and staging.
+    #: Multiplies the retry delays (about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, then 6 h):
+    #: below 1 for tests and staging.
     webhook_backoff_scale: float = 1.0
     #: Deliveries one process sends at once.
     webhook_concurrency: int = 16

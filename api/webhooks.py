@@ -15,24 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
-import socket
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
 
 from api.core import ServiceCore, TaskView
-from api.fetch import refusal_kind
+from api.fetch import DownloadFailed, refusal_kind, resolve_host
 from api.ids import new_task_id
 from api.links import Hosts
 from api.policy import Caller, UseCase, authorize
 from api.refusals import BadRequest
-from ledger.handler import Outcome
+from ledger.handler import Chore, Outcome
 from ledger.log import Delivery, DeliveryAttempt, WebhookSecrets
 from ledger.webhooks import (
     WEBHOOK_EVENT_TYPES,
@@ -43,6 +43,8 @@ from ledger.webhooks import (
     WebhookState,
 )
 from projections.webhooks import DEFAULT_PREFIX, default_webhook_id
+
+T = TypeVar("T")
 
 SECRET_PREFIX = "whsec_"
 #: The id of an owner's default subscription in the API (its tasks' own ``webhook_url``).
@@ -101,12 +103,18 @@ def _refused(message: str) -> BadRequest:
     return BadRequest(f"Webhook URL refused: {message}")
 
 
+#: The longest a subscription's host may take to resolve.
+RESOLVE_SECONDS = 10.0
+
+
 async def _addresses(host: str, port: int) -> list[str]:
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        raise _refused(f"the host {host} was not found") from None
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+        async with asyncio.timeout(RESOLVE_SECONDS):
+            return await resolve_host(host, port)
+    except DownloadFailed as exc:
+        raise _refused(str(exc)) from None
+    except TimeoutError:
+        raise _refused(f"the host {host} did not resolve within {RESOLVE_SECONDS:g} s") from None
 
 
 async def check_webhook_url(url: str, *, allow_private: bool) -> str:
@@ -239,6 +247,9 @@ class WebhookCases(ServiceCore):
             parts,
             idempotency_key,
             request_id,
+            # A retry with the same Idempotency-Key is answered without the secret: it is shown
+            # once, and never kept beside the key's answers.
+            kept=lambda view: msgspec.structs.replace(view, secret=None),
         )
 
     async def list_webhooks(self, caller: Caller) -> list[WebhookState]:
@@ -251,8 +262,18 @@ class WebhookCases(ServiceCore):
         state = await self.reads.run(self._visible_webhook, caller, webhook_id)
         if state is not None:
             return WebhookView(state=state)
-        found = await asyncio.to_thread(self._default_secrets, caller.owner)
+        webhook_id = default_webhook_id(caller.owner)
+        found = await self.reads.run(self.store.webhooks.secrets, webhook_id)
+        if found is None:
+            found = await self._chore(functools.partial(self._default_secrets, webhook_id))
         return WebhookView(state=self._default_state(caller), secret=found.secret)
+
+    async def _chore(self, run: Callable[[Any], T]) -> T:
+        """``run(tx)`` in the group-commit writer's next transaction (``ledger.handler.Chore``):
+        the service's own records written as a command's would be, never in a transaction of
+        their own beside the writer's."""
+        result: T = await asyncio.wrap_future(self.writer.submit_chore(Chore(run=run)))
+        return result
 
     def _default_state(self, caller: Caller) -> WebhookState:
         return WebhookState(
@@ -264,17 +285,12 @@ class WebhookCases(ServiceCore):
             status="active",
         )
 
-    def _default_secrets(self, owner: str) -> WebhookSecrets:
-        """The owner's default secrets, made (in a transaction of their own) if it has none."""
-        webhook_id = default_webhook_id(owner)
-        found = self.store.webhooks.secrets(webhook_id)
-        if found is not None:
-            return found
-        with self.store.log.transaction() as tx:
-            found = self.store.webhooks.secrets(webhook_id, tx=tx)
-            if found is None:
-                found = WebhookSecrets(secret=new_secret())
-                self.store.webhooks.set_secrets(tx, webhook_id, found)
+    def _default_secrets(self, webhook_id: str, tx: Any) -> WebhookSecrets:
+        """In a write transaction: an owner's default secrets, made if it has none."""
+        found = self.store.webhooks.secrets(webhook_id, tx=tx)
+        if found is None:
+            found = WebhookSecrets(secret=new_secret())
+            self.store.webhooks.set_secrets(tx, webhook_id, found)
         return found
 
     async def delete_webhook(
@@ -308,7 +324,7 @@ class WebhookCases(ServiceCore):
         until = at + ROTATION_OVERLAP
         secret = new_secret()
         if webhook_id == DEFAULT:
-            return await asyncio.to_thread(self._rotate_default, caller, secret, until)
+            return await self._chore(functools.partial(self._rotate_default, caller, secret, until))
         command = RotateWebhookSecret(
             webhook_id=webhook_id, at=at, scope=grant.owner, previous_valid_until=until
         )
@@ -327,19 +343,18 @@ class WebhookCases(ServiceCore):
             UseCase.WEBHOOKS, caller, command, WebhookView, build, (webhook_id,), None, request_id
         )
 
-    def _rotate_default(self, caller: Caller, secret: str, until: datetime) -> WebhookView:
+    def _rotate_default(self, caller: Caller, secret: str, until: datetime, tx: Any) -> WebhookView:
         webhook_id = default_webhook_id(caller.owner)
-        with self.store.log.transaction() as tx:
-            old = self.store.webhooks.secrets(webhook_id, tx=tx)
-            self.store.webhooks.set_secrets(
-                tx,
-                webhook_id,
-                WebhookSecrets(
-                    secret=secret,
-                    previous=old.secret if old is not None else None,
-                    previous_until=until if old is not None else None,
-                ),
-            )
+        old = self.store.webhooks.secrets(webhook_id, tx=tx)
+        self.store.webhooks.set_secrets(
+            tx,
+            webhook_id,
+            WebhookSecrets(
+                secret=secret,
+                previous=old.secret if old is not None else None,
+                previous_until=until if old is not None else None,
+            ),
+        )
         return WebhookView(state=self._default_state(caller), secret=secret)
 
     async def deliveries(
@@ -372,19 +387,23 @@ class WebhookCases(ServiceCore):
     ) -> DeliveryView:
         """Send a delivery again now (one more attempt), whatever became of it."""
 
-        def retry() -> DeliveryView:
-            self._visible_webhook(caller, webhook_id)
-            key = self._webhook_id_for(caller, webhook_id)
-            store = self.store.webhooks
-            with self.store.log.transaction() as tx:
-                found = store.get_delivery(delivery_id, tx=tx)
-                if found is None or found.webhook_id != key:
-                    raise DeliveryNotFound()
-                retried = store.retry_delivery(tx, delivery_id, self.clock())
-            assert retried is not None
-            return DeliveryView(delivery=retried, attempts=store.attempts(delivery_id))
+        await self.reads.run(self._visible_webhook, caller, webhook_id)
+        key = self._webhook_id_for(caller, webhook_id)
+        store = self.store.webhooks
 
-        view = await asyncio.to_thread(retry)
+        def retry(tx: Any) -> DeliveryView | None:
+            # None, not an exception: a chore that raises makes its whole batch run again.
+            found = store.get_delivery(delivery_id, tx=tx)
+            if found is None or found.webhook_id != key:
+                return None
+            retried = store.retry_delivery(tx, delivery_id, self.clock())
+            if retried is None:
+                return None
+            return DeliveryView(delivery=retried, attempts=store.attempts(delivery_id, tx=tx))
+
+        view = await self._chore(retry)
+        if view is None:
+            raise DeliveryNotFound()
         if self.wake_dispatcher is not None:
             self.wake_dispatcher()
         return view

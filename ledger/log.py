@@ -520,7 +520,10 @@ class WebhookStore(Protocol):
         next_attempt_at: datetime | None,
     ) -> bool:
         """Record an attempt and where the delivery stands after it, and end the lease; False
-        (nothing written) if ``holder`` no longer holds the lease."""
+        (nothing written) if ``holder`` no longer holds the lease. A retry asked for while the
+        attempt was under way (``retry_delivery`` moved the delivery's next attempt past the
+        attempt's ``at``) stands: unless the attempt delivered it, the delivery stays pending,
+        due when the retry said."""
         ...
 
     def retry_delivery(self, tx: Any, delivery_id: str, at: datetime) -> Delivery | None:

@@ -283,8 +283,8 @@ def cli() -> None:
     default=1.0,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="Multiplies the retry delays (5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h); below "
-    "1 for tests and staging.",
+    help="Multiplies the retry delays (5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, then 6 h); "
+    "below 1 for tests and staging.",
 )
 @click.option(
     "--webhook-concurrency",

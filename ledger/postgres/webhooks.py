@@ -17,7 +17,7 @@ import msgspec
 import psycopg
 
 from ledger import codec
-from ledger.log import PENDING, Delivery, DeliveryAttempt, WebhookSecrets
+from ledger.log import DELIVERED, PENDING, Delivery, DeliveryAttempt, WebhookSecrets
 from ledger.postgres.log import PostgresLog
 from ledger.rows import (
     ATTEMPT_COLUMNS,
@@ -183,10 +183,16 @@ class PostgresWebhooks:
     ) -> bool:
         # The delivery's update and the attempt's row in one statement: the attempt is written
         # only if the update found the lease still ``holder``'s.
+        # A retry asked for while this attempt was under way (its next_attempt_at moved past
+        # the attempt's start) stands unless the attempt delivered it.
+        began = codec.timestamp(attempt.at)
+        retried = "(%s::text != %s::text AND next_attempt_at > %s::text)"
         done = tx.execute(
             "WITH finished AS ("
-            " UPDATE webhook_deliveries SET status = %s, attempts = %s, next_attempt_at = %s,"
-            " last_status = %s, last_error = %s, finished_at = %s,"
+            f" UPDATE webhook_deliveries SET status = CASE WHEN {retried} THEN %s ELSE %s END,"
+            f" attempts = %s, next_attempt_at = CASE WHEN {retried} THEN next_attempt_at"
+            " ELSE %s END, last_status = %s, last_error = %s,"
+            f" finished_at = CASE WHEN {retried} THEN NULL ELSE %s END,"
             " lease_holder = NULL, lease_until = NULL"
             " WHERE delivery_id = %s AND lease_holder = %s AND status = %s"
             " RETURNING delivery_id)"
@@ -199,12 +205,16 @@ class PostgresWebhooks:
             " error = excluded.error, response = excluded.response"
             " RETURNING 1",
             (
+                *(status, DELIVERED, began),
+                PENDING,
                 status,
                 attempt.attempt,
+                *(status, DELIVERED, began),
                 _time(next_attempt_at),
                 attempt.status_code,
                 stored_text(attempt.error),
-                None if status == PENDING else codec.timestamp(attempt.at),
+                *(status, DELIVERED, began),
+                None if status == PENDING else began,
                 delivery_id,
                 holder,
                 PENDING,

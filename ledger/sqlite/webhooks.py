@@ -16,7 +16,7 @@ from datetime import datetime
 import msgspec
 
 from ledger import codec
-from ledger.log import PENDING, Delivery, DeliveryAttempt, WebhookSecrets
+from ledger.log import DELIVERED, PENDING, Delivery, DeliveryAttempt, WebhookSecrets
 from ledger.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -220,18 +220,28 @@ class SqliteWebhooks:
         status: str,
         next_attempt_at: datetime | None,
     ) -> bool:
+        # A retry asked for while this attempt was under way (its next_attempt_at moved past
+        # the attempt's start) stands unless the attempt delivered it.
+        began = codec.timestamp(attempt.at)
+        retried = "(? != ? AND next_attempt_at > ?)"
         cursor = tx.execute(
-            "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?,"
-            " last_status = ?, last_error = ?, finished_at = ?,"
+            f"UPDATE webhook_deliveries SET status = CASE WHEN {retried} THEN ? ELSE ? END,"
+            f" attempts = ?, next_attempt_at = CASE WHEN {retried} THEN next_attempt_at"
+            " ELSE ? END, last_status = ?, last_error = ?,"
+            f" finished_at = CASE WHEN {retried} THEN NULL ELSE ? END,"
             " lease_holder = NULL, lease_until = NULL"
             " WHERE delivery_id = ? AND lease_holder = ? AND status = ?",
             (
+                *(status, DELIVERED, began),
+                PENDING,
                 status,
                 attempt.attempt,
+                *(status, DELIVERED, began),
                 _time(next_attempt_at),
                 attempt.status_code,
                 stored_text(attempt.error),
-                None if status == PENDING else codec.timestamp(attempt.at),
+                *(status, DELIVERED, began),
+                None if status == PENDING else began,
                 delivery_id,
                 holder,
                 PENDING,

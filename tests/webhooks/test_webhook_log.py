@@ -129,13 +129,18 @@ def test_verify_and_rebuild_cover_the_subscriptions(hook_server, keys, receiver,
         assert taskledger("rebuild", db=hook_server.db).returncode == 0
         assert bob.get(f"/webhooks/{kept['id']}").json()["url"] == receiver.url + "/kept"
 
-        # An export (the log and its blobs) holds no signing secret.
+        # An export's events hold no signing secret: the secrets travel only as webhook_secret
+        # records (so that a ledger moved elsewhere keeps signing with them).
+        default = bob.get("/webhooks/default").json()["secret"]  # made now, if not before
         exported = taskledger("export", db=hook_server.db)
         assert exported.returncode == 0, exported.stderr
         assert kept["id"] in exported.stdout
-        default = bob.get("/webhooks/default").json()["secret"]
-        for secret in (kept["secret"], rotated["secret"], gone["secret"], default):
-            assert secret not in exported.stdout
+        lines = [json.loads(line) for line in exported.stdout.splitlines()]
+        events = json.dumps([line for line in lines if line["kind"] == "event"])
+        secrets_kept = json.dumps([line for line in lines if line["kind"] == "webhook_secret"])
+        for secret in (kept["secret"], rotated["secret"], default):
+            assert secret not in events
+            assert secret in secrets_kept
         for hook in (kept, rotated):
             bob.delete(f"/webhooks/{hook['id']}")
         bob.get(f"/task/{task_id}/cancel")

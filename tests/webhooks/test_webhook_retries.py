@@ -178,3 +178,22 @@ def test_a_retry_while_an_attempt_is_in_flight_never_sends_it_twice_at_once(hook
         assert receiver.most_at_once == 1
         assert len(of_task(receiver, task_id)) == d["attempts"] == len(d["attempt_log"])
         user.delete(f"/webhooks/{hook['id']}")
+
+
+def test_a_retry_asked_for_during_a_failing_attempt_is_not_lost(hook_server, receiver):
+    """The attempt under way when the retry is asked for fails for good (a 404 is not tried
+    again): the retry still stands, so the delivery is sent once more, and delivered."""
+    receiver.delay = 1.0
+    receiver.answer = answers(404)
+    with api(hook_server, new_owner_key(hook_server)) as user:
+        hook = subscribe(user, receiver.url, events=["task.created"])
+        task_id = create_task(user)
+        first = wait_for(lambda: of_task(receiver, task_id), timeout=30, what="a request")[0]
+        answer = user.post(f"/webhooks/{hook['id']}/deliveries/{first.webhook_id}/retry")
+        assert answer.status_code == 202, answer.text
+        receiver.delay = 0
+        d = wait_delivery(user, hook["id"], task_id, finished, what="the delivery to finish")
+        assert d["status"] == "succeeded"
+        assert [a["status_code"] for a in d["attempt_log"]] == [404, 200]
+        assert [r.webhook_id for r in of_task(receiver, task_id)] == [first.webhook_id] * 2
+        user.delete(f"/webhooks/{hook['id']}")
