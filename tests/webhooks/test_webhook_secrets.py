@@ -177,3 +177,23 @@ def test_a_deleted_tasks_webhook_is_sent_and_verifies(hook_server, keys, receive
         types = [Webhook(hook["secret"]).verify(r.body, r.headers)["type"] for r in got]
         assert types == ["task.succeeded", "task.deleted"]
         user.delete(f"/webhooks/{hook['id']}")
+
+
+def test_a_retried_create_answers_the_same_subscription_without_its_secret(hook_server, receiver):
+    from tests.pg import execute
+
+    with api(hook_server, new_owner_key(hook_server)) as user:
+        headers = {"Idempotency-Key": "make-hook-1"}
+        first = user.post("/webhooks", json={"url": receiver.url}, headers=headers)
+        again = user.post("/webhooks", json={"url": receiver.url}, headers=headers)
+        assert first.status_code == again.status_code == 201, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert first.json()["secret"].startswith("whsec_")
+        assert "secret" not in again.json()  # shown once
+        assert [h["id"] for h in user.get("/webhooks").json()["webhooks"]] == [first.json()["id"]]
+        # The key's stored answer does not hold the secret either.
+        stored = execute(hook_server.db, "SELECT outcome FROM idempotency_outcomes")
+        blob = b"".join(bytes(row[0]) for row in stored)
+        assert first.json()["id"].encode() in blob
+        assert first.json()["secret"].encode() not in blob
+        user.delete(f"/webhooks/{first.json()['id']}")
