@@ -46,6 +46,7 @@ class PostgresViews:
         wanted = [task_id for task_id in dict.fromkeys(task_ids) if task_id not in known]
         if not wanted:
             return
+        self._log.flush(tx)
         rows = tx.execute(
             "SELECT task_id, state FROM tasks WHERE task_id = ANY(%s)", (wanted,)
         ).fetchall()
@@ -54,9 +55,17 @@ class PostgresViews:
             known[task_id] = found.get(task_id)
 
     def save_task(self, tx: psycopg.Connection, state: TaskState) -> None:
-        known = self._log.known_states(tx)
-        if known is not None and state.task_id in known:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            # Held until COMMIT (or the next read through tx); meanwhile this transaction's
+            # reads of the task are answered from its states cache.
+            known = self._log.known_states(tx)
+            assert known is not None
             known[state.task_id] = state
+            row = (*query_columns(state), codec.encode_str(state))
+            if behind.save_task(state.task_id, row):
+                self._log.flush(tx)
+            return
         tx.execute(
             "INSERT INTO tasks (task_id, owner, status, created_at, visible_until, lease_until,"
             " gone, version, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -145,6 +154,11 @@ class PostgresViews:
         return str(row[0])
 
     def enqueue(self, tx: psycopg.Connection, task_id: str, position: int) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.enqueue(task_id, position):
+                self._log.flush(tx)
+            return
         tx.execute(
             "INSERT INTO queue (task_id, position) VALUES (%s, %s)"
             " ON CONFLICT (task_id) DO UPDATE SET position = excluded.position",
@@ -152,6 +166,11 @@ class PostgresViews:
         )
 
     def dequeue(self, tx: psycopg.Connection, task_id: str) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.dequeue(task_id):
+                self._log.flush(tx)
+            return
         tx.execute("DELETE FROM queue WHERE task_id = %s", (task_id,))
 
     def queue_entries(self, *, tx: psycopg.Connection | None = None) -> list[tuple[str, int]]:
@@ -162,6 +181,7 @@ class PostgresViews:
         known = self._log.known_states(tx)
         if known is not None:
             known.clear()
+        self._log.flush(tx)
         tx.execute("DELETE FROM tasks")
         tx.execute("DELETE FROM queue")
         tx.execute("DELETE FROM checkpoints")
@@ -170,6 +190,11 @@ class PostgresViews:
     # -- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self, tx: psycopg.Connection, state: TaskState) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.save_checkpoint(state.task_id, state.version, codec.encode_str(state)):
+                self._log.flush(tx)
+            return
         tx.execute(
             "INSERT INTO checkpoints (task_id, version, state) VALUES (%s, %s, %s)"
             " ON CONFLICT (task_id, version) DO UPDATE SET state = excluded.state",
@@ -200,6 +225,11 @@ class PostgresViews:
     def add_to_feed(self, tx: psycopg.Connection, entries: Sequence[FeedEntry]) -> None:
         if not entries:
             return
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.add_to_feed([(e.owner, e.position, e.task_id, e.type) for e in entries]):
+                self._log.flush(tx)
+            return
         with tx.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO feed (owner, position, task_id, type) VALUES (%s, %s, %s, %s)",
@@ -207,6 +237,11 @@ class PostgresViews:
             )
 
     def drop_from_feed(self, tx: psycopg.Connection, task_id: str) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.drop_from_feed(task_id):
+                self._log.flush(tx)
+            return
         tx.execute("DELETE FROM feed WHERE task_id = %s", (task_id,))
 
     def feed_entries(self, *, tx: psycopg.Connection | None = None) -> Iterator[FeedEntry]:
