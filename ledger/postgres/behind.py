@@ -122,6 +122,12 @@ class WriteBehind:
         #: sha256 -> (size, data)
         self.blobs: dict[str, tuple[int, bytes]] = {}
         self.refs: dict[tuple[str, str], None] = {}
+        #: The front of the stored queue as read (task id -> its stored state), in position
+        #: order, while nothing held here has been written out since: what the claims of a
+        #: batch take their heads from (``queue_head``). None: not read.
+        self.queue_front: dict[str, str | None] | None = None
+        #: Whether ``queue_front`` is the whole stored queue.
+        self.queue_front_whole = False
         self._held = 0
 
     def __bool__(self) -> bool:
@@ -137,6 +143,7 @@ class WriteBehind:
         self.checkpoints.clear()
         self.blobs.clear()
         self.refs.clear()
+        self.queue_front, self.queue_front_whole = None, False
         self._held = 0
 
     # -- what the views and the log hand it; each says whether the buffer is full ----------
@@ -177,6 +184,21 @@ class WriteBehind:
             self.feed = [entry for entry in self.feed if entry[2] != task_id]
         self.feed_out[task_id] = None
         return self._add(1)
+
+    def queue_head(self) -> str | None:
+        """The head of the queue, from ``queue_front`` and the queue changes held here: the
+        first stored entry no change here has taken out or moved, else (when the front read is
+        the whole stored queue) the held entry with the lowest position, which is above every
+        stored one (its event was appended after the front was read). None: none found (read
+        more of the front, unless it is whole)."""
+        assert self.queue_front is not None
+        for task_id in self.queue_front:
+            if task_id not in self.queue:
+                return task_id
+        if not self.queue_front_whole:
+            return None
+        held = [(p, task_id) for task_id, p in self.queue.items() if p is not None]
+        return min(held)[1] if held else None
 
     def save_checkpoint(self, task_id: str, version: int, state: str) -> bool:
         self.checkpoints[(task_id, version)] = state

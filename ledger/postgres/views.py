@@ -17,6 +17,9 @@ from ledger.postgres.log import PostgresLog
 from ledger.rows import COLUMN_NAMES, EVENT_COLUMNS, query_columns, row_to_recorded, stale_columns
 from ledger.state import TaskState
 
+#: Rows of the stored queue's front a write transaction reads for its claims at once.
+QUEUE_FRONT = 64
+
 
 class PostgresViews:
     """``ledger.log.TaskViews`` on the database of a ``PostgresLog``."""
@@ -140,18 +143,30 @@ class PostgresViews:
         if known is None:
             row = self._log.fetchone("SELECT task_id FROM queue ORDER BY position LIMIT 1", tx=tx)
             return row[0] if row else None
-        # In the write transaction the claim that asked loads the head's state next: read it
-        # with the head (one round trip for both).
-        row = self._log.fetchone(
-            "SELECT q.task_id, t.state FROM queue q LEFT JOIN tasks t ON t.task_id = q.task_id"
-            " ORDER BY q.position LIMIT 1",
-            tx=tx,
-        )
-        if row is None:
-            return None
-        if row[0] not in known:
-            known[row[0]] = codec.decode_state(row[1]) if row[1] is not None else None
-        return str(row[0])
+        behind = self._log.behind(tx)
+        assert behind is not None
+        while True:
+            if behind.queue_front is None:
+                # The front of the stored queue, with each task's state (the claim that asked
+                # loads it next), read once for the claims of the batch: one round trip. The
+                # read writes the buffer out first, so the rows are the queue as it stands.
+                rows = self._log.fetchall(
+                    "SELECT q.task_id, t.state FROM queue q"
+                    " LEFT JOIN tasks t ON t.task_id = q.task_id"
+                    " ORDER BY q.position LIMIT %s",
+                    (QUEUE_FRONT,),
+                    tx=tx,
+                )
+                behind.queue_front = {task_id: state for task_id, state in rows}
+                behind.queue_front_whole = len(rows) < QUEUE_FRONT
+            head = behind.queue_head()
+            if head is not None or behind.queue_front_whole:
+                break
+            behind.queue_front = None  # every row read has left or moved: read on
+        if head is not None and head not in known:
+            state = behind.queue_front.get(head) if behind.queue_front else None
+            known[head] = codec.decode_state(state) if state is not None else None
+        return head
 
     def enqueue(self, tx: psycopg.Connection, task_id: str, position: int) -> None:
         behind = self._log.behind(tx)

@@ -177,10 +177,18 @@ def run_batch(s: Store, batch: list[Request]) -> list[object]:
         return s.handler.execute_batch(batch)
 
 
-def test_a_command_reads_what_earlier_commands_of_its_batch_wrote(store):
+@pytest.mark.parametrize("front", [64, 1, 2])
+def test_a_command_reads_what_earlier_commands_of_its_batch_wrote(store, monkeypatch, front):
     """A claim's queue head includes the tasks enqueued (and leaves out those dequeued) by the
     commands before it in the batch, though none of their rows has reached the database before
-    the claim asks; a task created and deleted in one batch leaves only its tombstone."""
+    the claim asks; a task created and deleted in one batch leaves only its tombstone. The
+    claims take their heads from one read of the stored queue's front and the changes held
+    since (read again when every row read has left it: ``front``)."""
+    from ledger.postgres import views
+
+    monkeypatch.setattr(views, "QUEUE_FRONT", front)
+    # Stored before the batch: the front its claims read.
+    assert all(isinstance(r, Outcome) for r in run_batch(store, [create("q1"), create("q2")]))
     from ledger.commands import CancelTask, DeleteTask
     from ledger.handler import NothingToDo
     from projections import audit
@@ -192,6 +200,8 @@ def test_a_command_reads_what_earlier_commands_of_its_batch_wrote(store):
             create("d"),
             Request(command=CancelTask(task_id="a", at=AT), envelope=create("x").envelope),
             claim(store),
+            claim(store),
+            claim(store),
             create("b"),
             claim(store),
             claim(store),
@@ -201,12 +211,13 @@ def test_a_command_reads_what_earlier_commands_of_its_batch_wrote(store):
             create("e"),
         ],
     )
-    assert isinstance(results[6], NothingToDo), results
-    others = results[:6] + results[7:]
+    assert isinstance(results[8], NothingToDo), results
+    others = results[:8] + results[9:]
     assert all(isinstance(r, Outcome) for r in others), results
-    assert [results[3].after.task_id, results[5].after.task_id] == ["d", "b"]  # type: ignore[union-attr]
-    assert store.views.queue_entries() == [("e", 10)]
-    assert [e.position for e in store.views.feed_entries() if e.task_id == "c"] == [9]
+    claimed = [r.after.task_id for r in results if isinstance(r, Outcome) and r.after.worker_id]
+    assert claimed == ["q1", "q2", "d", "b"]
+    assert store.views.queue_entries() == [("e", 14)]
+    assert [e.position for e in store.views.feed_entries() if e.task_id == "c"] == [13]
     assert audit.verify(store.log, store.views) == []
 
 
