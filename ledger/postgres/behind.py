@@ -28,9 +28,11 @@ import psycopg
 
 #: A blob larger than this is written at once (in the pipeline), not held until COMMIT.
 SMALL_BLOB = 256 * 1024
-#: Rows (or blob bytes / SMALL_BLOB) held before the buffer is written out anyway (a rebuild
-#: writes every row of every projection in one transaction).
+#: Rows held before the buffer is written out anyway (a rebuild writes every row of every
+#: projection in one transaction).
 MAX_ROWS = 2_000
+#: Blob bytes held before the buffer is written out anyway.
+MAX_BLOB_BYTES = 4 * 1024 * 1024
 
 #: One statement for every table, each part a no-op when its arrays are empty: data-modifying
 #: CTEs always run, and the keys they touch are disjoint (one row per key; the feed's delete
@@ -129,6 +131,7 @@ class WriteBehind:
         #: Whether ``queue_front`` is the whole stored queue.
         self.queue_front_whole = False
         self._held = 0
+        self._blob_bytes = 0
 
     def __bool__(self) -> bool:
         return self._held > 0
@@ -145,6 +148,7 @@ class WriteBehind:
         self.refs.clear()
         self.queue_front, self.queue_front_whole = None, False
         self._held = 0
+        self._blob_bytes = 0
 
     # -- what the views and the log hand it; each says whether the buffer is full ----------
 
@@ -205,9 +209,11 @@ class WriteBehind:
         return self._add(1)
 
     def put_blob(self, task_id: str, sha256: str, data: bytes) -> bool:
-        self.blobs[sha256] = (len(data), data)
+        if sha256 not in self.blobs:
+            self.blobs[sha256] = (len(data), data)
+            self._blob_bytes += len(data)
         self.refs[(task_id, sha256)] = None
-        return self._add(1 + len(data) // SMALL_BLOB)
+        return self._add(1) or self._blob_bytes >= MAX_BLOB_BYTES
 
     def _add(self, rows: int) -> bool:
         self._held += rows

@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import pq
@@ -65,6 +65,8 @@ from ledger.rows import (
 )
 from ledger.state import TaskState
 
+#: Every event's stream and data in position order (``iter_data``: what a replay reads).
+SELECT_DATA = "SELECT stream_id, data FROM events ORDER BY position"
 #: Rows fetched per round trip when a whole table is walked.
 WALK_BATCH = 5_000
 #: The columns of an event row as inserted, and their placeholders (typed, so a column of
@@ -311,9 +313,12 @@ class PostgresLog:
                     self._pipeline = pipeline
                     conn.execute("BEGIN")
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
-                    # Held before the block runs: what it reads on other connections (the
-                    # pool) must see no other node's write in progress. One round trip a batch.
-                    pipeline.sync()
+                    if not self._turns:
+                        # Held before the block runs: what it reads on other connections (the
+                        # pool) must see no other node's write in progress. Inside a write
+                        # turn the session already holds the lock (taken again at once), so
+                        # BEGIN and the lock go with the block's first statement that waits.
+                        pipeline.sync()
                     yield conn
                     self.flush(conn)
                     if self._appended_to is not None:
@@ -570,8 +575,9 @@ class PostgresLog:
             yield r[0], r[1], r[2]
 
     def iter_data(self, *, tx: psycopg.Connection | None = None) -> Iterator[tuple[str, str]]:
-        for r in self.walk("SELECT stream_id, data FROM events ORDER BY position", tx=tx):
-            yield r[0], r[1]
+        # The rows are (stream_id, data) already: handed on as they come, with no generator
+        # of its own around the walk (a whole-log replay reads every event through here).
+        return cast(Iterator[tuple[str, str]], self.walk(SELECT_DATA, tx=tx))
 
     def read_stream(
         self,

@@ -280,3 +280,16 @@ def test_a_large_blob_is_written_at_once_and_a_small_one_with_the_batch(store):
         assert store.log.get_blob(blob_ref(big), tx=tx) == big
     assert store.log.get_blob(blob_ref(DATA)) == DATA
     assert store.log.get_blob(blob_ref(big)) == big
+
+
+def test_held_blobs_are_written_out_once_they_pass_a_few_mebibytes(store, monkeypatch):
+    from ledger.postgres import behind
+
+    monkeypatch.setattr(behind, "MAX_BLOB_BYTES", 100)
+    with store.log.transaction() as tx:
+        store.log.put_blob("a", b"a" * 60, tx=tx)
+        assert store.log.behind(tx)  # held
+        store.log.put_blob("a", b"b" * 60, tx=tx)
+        assert not store.log.behind(tx)  # 120 bytes held: written out
+    assert store.log.get_blob(blob_ref(b"a" * 60)) == b"a" * 60
+    assert store.log.get_blob(blob_ref(b"b" * 60)) == b"b" * 60
