@@ -1,16 +1,23 @@
-"""The write transaction's write-behind buffer: the projection rows (``tasks``, ``queue``,
-``feed``, ``checkpoints``) and the small blobs with their references that a group-commit
-batch writes, kept in memory and written as one statement of multi-row ``unnest`` inserts
-just before COMMIT, instead of one statement per command per table.
+"""The write transaction's write-behind buffer: the event rows, the projection rows
+(``tasks``, ``queue``, ``feed``, ``checkpoints``) and the small blobs with their references
+that a group-commit batch writes, kept in memory and written as one statement of multi-row
+``unnest`` inserts just before COMMIT, instead of one statement per command per table.
 
 Each statement costs the writer about 50-60 us of psycopg's CPU whatever it carries, and a
-create wrote five; with the buffer it writes one (its append) and its batch one more.
+create sent five (one of them, its append, waited for); with the buffer a batch of creates
+sends one. Its arrays go in binary: psycopg's text format escapes each element in Python
+(3.6 ms for three arrays of 32 states, against 24 us in binary).
 
 * **Reads see the buffer.** ``PostgresLog`` writes it out before any read through the write
-  transaction (a fetch, a walk, the queue head a claim reads, a blob read back), so what a
-  later command of the batch reads includes what an earlier one wrote. The task states a
-  transaction wrote are also kept in its states cache (``PostgresLog.known_states``), so a
-  command's read of its own task costs nothing.
+  transaction (a fetch, a walk, the chain head, a blob read back), so what a later command of
+  the batch reads includes what an earlier one wrote. The task states a transaction wrote are
+  also kept in its states cache (``PostgresLog.known_states``), so a command's read of its own
+  task costs nothing, and a batch's claims take their heads from one read of the stored queue's
+  front and the queue changes held here (``queue_head``).
+* **Appends.** An append's first row carries the version its stream must be at (unless the
+  stream's last version is held here: then the log checks it in memory); a stale one gets a
+  NULL version, which NOT NULL refuses, so the statement fails as a taken version does at the
+  unique index. Inside a savepoint the log checks appends at once instead.
 * **Savepoints.** It is written out before a savepoint begins and before it is released, and
   dropped when one is rolled back: what it holds then is that unit's own rows.
 * **One row per key.** Rows are kept by their primary key, the last write winning (a multi-row

@@ -16,13 +16,18 @@ server processes (nodes) share.
   leaves out the log's own, by the sending session's process id).
 * Writes go through one connection per process (a lock serialises its threads); reads take a
   connection from a pool (``psycopg_pool``), in autocommit, or a REPEATABLE READ snapshot.
-* **Pipeline mode.** A write transaction runs in psycopg's pipeline mode: a statement whose
-  result is not needed (a blob, a projection row, a feed entry) is sent without waiting for its
-  answer, and the answers are read at the next statement whose result is needed (a state read,
-  the append) or at COMMIT. A command in a group-commit batch costs two round trips to the
-  server (its state, its append) instead of one per statement. An error in a statement sent
-  ahead surfaces at that next read, so a savepoint syncs before it is released (the error is
-  its command's), and a transaction the database rolled back is never reported as committed
+* **Pipeline mode and the write-behind buffer.** A write transaction runs in psycopg's
+  pipeline mode: a statement whose result is not needed is sent without waiting for its
+  answer, and the answers are read at the next statement whose result is needed or at COMMIT.
+  What the transaction writes to the events, the projections and (small) blobs is not even
+  sent at once: it is held in a buffer (``ledger.postgres.behind``) and written as one
+  multi-row statement before COMMIT, or before anything reads through the transaction: a
+  group-commit batch of creates writes with one statement whatever its size, and waits twice
+  (its states, COMMIT). An append's version is checked by that statement (a stale one fails it,
+  and the handler reruns the batch guarded, where each append is checked at once in its
+  command's savepoint). An error in a statement sent ahead surfaces at that next read, so a
+  savepoint writes the buffer out and syncs before it is released (the error is its
+  command's), and a transaction the database rolled back is never reported as committed
   (COMMIT answering ROLLBACK raises TransactionRolledBack).
 * Blobs are ``bytea`` stored uncompressed out of line (``STORAGE EXTERNAL``), so
   ``substring`` reads a piece of one without the rest.
