@@ -16,13 +16,18 @@ server processes (nodes) share.
   leaves out the log's own, by the sending session's process id).
 * Writes go through one connection per process (a lock serialises its threads); reads take a
   connection from a pool (``psycopg_pool``), in autocommit, or a REPEATABLE READ snapshot.
-* **Pipeline mode.** A write transaction runs in psycopg's pipeline mode: a statement whose
-  result is not needed (a blob, a projection row, a feed entry) is sent without waiting for its
-  answer, and the answers are read at the next statement whose result is needed (a state read,
-  the append) or at COMMIT. A command in a group-commit batch costs two round trips to the
-  server (its state, its append) instead of one per statement. An error in a statement sent
-  ahead surfaces at that next read, so a savepoint syncs before it is released (the error is
-  its command's), and a transaction the database rolled back is never reported as committed
+* **Pipeline mode and the write-behind buffer.** A write transaction runs in psycopg's
+  pipeline mode: a statement whose result is not needed is sent without waiting for its
+  answer, and the answers are read at the next statement whose result is needed or at COMMIT.
+  What the transaction writes to the events, the projections and (small) blobs is not even
+  sent at once: it is held in a buffer (``ledger.postgres.behind``) and written as one
+  multi-row statement before COMMIT, or before anything reads through the transaction: a
+  group-commit batch of creates writes with one statement whatever its size, and waits twice
+  (its states, COMMIT). An append's version is checked by that statement (a stale one fails it,
+  and the handler reruns the batch guarded, where each append is checked at once in its
+  command's savepoint). An error in a statement sent ahead surfaces at that next read, so a
+  savepoint writes the buffer out and syncs before it is released (the error is its
+  command's), and a transaction the database rolled back is never reported as committed
   (COMMIT answering ROLLBACK raises TransactionRolledBack).
 * Blobs are ``bytea`` stored uncompressed out of line (``STORAGE EXTERNAL``), so
   ``substring`` reads a piece of one without the rest.
@@ -36,7 +41,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import pq
@@ -48,6 +53,7 @@ from ledger.codec import LogEvent
 from ledger.errors import ConcurrencyConflict, StorageUnavailable, TransactionRolledBack
 from ledger.events import BlobRef, blob_ref
 from ledger.log import Envelope, RecordedEvent, StoredEvent
+from ledger.postgres.behind import SMALL_BLOB, WriteBehind
 from ledger.postgres.connection import (
     channel_name,
     connect,
@@ -65,6 +71,8 @@ from ledger.rows import (
 )
 from ledger.state import TaskState
 
+#: Every event's stream and data in position order (``iter_data``: what a replay reads).
+SELECT_DATA = "SELECT stream_id, data FROM events ORDER BY position"
 #: Rows fetched per round trip when a whole table is walked.
 WALK_BATCH = 5_000
 #: The columns of an event row as inserted, and their placeholders (typed, so a column of
@@ -137,6 +145,8 @@ class PostgresLog:
         #: The write session's backend process id: its NOTIFYs are this log's own commits.
         self._writer_pid: int | None = None
         self._in_tx = False
+        #: Savepoints open in the write transaction: inside one, appends are checked at once.
+        self._savepoints = 0
         self._turns = 0
         self._appended_to: int | None = None
         #: (last position, its hash, its recorded_at) as this transaction left them.
@@ -147,6 +157,9 @@ class PostgresLog:
         #: Task states the open write transaction has read or prefetched, as it left them
         #: (None: no row): ``PostgresViews`` answers a later read of one without a round trip.
         self._states: dict[str, TaskState | None] = {}
+        #: The projection rows and small blobs the open write transaction has written but
+        #: not yet sent (``ledger.postgres.behind``).
+        self._behind = WriteBehind()
         #: The blob readers not yet closed: closed with the log.
         self._blob_readers: weakref.WeakSet[PostgresBlobReader] = weakref.WeakSet()
         with self._write_lock:
@@ -186,6 +199,7 @@ class PostgresLog:
     def reading(self, tx: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
         """``tx`` itself, or a pooled autocommit connection for the length of the block."""
         if tx is not None:
+            self.flush(tx)
             yield tx
             return
         try:
@@ -215,6 +229,7 @@ class PostgresLog:
         server-side cursor: inside ``tx`` (a transaction) or in a read-only transaction of a
         pooled connection held while the walk lasts."""
         if tx is not None:
+            self.flush(tx)
             yield from self._declared(tx, sql, params)
             return
         with self.reading() as conn:
@@ -298,15 +313,20 @@ class PostgresLog:
                 raise storage_error(exc) from exc
             self._in_tx, self._head, self._appended_to = True, None, None
             self._states.clear()
+            self._behind.clear()
             try:
                 with conn.pipeline() as pipeline:
                     self._pipeline = pipeline
                     conn.execute("BEGIN")
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_id,))
-                    # Held before the block runs: what it reads on other connections (the
-                    # pool) must see no other node's write in progress. One round trip a batch.
-                    pipeline.sync()
+                    if not self._turns:
+                        # Held before the block runs: what it reads on other connections (the
+                        # pool) must see no other node's write in progress. Inside a write
+                        # turn the session already holds the lock (taken again at once), so
+                        # BEGIN and the lock go with the block's first statement that waits.
+                        pipeline.sync()
                     yield conn
+                    self.flush(conn)
                     if self._appended_to is not None:
                         conn.execute(
                             "SELECT pg_notify(%s, %s)", (self.channel, str(self._appended_to))
@@ -328,6 +348,11 @@ class PostgresLog:
                 ) from exc
             except psycopg.Error as exc:
                 self._abandon()
+                if _refused_append(exc):
+                    raise ConcurrencyConflict(
+                        "An append in the transaction found its stream at another version "
+                        f"than it expected ({exc.diag.message_primary})"
+                    ) from exc
                 raise storage_error(exc) from exc
             except BaseException:
                 self._abandon()
@@ -336,6 +361,7 @@ class PostgresLog:
                 self._in_tx, self._head, self._appended_to = False, None, None
                 self._pipeline = None
                 self._states.clear()
+                self._behind.clear()
 
     def _abandon(self) -> None:
         """Roll back whatever is open on the write connection (or drop a broken one)."""
@@ -356,6 +382,7 @@ class PostgresLog:
         """A nested unit inside ``tx``: on error only its own writes are undone. If the
         connection was lost, the whole transaction is: TransactionRolledBack."""
         try:
+            self.flush(tx)  # what came before the unit is not undone with it
             tx.execute(f"SAVEPOINT {name}")
             self.sync()
         except psycopg.Error as exc:
@@ -363,13 +390,19 @@ class PostgresLog:
                 f"The database cannot be written right now ({exc})"
             ) from exc
         try:
-            yield
+            self._savepoints += 1
+            try:
+                yield
+            finally:
+                self._savepoints -= 1
             # The unit's statements sent ahead: their errors are its own, raised in here.
+            self.flush(tx)
             tx.execute(f"RELEASE SAVEPOINT {name}")
             self.sync()
         except BaseException as exc:
             self._head = None
             self._states.clear()  # some may be the unit's, undone with it
+            self._behind.clear()  # the unit's own rows
             try:
                 # After an error the server skips what the pipeline sent until its next sync.
                 self.sync()
@@ -393,6 +426,19 @@ class PostgresLog:
         if tx is not None and self._in_tx and tx is self._writer:
             return self._states
         return None
+
+    def behind(self, tx: object) -> WriteBehind | None:
+        """The write-behind buffer of the open write transaction ``tx``, or None when ``tx``
+        is not that transaction (then a write goes to the database at once)."""
+        if tx is not None and self._in_tx and tx is self._writer:
+            return self._behind
+        return None
+
+    def flush(self, tx: psycopg.Connection | None = None) -> None:
+        """Send what the write-behind buffer holds (in the pipeline, not waited for), if
+        ``tx`` is the open write transaction: before anything reads through it."""
+        if self._behind and tx is not None and self._in_tx and tx is self._writer:
+            self._behind.flush(tx)
 
     def sync(self) -> None:
         """Send what the write transaction's pipeline holds and read every answer: an error in
@@ -428,16 +474,36 @@ class PostgresLog:
         if not events:
             self._check_version(tx, stream_id, expected_version)
             return []
-        rows, recorded, self._head = chain_events(
+        behind = self.behind(tx) if not self._savepoints else None
+        if behind is not None:
+            # Held with the batch's other rows and written with them before COMMIT (a stale
+            # version fails that statement, and the handler reruns the batch guarded: then
+            # each append is checked here, in its command's savepoint).
+            follows = behind.follows(stream_id)
+            if follows is not None and follows != expected_version:
+                raise ConcurrencyConflict(
+                    f"Stream {stream_id} is at version {follows}, not {expected_version}"
+                )
+        else:
+            self.flush(tx)
+        rows, recorded, head = chain_events(
             self._head or self._chain_head(tx), stream_id, expected_version, events, envelope
         )
-        self._insert(tx, rows, expected_version=expected_version)
-        self._appended_to = self._head[0]
+        if behind is not None:
+            full = behind.append(stream_id, expected_version, rows)
+            self._head = head
+            if full:
+                self.flush(tx)
+        else:
+            self._head = head
+            self._insert(tx, rows, expected_version=expected_version)
+        self._appended_to = head[0]
         return recorded
 
     def _chain_head(self, tx: psycopg.Connection) -> tuple[int, str, str]:
         """The newest event's position, hash and recorded_at, read under the advisory lock:
         no transaction that could append after it is in flight."""
+        self.flush(tx)
         row = tx.execute(
             "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
         ).fetchone()
@@ -515,8 +581,9 @@ class PostgresLog:
             yield r[0], r[1], r[2]
 
     def iter_data(self, *, tx: psycopg.Connection | None = None) -> Iterator[tuple[str, str]]:
-        for r in self.walk("SELECT stream_id, data FROM events ORDER BY position", tx=tx):
-            yield r[0], r[1]
+        # The rows are (stream_id, data) already: handed on as they come, with no generator
+        # of its own around the walk (a whole-log replay reads every event through here).
+        return cast(Iterator[tuple[str, str]], self.walk(SELECT_DATA, tx=tx))
 
     def read_stream(
         self,
@@ -591,6 +658,11 @@ class PostgresLog:
 
     def put_blob(self, task_id: str, data: bytes, *, tx: psycopg.Connection) -> BlobRef:
         ref = blob_ref(data)
+        behind = self.behind(tx)
+        if behind is not None and len(data) <= SMALL_BLOB:
+            if behind.put_blob(task_id, ref.sha256, data):
+                self.flush(tx)
+            return ref
         try:
             # One statement for both rows (in a write transaction's pipeline, no round trip).
             tx.execute(
@@ -625,6 +697,7 @@ class PostgresLog:
         return reader
 
     def purge_blobs(self, task_id: str, *, tx: psycopg.Connection) -> int:
+        self.flush(tx)
         shas = [
             r[0]
             for r in tx.execute(
@@ -679,6 +752,15 @@ class PostgresLog:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+
+
+def _refused_append(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` is a held append refused when written out: a version taken already
+    (the unique index) or a stream not at the version expected (a NULL version)."""
+    return (
+        isinstance(exc, psycopg.errors.UniqueViolation | psycopg.errors.NotNullViolation)
+        and exc.diag.table_name == "events"
+    )
 
 
 class _Listener:

@@ -17,6 +17,9 @@ from ledger.postgres.log import PostgresLog
 from ledger.rows import COLUMN_NAMES, EVENT_COLUMNS, query_columns, row_to_recorded, stale_columns
 from ledger.state import TaskState
 
+#: Rows of the stored queue's front a write transaction reads for its claims at once.
+QUEUE_FRONT = 64
+
 
 class PostgresViews:
     """``ledger.log.TaskViews`` on the database of a ``PostgresLog``."""
@@ -46,6 +49,7 @@ class PostgresViews:
         wanted = [task_id for task_id in dict.fromkeys(task_ids) if task_id not in known]
         if not wanted:
             return
+        self._log.flush(tx)
         rows = tx.execute(
             "SELECT task_id, state FROM tasks WHERE task_id = ANY(%s)", (wanted,)
         ).fetchall()
@@ -54,9 +58,17 @@ class PostgresViews:
             known[task_id] = found.get(task_id)
 
     def save_task(self, tx: psycopg.Connection, state: TaskState) -> None:
-        known = self._log.known_states(tx)
-        if known is not None and state.task_id in known:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            # Held until COMMIT (or the next read through tx); meanwhile this transaction's
+            # reads of the task are answered from its states cache.
+            known = self._log.known_states(tx)
+            assert known is not None
             known[state.task_id] = state
+            row = (*query_columns(state), codec.encode_str(state))
+            if behind.save_task(state.task_id, row):
+                self._log.flush(tx)
+            return
         tx.execute(
             "INSERT INTO tasks (task_id, owner, status, created_at, visible_until, lease_until,"
             " gone, version, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -131,20 +143,37 @@ class PostgresViews:
         if known is None:
             row = self._log.fetchone("SELECT task_id FROM queue ORDER BY position LIMIT 1", tx=tx)
             return row[0] if row else None
-        # In the write transaction the claim that asked loads the head's state next: read it
-        # with the head (one round trip for both).
-        row = self._log.fetchone(
-            "SELECT q.task_id, t.state FROM queue q LEFT JOIN tasks t ON t.task_id = q.task_id"
-            " ORDER BY q.position LIMIT 1",
-            tx=tx,
-        )
-        if row is None:
-            return None
-        if row[0] not in known:
-            known[row[0]] = codec.decode_state(row[1]) if row[1] is not None else None
-        return str(row[0])
+        behind = self._log.behind(tx)
+        assert behind is not None
+        while True:
+            if behind.queue_front is None:
+                # The front of the stored queue, with each task's state (the claim that asked
+                # loads it next), read once for the claims of the batch: one round trip. The
+                # read writes the buffer out first, so the rows are the queue as it stands.
+                rows = self._log.fetchall(
+                    "SELECT q.task_id, t.state FROM queue q"
+                    " LEFT JOIN tasks t ON t.task_id = q.task_id"
+                    " ORDER BY q.position LIMIT %s",
+                    (QUEUE_FRONT,),
+                    tx=tx,
+                )
+                behind.queue_front = {task_id: state for task_id, state in rows}
+                behind.queue_front_whole = len(rows) < QUEUE_FRONT
+            head = behind.queue_head()
+            if head is not None or behind.queue_front_whole:
+                break
+            behind.queue_front = None  # every row read has left or moved: read on
+        if head is not None and head not in known:
+            state = behind.queue_front.get(head) if behind.queue_front else None
+            known[head] = codec.decode_state(state) if state is not None else None
+        return head
 
     def enqueue(self, tx: psycopg.Connection, task_id: str, position: int) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.enqueue(task_id, position):
+                self._log.flush(tx)
+            return
         tx.execute(
             "INSERT INTO queue (task_id, position) VALUES (%s, %s)"
             " ON CONFLICT (task_id) DO UPDATE SET position = excluded.position",
@@ -152,6 +181,11 @@ class PostgresViews:
         )
 
     def dequeue(self, tx: psycopg.Connection, task_id: str) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.dequeue(task_id):
+                self._log.flush(tx)
+            return
         tx.execute("DELETE FROM queue WHERE task_id = %s", (task_id,))
 
     def queue_entries(self, *, tx: psycopg.Connection | None = None) -> list[tuple[str, int]]:
@@ -162,6 +196,7 @@ class PostgresViews:
         known = self._log.known_states(tx)
         if known is not None:
             known.clear()
+        self._log.flush(tx)
         tx.execute("DELETE FROM tasks")
         tx.execute("DELETE FROM queue")
         tx.execute("DELETE FROM checkpoints")
@@ -170,6 +205,11 @@ class PostgresViews:
     # -- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self, tx: psycopg.Connection, state: TaskState) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.save_checkpoint(state.task_id, state.version, codec.encode_str(state)):
+                self._log.flush(tx)
+            return
         tx.execute(
             "INSERT INTO checkpoints (task_id, version, state) VALUES (%s, %s, %s)"
             " ON CONFLICT (task_id, version) DO UPDATE SET state = excluded.state",
@@ -200,6 +240,11 @@ class PostgresViews:
     def add_to_feed(self, tx: psycopg.Connection, entries: Sequence[FeedEntry]) -> None:
         if not entries:
             return
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.add_to_feed([(e.owner, e.position, e.task_id, e.type) for e in entries]):
+                self._log.flush(tx)
+            return
         with tx.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO feed (owner, position, task_id, type) VALUES (%s, %s, %s, %s)",
@@ -207,6 +252,11 @@ class PostgresViews:
             )
 
     def drop_from_feed(self, tx: psycopg.Connection, task_id: str) -> None:
+        behind = self._log.behind(tx)
+        if behind is not None:
+            if behind.drop_from_feed(task_id):
+                self._log.flush(tx)
+            return
         tx.execute("DELETE FROM feed WHERE task_id = %s", (task_id,))
 
     def feed_entries(self, *, tx: psycopg.Connection | None = None) -> Iterator[FeedEntry]:
