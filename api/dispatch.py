@@ -259,7 +259,7 @@ class Dispatcher:
 
     def _refill_wait(self) -> float:
         """Seconds until the budget is above nothing again (at least a hundredth)."""
-        return max(0.01, -self._budget / SHARE)
+        return min(LOOK_EVERY, max(0.01, -self._budget / SHARE))
 
     def _idle_wait(self) -> float:
         """With nothing in flight: seconds until the next delivery is due (a retry's time),
