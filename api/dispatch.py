@@ -133,9 +133,6 @@ class Dispatcher:
         #: CPU its chores took on the writer's thread (counted in its share too).
         self._chore_cpu = 0.0
         self._seen_outbox = 0
-        #: Attempts made and deliveries delivered by this process (for tests and the bench).
-        self.attempts = 0
-        self.delivered = 0
 
     # -- life -------------------------------------------------------------------------------
 
@@ -175,6 +172,7 @@ class Dispatcher:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._metered = (time.monotonic(), time.thread_time() + self._chore_cpu)  # this thread's
         self._ready.set()
         settings = self.service.settings
         client = Poster(
@@ -387,8 +385,6 @@ class Dispatcher:
             error=error,
             response=response,
         )
-        self.attempts += 1
-        self.delivered += delivered
         self._done.append(
             Attempted(
                 delivery=d, attempt=attempt, delivered=delivered, retryable=retryable, sent=sent
