@@ -226,6 +226,12 @@ class EventLog(Protocol):
         """Every stored blob: its address, its bytes and the tasks that refer to it."""
         ...
 
+    def check_writable(self) -> None:
+        """Raise StorageUnavailable unless the database answers and would accept a write now
+        (reachable, not read-only, not full as far as the backend can tell without writing):
+        what ``GET /ready`` asks. Cheap, and it leaves nothing behind (a rolled-back probe)."""
+        ...
+
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (on a thread of the backend's) soon after another process (another
         instance of this log) commits events to it, if the backend can tell (PostgreSQL's
@@ -314,6 +320,16 @@ class TaskViews(Protocol):
     def queue_head(self, *, tx: Any = None) -> str | None: ...
 
     def enqueue(self, tx: Any, task_id: str, position: int) -> None: ...
+
+    def status_counts(self, *, tx: Any = None) -> dict[str, int]:
+        """How many task rows (not gone: neither deleted nor expired) are in each status; a
+        status no task is in is absent. An index-only count (the metrics' scrape)."""
+        ...
+
+    def queue_summary(self, *, tx: Any = None) -> tuple[int, datetime | None]:
+        """How many tasks are claimable, and when the one at the head of the queue (the next
+        claim's) was created (None for an empty queue)."""
+        ...
 
     def dequeue(self, tx: Any, task_id: str) -> None: ...
 

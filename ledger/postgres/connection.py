@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS queue (
     position BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_fifo ON queue (position);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status) WHERE gone IS NULL;
 CREATE TABLE IF NOT EXISTS checkpoints (
     task_id TEXT COLLATE "C" NOT NULL,
     version INTEGER NOT NULL,

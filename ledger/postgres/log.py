@@ -210,6 +210,15 @@ class PostgresLog:
         except psycopg.OperationalError as exc:
             raise storage_error(exc) from exc
 
+    def check_writable(self) -> None:
+        """A pooled connection answers, and the server takes writes (not a standby in
+        recovery, not read-only by default): no transaction, no lock, nothing written."""
+        row = self.fetchone("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+        if row is None or row[0] or row[1] == "on":
+            raise StorageUnavailable(
+                "The database cannot be written right now (the server is read-only)"
+            )
+
     def fetchall(
         self, sql: str, params: Sequence[Any] = (), *, tx: psycopg.Connection | None = None
     ) -> list[tuple[Any, ...]]:

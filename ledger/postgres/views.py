@@ -136,6 +136,21 @@ class PostgresViews:
 
     # -- queue ------------------------------------------------------------------------------
 
+    def status_counts(self, *, tx: psycopg.Connection | None = None) -> dict[str, int]:
+        rows = self._log.fetchall(
+            "SELECT status, count(*) FROM tasks WHERE gone IS NULL GROUP BY status", tx=tx
+        )
+        return {status: count for status, count in rows}
+
+    def queue_summary(self, *, tx: psycopg.Connection | None = None) -> tuple[int, datetime | None]:
+        row = self._log.fetchone(
+            "SELECT (SELECT count(*) FROM queue), (SELECT t.created_at FROM queue q"
+            " JOIN tasks t ON t.task_id = q.task_id ORDER BY q.position LIMIT 1)",
+            tx=tx,
+        )
+        assert row is not None
+        return row[0], codec.parse_timestamp(row[1]) if row[1] is not None else None
+
     def queue_head(self, *, tx: psycopg.Connection | None = None) -> str | None:
         """The oldest claimable task. Inside a write transaction the ledger's advisory lock is
         held, so no other node can claim the same head before this transaction commits."""

@@ -142,6 +142,25 @@ class SqliteLog:
                         conn.execute("ROLLBACK")
                     raise storage_error(exc) from exc
 
+    def check_writable(self) -> None:
+        """A write turn and a rolled-back write: ``BEGIN IMMEDIATE``, a new table (which needs
+        a new page, so a full file or a read-only one refuses it as it would any write), then
+        ROLLBACK. Nothing reaches the file."""
+        with self._write_lock:
+            conn = self._writer
+            if conn.in_transaction:  # this thread is inside a transaction: it is writing
+                return
+            with self.write_turn():
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.execute("CREATE TABLE main.ready_probe (x)")
+                    finally:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    raise storage_error(exc) from exc
+
     @contextmanager
     def savepoint(self, tx: sqlite3.Connection, name: str) -> Iterator[None]:
         """A nested unit inside ``tx``: on error only its own writes are undone, and driver

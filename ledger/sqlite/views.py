@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS queue (
     position INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_fifo ON queue (position);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status) WHERE gone IS NULL;
 CREATE TABLE IF NOT EXISTS checkpoints (
     task_id TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -218,6 +219,21 @@ class SqliteViews:
         tx.execute(
             "INSERT OR REPLACE INTO queue (task_id, position) VALUES (?, ?)", (task_id, position)
         )
+
+    def status_counts(self, *, tx: sqlite3.Connection | None = None) -> dict[str, int]:
+        rows = self._conn(tx).execute(
+            "SELECT status, count(*) FROM tasks WHERE gone IS NULL GROUP BY status"
+        )
+        return {status: count for status, count in rows}
+
+    def queue_summary(self, *, tx: sqlite3.Connection | None = None) -> tuple[int, datetime | None]:
+        conn = self._conn(tx)
+        (depth,) = conn.execute("SELECT count(*) FROM queue").fetchone()
+        head = conn.execute(
+            "SELECT t.created_at FROM queue q JOIN tasks t ON t.task_id = q.task_id"
+            " ORDER BY q.position LIMIT 1"
+        ).fetchone()
+        return depth, codec.parse_timestamp(head[0]) if head else None
 
     def dequeue(self, tx: sqlite3.Connection, task_id: str) -> None:
         tx.execute("DELETE FROM queue WHERE task_id = ?", (task_id,))

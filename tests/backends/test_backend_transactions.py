@@ -310,3 +310,12 @@ def test_reads_with_tx_see_the_transactions_own_log_writes(backend, other):
         assert other.log.get_blob(ref) is None
         assert other.log.last_position() == 0
     assert other.log.read_stream(stream_id_for("a")) == recorded
+
+
+def test_check_writable_passes_on_a_healthy_database_and_writes_nothing(backend, other):
+    last = backend.log.last_position()
+    backend.log.check_writable()
+    other.log.check_writable()
+    with backend.log.transaction() as tx:  # the probe left no transaction open
+        append(backend, "t", [created("t", 0)], tx=tx)
+    assert backend.log.last_position() == last + 1

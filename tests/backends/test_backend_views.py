@@ -212,6 +212,23 @@ def test_the_queue_is_fifo_by_position(backend):
     assert backend.views.queue_entries() == []
 
 
+def test_status_counts_and_queue_summary_count_the_rows_that_are_not_gone(backend):
+    assert backend.views.status_counts() == {}
+    assert backend.views.queue_summary() == (0, None)
+    write_task(backend, [created("a", 5)], queued=True)
+    write_task(backend, [created("b", 1)], queued=True)
+    write_task(backend, [created("c", 2), claimed("c", 3)])
+    write_task(backend, [created("d", 0), claimed("d", 1), succeeded("d", 2)])
+    write_task(backend, [created("e", 0), cancelled("e", 1), deleted("e", 2)])
+    assert backend.views.status_counts() == {"Starting": 2, "Processing": 1, "Succeeded": 1}
+    # The head of the queue is the lowest position ("a" was queued first), not the oldest task.
+    assert backend.views.queue_summary() == (2, at(5))
+    with backend.log.transaction() as tx:
+        backend.views.dequeue(tx, "a")
+        assert backend.views.queue_summary(tx=tx) == (1, at(1))
+    assert backend.views.queue_summary() == (1, at(1))
+
+
 # -- the feed -------------------------------------------------------------------------------------
 
 
