@@ -152,12 +152,14 @@ def open_service(settings: Settings) -> TaskLedger:
     from api.fetch import UrlFetcher
     from api.groupcommit import Writer
     from api.keys import Gate, RateLimiter
+    from api.metrics import BatchMetrics
     from api.readpool import ReadPool
     from api.service import TaskLedger, now
     from api.settings import database_of
 
     store = Store(database_of(settings), synchronous=settings.synchronous, clock=now)
     writer = Writer(store.handler, park_limit=settings.park_ms / 1000)
+    writer.listen(BatchMetrics(writer))
     writer.start()
     limiter = None
     if settings.rate_limit_per_second:

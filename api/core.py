@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 
-from api import idempotency
+from api import idempotency, metrics
 from api.groupcommit import Writer
 from api.keys import Gate
 from api.live import Watch
@@ -134,6 +134,11 @@ class ServiceCore:
 
     def authenticate(self, authorization: str | None) -> Caller:
         return self.gate.authenticate(authorization)
+
+    def check_ready(self) -> None:
+        """StorageUnavailable unless the database answers and would take a write now (a
+        rolled-back probe in this process's write turn: ``EventLog.check_writable``)."""
+        self.store.log.check_writable()
 
     # -- the command path ---------------------------------------------------------------------
 
@@ -361,4 +366,5 @@ class ServiceCore:
                 " the request was done; use a new key"
             ) from None
         note(outcome="replayed")
+        metrics.IDEMPOTENT_REPLAYS.inc()
         return result

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from api import metrics
 from api.policy import Caller
 from api.poster import Poster, PostFailed
 from api.schemas import render_view
@@ -308,6 +309,7 @@ class Dispatcher:
             if not written:
                 log.warning("webhook_lease_lost", delivery_id=d.delivery_id)
                 continue
+            metrics.WEBHOOK_DELIVERIES.labels(status).inc()
             if status == PENDING or not item.sent or d.webhook_id.startswith(DEFAULT_PREFIX):
                 continue
             run = store.webhooks.count_failure(tx, d.webhook_id, status == GAVE_UP)

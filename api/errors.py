@@ -9,8 +9,16 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 
+from api import metrics
 from api.policy import Forbidden
-from api.refusals import BadRequest, Busy, IdempotencyMismatch, InvalidKey, RateLimited
+from api.refusals import (
+    BadRequest,
+    Busy,
+    IdempotencyMismatch,
+    InvalidKey,
+    RateLimited,
+    TooManyStreams,
+)
 from ledger.errors import (
     ConcurrencyConflict,
     EventLimitReached,
@@ -90,6 +98,9 @@ def handle_any(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
         return text("Internal server error", 500)
     if status_code == 503:
         log.warning("storage_unavailable", error=message_of(exc))
+    if isinstance(exc, RateLimited):
+        reason = "streams" if isinstance(exc, TooManyStreams) else "requests"
+        metrics.RATE_LIMITED.labels(reason).inc()
     return text(message_of(exc), status_code, headers_for(exc, status_code))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Self
@@ -37,6 +38,10 @@ class Writer:
         self.batches = 0
         self.commands = 0
         self.busy = False
+        #: The last batch's commands, and how long its transaction took (BEGIN to the end of
+        #: COMMIT, the wait for the write turn not included): for the listeners (api.metrics).
+        self.last_batch_size = 0
+        self.last_batch_seconds: float | None = None
         self._listeners: list[Callable[[Sequence[Any]], None]] = []
 
     def listen(self, listener: Callable[[Sequence[Any]], None]) -> None:
@@ -94,20 +99,24 @@ class Writer:
                 # arrives while another process holds the database joins this transaction.
                 with self.handler.log.write_turn():
                     batch, stopping = take_more(self._queue, first, self.max_batch)
+                    started = time.perf_counter()
                     with Pause.loops_of(batch, self.park_limit) as pause:
                         results = self.handler.execute_batch(
                             [request for request, _ in batch],
                             begun=pause.start,
                             before_commit=pause.end,
                         )
+                    self.last_batch_seconds = time.perf_counter() - started
             except BaseException as exc:
                 results = [exc] * len(batch)
+                self.last_batch_seconds = None  # the batch failed: no commit to time
             self.batches += 1
             commands = sum(isinstance(request, Request) for request, _ in batch)
             #: Whether commands are coming in faster than one at a time (the last batch held
             #: several, or more wait): the API is busy, and background work yields to it.
             self.busy = commands > 1 or not self._queue.empty()
             self.commands += commands
+            self.last_batch_size = commands
             on_loops: list[tuple[asyncio.Future, Any, bool]] = []
             for (_, future), result in zip(batch, results, strict=True):
                 failed = isinstance(result, BaseException)

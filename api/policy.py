@@ -62,6 +62,8 @@ class UseCase(enum.Enum):
     #: Webhook subscriptions, their secrets and their deliveries (an admin's reach every
     #: owner's, and may hear every owner's tasks).
     WEBHOOKS = "manage webhooks"
+    #: GET /metrics (unless serve --metrics-public): counts across every owner.
+    METRICS = "read the metrics"
 
 
 OWN, ANY, PROCESSING_ONLY, EVER = Scope.OWN, Scope.ANY, Scope.PROCESSING, Scope.EVER
@@ -88,6 +90,7 @@ POLICY: dict[UseCase, dict[str, Scope]] = {
     UseCase.HISTORY: {"user": OWN, "worker": ANY, "admin": EVER},
     UseCase.FEED: {"user": OWN, "admin": EVER},
     UseCase.WEBHOOKS: {"user": OWN, "admin": ANY},
+    UseCase.METRICS: {"admin": ANY},
 }
 
 

@@ -88,6 +88,8 @@ class Settings(msgspec.Struct, kw_only=True):
     #: Origins a browser may call the API from (CORS; ``*``: any, as Chunkr); empty: no CORS
     #: headers at all. A preflight needs no key.
     cors_origins: tuple[str, ...] = ("*",)
+    #: Whether GET /metrics answers without a key (else it needs an admin key).
+    metrics_public: bool = False
     # -- connections (api.connections; taskledger serve hands them to uvicorn) ------------------
     #: Connections one server process holds at once. At the cap a new connection takes the slot
     #: of the longest-idle one (no request in progress), or gets 503 with Retry-After when every

@@ -18,6 +18,7 @@ import threading
 
 import structlog
 
+from api import metrics
 from api.service import TaskLedger
 
 log = structlog.get_logger("taskledger.sweeper")
@@ -42,6 +43,7 @@ def sweep_once(service: TaskLedger) -> dict[str, int]:
         counts["tasks_expired"] += "Expired" in types
     if any(counts.values()):
         log.info("swept", **counts)
+        metrics.count_sweep(counts)
     return counts
 
 

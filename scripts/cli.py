@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -293,6 +295,11 @@ def cli() -> None:
     type=click.IntRange(min=0),
     help="Webhook deliveries each server process sends at once (0: this process sends none).",
 )
+@click.option(
+    "--metrics-public",
+    is_flag=True,
+    help="Let GET /metrics answer without a key (it needs an admin key by default).",
+)
 # -- connections (api.connections) ---------------------------------------------------------------
 @click.option(
     "--max-connections",
@@ -349,6 +356,7 @@ def serve(
     webhook_timeout: float,
     webhook_backoff_scale: float,
     webhook_concurrency: int,
+    metrics_public: bool,
     max_connections: int | None,
     header_timeout: float,
     keep_alive: float,
@@ -428,6 +436,7 @@ def serve(
         webhook_timeout=webhook_timeout,
         webhook_backoff_scale=webhook_backoff_scale,
         webhook_concurrency=webhook_concurrency,
+        metrics_public=metrics_public,
     )
     click.echo(f"taskledger serving {database_name(db)} on http://{host}:{port}", err=True)
     if workers > 1:
@@ -438,16 +447,17 @@ def serve(
         os.environ[SETTINGS_ENV] = settings_to_env(settings)
         if log_json is not None:
             os.environ["TASKLEDGER_LOG_JSON"] = "1" if log_json else "0"
-        uvicorn.run(
-            "api.app:create_app_from_env",
-            http=connections.PROTOCOL_FROM_ENV,
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-        )
+        with _metrics_directory():
+            uvicorn.run(
+                "api.app:create_app_from_env",
+                http=connections.PROTOCOL_FROM_ENV,
+                factory=True,
+                workers=workers,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+            )
         return
     uvicorn.run(
         create_app(settings),
@@ -457,6 +467,29 @@ def serve(
         log_level="warning",
         access_log=False,
     )
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """prometheus_client's multi-process mode for the worker processes (they start after this
+    and read it from their environment): each keeps its metrics in files of a private
+    directory, and GET /metrics in any of them adds up all of them. Removed when the server
+    stops. A directory the operator set (PROMETHEUS_MULTIPROC_DIR) is used as it is, and kept."""
+    import shutil
+    import tempfile
+
+    from api.metrics import MULTIPROC_ENV
+
+    if os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="taskledger-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _connection_cap(requested: int | None) -> int:

@@ -272,3 +272,36 @@ def test_sqlite_read_only_state_answers_503_and_recovers(app_server):
             read_only.close()
         assert user.get(f"/task/{task_id}/cancel").status_code == 200
     assert_log_sound(db)
+
+
+def assert_not_ready(server: InProcessServer, reason: str) -> None:
+    response = httpx.get(f"{server.url}/ready")  # no key: readiness is public, as /health is
+    assert_unavailable(response, reason)
+    assert httpx.get(f"{server.url}/health").status_code == 200  # liveness: still alive
+
+
+def test_ready_is_503_while_the_database_is_full_or_read_only_and_200_again_after(app_server):
+    db, log = app_server.service.store.path, app_server.service.store.log
+    response = httpx.get(f"{app_server.url}/ready")
+    assert (response.status_code, response.text) == (200, "Ready")
+    before = counts(db)
+    with max_pages(log, None):
+        assert_not_ready(app_server, "database or disk is full")
+    assert httpx.get(f"{app_server.url}/ready").status_code == 200
+
+    writable = log._writer
+    read_only = sqlite3.connect(
+        f"file:{db}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    with log._write_lock:
+        log._writer = read_only
+    try:
+        assert_not_ready(app_server, "attempt to write a readonly database")
+    finally:
+        with log._write_lock:
+            log._writer = writable
+        read_only.close()
+    assert httpx.get(f"{app_server.url}/ready").status_code == 200
+    # The probes wrote nothing.
+    assert counts(db) == before
+    assert query(db, "SELECT count(*) FROM sqlite_master WHERE name = 'ready_probe'")[0][0] == 0

@@ -54,6 +54,8 @@ CHECKS = [
 OPERATIONS = [
     ("GET", "/"),
     ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
     ("POST", "/api/v1/task/parse"),
     ("GET", "/api/v1/task/{task_id}"),
     ("PATCH", "/api/v1/task/{task_id}/parse"),
