@@ -82,6 +82,15 @@ def test_created_claimed_completed_arrive_in_order_and_verify(hook_server, keys,
         assert [d["id"] for d in mine] == [r.webhook_id for r in got]
         assert all(d["attempt_log"][0]["status_code"] == 200 for d in mine)
         assert alice.delete(f"/webhooks/{hook['id']}").status_code == 204
+    # GET /metrics counts the recorded attempts by outcome (this module's server: at least these).
+    metrics = httpx.get(f"{hook_server.url}/metrics", headers={"Authorization": keys["admin"]})
+    assert metrics.status_code == 200, metrics.text
+    succeeded = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.text.splitlines()
+        if line.startswith('taskledger_webhook_delivery_attempts_total{outcome="succeeded"}')
+    ]
+    assert succeeded and succeeded[0] >= 3
 
 
 def test_a_signature_from_another_secret_is_refused(hook_server, keys, receiver):
