@@ -21,7 +21,6 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig
 from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
@@ -33,7 +32,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.files import FilesController
 from api.health import HealthController
 from api.hooks import WebhooksController
-from api.metrics import HTTP_PREFIX
+from api.httpmetrics import request_metrics
 from api.requestlog import request_log_middleware
 from api.service import TaskLedger
 from api.settings import Settings, settings_from_env
@@ -140,9 +139,7 @@ def create_app(settings: Settings) -> Litestar:
             request_log_middleware,
             # Requests by route template (not by path: a task id is not a label), method and
             # status, and their latencies: taskledger_http_requests_total and the rest.
-            PrometheusConfig(
-                app_name="taskledger", prefix=HTTP_PREFIX, group_path=True, exclude=PUBLIC_DOCS
-            ).middleware,
+            request_metrics(exclude=PUBLIC_DOCS),
             DefineMiddleware(KeyAuthentication, exclude=PUBLIC_DOCS),
         ],
         lifespan=[lifespan],
