@@ -17,6 +17,7 @@ from ledger.codec import LogEvent
 from ledger.decider import visible_until
 from ledger.events import PROCESSING, tag_of
 from ledger.log import (
+    PENDING,
     Actor,
     Delivery,
     DeliveryAttempt,
@@ -190,6 +191,16 @@ def chain_events(
 
 #: The columns of a ``webhook_deliveries`` row that make a ``Delivery`` (the lease's two are
 #: the store's own), in the order ``delivery_params`` gives them and ``row_to_delivery`` reads.
+#: A pending delivery (aliased ``d``) that no earlier pending delivery of the same subscription
+#: and task holds back: each task's events reach a receiver in order. Both backends' lease and
+#: ``next_due`` queries use it; the status is written out, so the planner can match the partial
+#: index on pending deliveries.
+FIRST_IN_LINE = (
+    "NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e"
+    " WHERE e.webhook_id = d.webhook_id AND e.task_id = d.task_id"
+    f" AND e.status = '{PENDING}' AND e.position < d.position)"
+)
+
 DELIVERY_COLUMNS = (
     "delivery_id, webhook_id, owner, task_id, version, position, event_type, url, created_at,"
     " status, attempts, next_attempt_at, last_status, last_error, finished_at"

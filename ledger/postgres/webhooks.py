@@ -22,6 +22,7 @@ from ledger.postgres.log import PostgresLog
 from ledger.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
+    FIRST_IN_LINE,
     SECRET_COLUMNS,
     delivery_params,
     row_to_attempt,
@@ -157,9 +158,7 @@ class PostgresWebhooks:
             " SELECT d.delivery_id FROM webhook_deliveries AS d"
             " WHERE d.status = %s AND d.next_attempt_at <= %s"
             " AND (d.lease_until IS NULL OR d.lease_until <= %s)"
-            " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e"
-            "   WHERE e.webhook_id = d.webhook_id AND e.task_id = d.task_id"
-            "   AND e.status = %s AND e.position < d.position)"
+            f" AND {FIRST_IN_LINE}"
             " ORDER BY d.next_attempt_at, d.position LIMIT %s"
             " FOR UPDATE OF d SKIP LOCKED),"
             " leased AS ("
@@ -167,7 +166,7 @@ class PostgresWebhooks:
             " FROM due WHERE d.delivery_id = due.delivery_id"
             f" RETURNING {columns})"
             f" SELECT {DELIVERY_COLUMNS} FROM leased ORDER BY next_attempt_at, position",
-            (PENDING, now, now, PENDING, limit, holder, codec.timestamp(until)),
+            (PENDING, now, now, limit, holder, codec.timestamp(until)),
         ).fetchall()
         return [row_to_delivery(r) for r in rows]
 
@@ -294,10 +293,8 @@ class PostgresWebhooks:
         row = self._log.fetchone(
             "SELECT min(CASE WHEN d.lease_until > d.next_attempt_at THEN d.lease_until"
             " ELSE d.next_attempt_at END) FROM webhook_deliveries AS d WHERE d.status = %s"
-            " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e"
-            "   WHERE e.webhook_id = d.webhook_id AND e.task_id = d.task_id"
-            "   AND e.status = %s AND e.position < d.position)",
-            (PENDING, PENDING),
+            f" AND {FIRST_IN_LINE}",
+            (PENDING,),
             tx=tx,
         )
         return _parse(row[0]) if row else None

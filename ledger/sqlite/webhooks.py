@@ -20,6 +20,7 @@ from ledger.log import DELIVERED, PENDING, Delivery, DeliveryAttempt, WebhookSec
 from ledger.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
+    FIRST_IN_LINE,
     SECRET_COLUMNS,
     delivery_params,
     row_to_attempt,
@@ -196,11 +197,9 @@ class SqliteWebhooks:
             f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries AS d"
             " WHERE d.status = ? AND d.next_attempt_at <= ?"
             " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
-            " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e"
-            "   WHERE e.webhook_id = d.webhook_id AND e.task_id = d.task_id"
-            "   AND e.status = ? AND e.position < d.position)"
+            f" AND {FIRST_IN_LINE}"
             " ORDER BY d.next_attempt_at, d.position LIMIT ?",
-            (PENDING, now, now, PENDING, limit),
+            (PENDING, now, now, limit),
         ).fetchall()
         if rows:
             tx.executemany(
@@ -336,10 +335,8 @@ class SqliteWebhooks:
             .execute(
                 "SELECT min(CASE WHEN d.lease_until > d.next_attempt_at THEN d.lease_until"
                 " ELSE d.next_attempt_at END) FROM webhook_deliveries AS d WHERE d.status = ?"
-                " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e"
-                "   WHERE e.webhook_id = d.webhook_id AND e.task_id = d.task_id"
-                "   AND e.status = ? AND e.position < d.position)",
-                (PENDING, PENDING),
+                f" AND {FIRST_IN_LINE}",
+                (PENDING,),
             )
             .fetchone()
         )
