@@ -16,7 +16,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -31,6 +31,7 @@ from projections.feed import entries_of, feed_after
 from projections.queue import queue_position
 
 Progress = Callable[[int], None]
+S = TypeVar("S", TaskState, hooks.WebhookState)
 
 
 @dataclass(frozen=True)
@@ -290,12 +291,7 @@ def _check_webhooks(
         if want is None:
             detail = f"webhook {stored.webhook_id}: a subscription row without events"
         elif want != stored:
-            fields = [
-                f"{name}: stored {getattr(stored, name)!r}, log {getattr(want, name)!r}"
-                for name in stored.__struct_fields__
-                if getattr(stored, name) != getattr(want, name)
-            ]
-            detail = f"webhook {stored.webhook_id}: " + "; ".join(fields)
+            detail = f"webhook {stored.webhook_id}: " + _diff(stored, want)
         else:
             continue
         differences.append(Difference("webhook", detail))
@@ -370,7 +366,8 @@ def _feed_diff(stored: list[FeedEntry], folded: list[FeedEntry]) -> str:
     return "feed entries differ from the log: " + "; ".join(parts)
 
 
-def _diff(stored: TaskState, folded: TaskState) -> str:
+def _diff(stored: S, folded: S) -> str:
+    """The fields in which a stored state (a task's, a subscription's) differs from the fold."""
     fields = [
         f"{name}: stored {getattr(stored, name)!r}, log {getattr(folded, name)!r}"
         for name in stored.__struct_fields__
